@@ -1,0 +1,257 @@
+"""The exporter: a checkpoint in either layout -> a model dir (DESIGN.md section 3).
+
+    python3 -m fluxexport export --source DIR -o OUT [--layout auto|bfl|diffusers]
+        [--transformer FILE] [--ae FILE] [--device cpu|cuda|cuda:N] [--dtype fp32|bf16]
+        [--name NAME] [--force] [--verify] [--quiet]
+
+Writes OUT/manifest.json, clip_text.pt, t5_encoder.pt, transformer.pt, ae_decoder.pt (scripted
+TorchScript: one transformer file serves every width x height), and the tokenizer files. The
+model dir is assembled in a temporary sibling folder and renamed into place at the end, so a
+failure leaves nothing half-written. Exit status: 0 ok, 1 bad checkpoint or input, 2 bad
+arguments, 3 other failure (I/O, torch).
+"""
+
+import argparse
+import datetime
+import gc
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+
+import torch
+
+from . import __version__, sampling
+from .checkpoint import open_checkpoint
+from .stio import CheckpointError
+
+FORMAT = "fluxcgi-model"
+FORMAT_VERSION = 1
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MODULE_FILES = {"clip": "clip_text.pt", "t5": "t5_encoder.pt", "transformer": "transformer.pt",
+                "ae": "ae_decoder.pt"}
+CLIP_MAX_LENGTH = 77
+T5_MAX_LENGTH = 512
+
+
+class Progress:
+    def __init__(self, quiet):
+        self.quiet = quiet
+        self.t0 = time.monotonic()
+
+    def __call__(self, msg):
+        if not self.quiet:
+            print(f"[{time.monotonic() - self.t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def sha256_file(path, progress=None):
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    done, next_report = 0, 1 << 30
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(16 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+            done += len(chunk)
+            if progress and done >= next_report:
+                progress(f"  sha256 {os.path.basename(path)}: {100 * done // size}%")
+                next_report += 1 << 30
+    return h.hexdigest()
+
+
+def parse_device(s):
+    if s == "cpu":
+        return "cpu"
+    if s == "cuda" or (s.startswith("cuda:") and s[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise CheckpointError(f"device '{s}' asked for, but this torch has no CUDA device")
+        return s
+    raise argparse.ArgumentTypeError(f"bad device '{s}' (cpu, cuda or cuda:N)")
+
+
+def example_inputs(part, ck, dtype, device):
+    """Minimal inputs for a smoke run of a saved module."""
+    if part == "clip":
+        ids = torch.full((1, CLIP_MAX_LENGTH), ck.clip_params.vocab_size - 1, dtype=torch.long)
+        ids[0, 0] = 0
+        return (ids.to(device),)
+    if part == "t5":
+        return (torch.ones(1, 8, dtype=torch.long, device=device),)
+    if part == "ae":
+        return (torch.zeros(1, ck.ae_params.z_channels, 8, 8, dtype=dtype, device=device),)
+    fp = ck.flux_params
+    w = h = 64
+    n = (w // 16) * (h // 16)
+    return (torch.zeros(1, n, fp.in_channels, dtype=dtype, device=device),
+            sampling.img_ids(w, h).to(device),
+            torch.zeros(1, 4, fp.context_in_dim, dtype=dtype, device=device),
+            sampling.txt_ids(4).to(device),
+            torch.ones(1, dtype=dtype, device=device),
+            torch.zeros(1, fp.vec_in_dim, dtype=dtype, device=device),
+            torch.full((1,), 3.5, dtype=dtype, device=device))
+
+
+def export_module(ck, part, path, dtype, device, progress, verify):
+    progress(f"loading {part}")
+    module = ck.load(part, dtype, device,
+                     progress=lambda i, n: progress(f"  {part}: {i}/{n} tensors"))
+    progress(f"scripting {part}")
+    scripted = torch.jit.script(module)
+    torch.jit.save(scripted, path)
+    del module, scripted
+    gc.collect()
+    if verify:
+        progress(f"verifying {part}")
+        m = torch.jit.load(path, map_location=device)
+        with torch.inference_mode():
+            out = m(*example_inputs(part, ck, dtype, device))
+        if not torch.isfinite(out.float()).all():
+            raise RuntimeError(f"{part}: the exported module gives non-finite values")
+        del m
+    return {"file": os.path.basename(path), "bytes": os.path.getsize(path),
+            "sha256": sha256_file(path)}
+
+
+def clip_special_ids(vocab_path):
+    with open(vocab_path, encoding="utf-8") as f:
+        vocab = json.load(f)
+    try:
+        return vocab["<|startoftext|>"], vocab["<|endoftext|>"]
+    except KeyError:
+        raise CheckpointError(f"'{vocab_path}': no <|startoftext|> / <|endoftext|> entries") \
+            from None
+
+
+def build_manifest(ck, args, dtype_name, device, modules, sources):
+    bos, eos = clip_special_ids(os.path.join(ck.tokenizer_dir, "vocab.json"))
+    ap = ck.ae_params
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": args.name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "exporter": {"version": __version__, "torch": torch.__version__},
+        "layout": ck.layout,
+        "dtype": dtype_name,
+        "device": device,
+        "modules": {
+            "clip_text": dict(modules["clip"], params=ck.clip_params.to_dict(),
+                              inputs=["input_ids int64 (B, 77)"],
+                              output="pooled float (B, hidden)"),
+            "t5_encoder": dict(modules["t5"], params=ck.t5_params.to_dict(),
+                               inputs=["input_ids int64 (B, L)"],
+                               output="hidden states (B, L, d_model)"),
+            "transformer": dict(modules["transformer"], params=ck.flux_params.to_dict(),
+                                inputs=["img (B, L, 64) dtype", "img_ids (B, L, 3) float32",
+                                        "txt (B, Lt, context) dtype", "txt_ids (B, Lt, 3) float32",
+                                        "timesteps (B,) dtype", "y (B, vec) dtype",
+                                        "guidance (B,) dtype"],
+                                output="velocity (B, L, 64) dtype"),
+            "ae_decoder": dict(modules["ae"], params=ap.to_dict(),
+                               inputs=["z (B, 16, H/8, W/8) dtype, raw latents"],
+                               output="rgb (B, 3, H, W) dtype, about [-1, 1]",
+                               applies_scale_shift=True),
+        },
+        "tokenizers": {
+            "clip": {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt",
+                     "max_length": CLIP_MAX_LENGTH, "bos_id": bos, "eos_id": eos, "pad_id": eos},
+            "t5": {"model": "tokenizer_2/spiece.model", "max_length": T5_MAX_LENGTH,
+                   "eos_id": 1, "pad_id": 0},
+        },
+        "latent": {"channels": ap.z_channels, "downsample": ap.downsample, "patch": 2,
+                   "scale_factor": ap.scale_factor, "shift_factor": ap.shift_factor},
+        "schedule": {"base_seq_len": sampling.BASE_SEQ, "base_shift": sampling.BASE_SHIFT,
+                     "max_seq_len": sampling.MAX_SEQ, "max_shift": sampling.MAX_SHIFT},
+        "defaults": {"steps": 28, "guidance": 3.5, "width": 1024, "height": 1024},
+        "limits": {"multiple_of": 16, "min_size": 64, "max_size": 2048},
+        "sources": sources,
+    }
+
+
+def run(args, progress):
+    dtype_name = args.dtype
+    dtype = DTYPES[dtype_name]
+    device = parse_device(args.device)
+    progress(f"reading checkpoint headers under '{args.source}'")
+    ck = open_checkpoint(args.source, args.layout, args.transformer, args.ae,
+                         [int(a) for a in args.axes_dim.split(",")] if args.axes_dim else None)
+    progress(f"layout {ck.layout}; transformer {ck.flux_params.to_dict()}")
+    out = os.path.abspath(args.out)
+    if os.path.exists(out) and not args.force:
+        raise CheckpointError(f"'{args.out}' exists (use --force to replace it)")
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{out}.tmp-{os.getpid()}"
+    try:
+        os.makedirs(tmp)
+        sources = []
+        for path in ck.source_files():
+            size = os.path.getsize(path)
+            progress(f"hashing {path} ({size / 1e9:.2f} GB)")
+            sources.append({"path": os.path.relpath(path, args.source), "bytes": size,
+                            "sha256": sha256_file(path, progress)})
+        modules = {}
+        for part in ("clip", "t5", "transformer", "ae"):
+            modules[part] = export_module(ck, part, os.path.join(tmp, MODULE_FILES[part]), dtype,
+                                          device, progress, args.verify)
+        for sub, names in (("tokenizer", ("vocab.json", "merges.txt")),
+                           ("tokenizer_2", ("spiece.model",))):
+            src_dir = ck.tokenizer_dir if sub == "tokenizer" else ck.tokenizer2_dir
+            os.makedirs(os.path.join(tmp, sub))
+            for n in names:
+                shutil.copyfile(os.path.join(src_dir, n), os.path.join(tmp, sub, n))
+        manifest = build_manifest(ck, args, dtype_name, device, modules, sources)
+        with open(os.path.join(tmp, "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.write("\n")
+        old = None
+        if os.path.exists(out):
+            old = f"{out}.old-{os.getpid()}"
+            os.rename(out, old)
+        os.rename(tmp, out)
+        tmp = None
+        if old:
+            shutil.rmtree(old)
+    finally:
+        if tmp and os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    progress(f"wrote {out}")
+
+
+def main(cmd, argv):
+    ap = argparse.ArgumentParser(prog=f"fluxexport {cmd}",
+                                 description="Export a FLUX.1 checkpoint to a fluxcgi model dir.")
+    ap.add_argument("--source", required=True,
+                    help="checkpoint folder (BFL files + text encoder folders, or diffusers)")
+    ap.add_argument("-o", "--out", required=True, help="model dir to write")
+    ap.add_argument("--layout", choices=("auto", "bfl", "diffusers"), default="auto")
+    ap.add_argument("--transformer", help="BFL transformer file (default: SOURCE/flux1-*.safetensors)")
+    ap.add_argument("--ae", help="BFL autoencoder file (default: SOURCE/ae.safetensors)")
+    ap.add_argument("--axes-dim", help="RoPE axes, e.g. 16,56,56 (default: from the head dim)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (trace target)")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--name", default="flux1-krea-dev", help="model name for the manifest")
+    ap.add_argument("--force", action="store_true", help="replace an existing model dir")
+    ap.add_argument("--verify", action="store_true", help="run each saved module once")
+    ap.add_argument("--quiet", action="store_true", help="no progress output")
+    args = ap.parse_args(argv)
+    progress = Progress(args.quiet)
+    try:
+        run(args, progress)
+    except CheckpointError as e:
+        print(f"fluxexport: error: {e}", file=sys.stderr)
+        return 1
+    except argparse.ArgumentTypeError as e:
+        print(f"fluxexport: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"fluxexport: failed: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("fluxexport: interrupted", file=sys.stderr)
+        return 130
+    return 0
