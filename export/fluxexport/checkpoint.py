@@ -162,7 +162,7 @@ def flux_params_from_diffusers(path, src):
                           hidden_size=heads * hd, mlp_hidden=mlp_hidden, num_heads=heads,
                           depth=_cfg(cfg, "num_layers", path),
                           depth_single_blocks=_cfg(cfg, "num_single_layers", path),
-                          axes_dim=_cfg(cfg, "axes_dims_rope", path, [16, 56, 56]))
+                          axes_dim=cfg.get("axes_dims_rope") or default_axes(hd))
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"'{path}': {e}") from None
 
