@@ -5,6 +5,7 @@ These are the definitions the C pipeline mirrors; the reference pipeline uses th
 
 import math
 
+import numpy as np
 import torch
 
 BASE_SEQ, BASE_SHIFT = 256, 0.5
@@ -60,13 +61,16 @@ def mu(image_seq_len):
 
 
 def schedule(steps, image_seq_len):
-    """steps + 1 sigmas from 1 to 0 (float32): linspace(1, 0) through the time shift
-    e^mu / (e^mu + (1/t - 1)), computed as the BFL reference does."""
+    """steps + 1 float32 sigmas from 1 to 0, computed as diffusers does: the float64
+    linspace(1, 1/N, N) rounded to float32, the time shift e^mu / (e^mu + (1/t - 1)) in
+    float32 arithmetic, then a final 0. (BFL's float32 torch.linspace gives the same values
+    to within an ulp; this form is reproducible in C bit for bit, whatever the SIMD width.)"""
     if steps < 1:
         raise ValueError("steps must be >= 1")
-    t = torch.linspace(1, 0, steps + 1)
-    e = math.exp(mu(image_seq_len))
-    return e / (e + (1 / t - 1))
+    t = np.linspace(1.0, 1.0 / steps, steps).astype(np.float32)
+    e = np.float32(math.exp(mu(image_seq_len)))
+    s = e / (e + (np.float32(1.0) / t - np.float32(1.0)))
+    return torch.from_numpy(np.append(s, np.float32(0.0)).astype(np.float32))
 
 
 def to_uint8(img):

@@ -1,0 +1,168 @@
+/*
+ * shim.h - the C API over libtorch: load the four TorchScript FLUX modules of a model dir,
+ * move tensors between the host and the device, run the modules and the few tensor
+ * operations the sampler needs.  The shim moves tensors; it holds no policy (the schedule,
+ * the loop, validation of requests and the pixel conversion live in core/).
+ *
+ * This header is C (C17, -pedantic clean) and includes only <stdint.h>, <stddef.h> and
+ * <stdbool.h>.  No C++ type or exception crosses it: every function catches c10::Error,
+ * std::bad_alloc, std::exception and anything else, and maps them to a shim_status plus a
+ * one-line message written into a caller-owned buffer (msg, msg_len; msg may be NULL).
+ *
+ * Ownership: what the shim allocates, the shim frees (shim_model_free, shim_tensor_free;
+ * both accept NULL).  Output handles are set only on success and are NULL otherwise.
+ *
+ * Threads: a shim_model and the tensors made from it belong to one thread at a time (the
+ * worker that drives the pipeline); none of these functions may run concurrently on the same
+ * model.  Different models may be used from different threads.  Every call runs under
+ * c10::InferenceMode (no autograd state).
+ *
+ * Tensors stay on the model's device between calls; only shim_tensor_from_* and
+ * shim_tensor_to_host cross between host and device.
+ */
+#ifndef FX_SHIM_H
+#define FX_SHIM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum shim_status {
+    SHIM_OK = 0,
+    SHIM_EINVAL = 1,   /* bad argument: NULL handle, wrong shape, unknown device string */
+    SHIM_ENOENT = 2,   /* a module file is missing */
+    SHIM_EFORMAT = 3,  /* a module file is not a loadable TorchScript archive */
+    SHIM_EDEVICE = 4,  /* the device asked for is not available in this libtorch */
+    SHIM_ENOMEM = 5,   /* host or device out of memory */
+    SHIM_ERUNTIME = 6, /* libtorch raised an error while running */
+    SHIM_EINTERNAL = 7 /* anything else */
+} shim_status;
+
+/* Element types the shim handles. */
+typedef enum shim_dtype { SHIM_F32 = 0, SHIM_BF16 = 1, SHIM_I64 = 2 } shim_dtype;
+
+/* Returns a static name for a status ("SHIM_EINVAL"); never NULL. */
+const char *shim_status_name(shim_status st);
+
+/* What to load and where. */
+struct shim_params {
+    const char *device;     /* "cpu", "cuda" or "cuda:N"; default "cpu" */
+    shim_dtype dtype;       /* the dtype the modules were exported in; default SHIM_F32 */
+    int cpu_threads;        /* libtorch intra-op threads on the CPU; 0 (default) leaves it */
+    const char *clip_path;  /* the four module files (absolute or relative to the cwd); */
+    const char *t5_path;    /* all four are required */
+    const char *transformer_path;
+    const char *ae_path;
+};
+
+/* Fills *p with the defaults above (paths NULL). */
+void shim_params_default(struct shim_params *p);
+
+typedef struct shim_model shim_model;
+typedef struct shim_tensor shim_tensor;
+
+/*
+ * Loads the four modules onto p->device.  On success returns SHIM_OK and sets *out (free
+ * with shim_model_free).  SHIM_ENOENT names the missing file, SHIM_EFORMAT a corrupt one,
+ * SHIM_EDEVICE an unavailable device.
+ */
+shim_status shim_model_load(const struct shim_params *p, shim_model **out, char *msg,
+                            size_t msg_len);
+
+/* Frees a model and its modules; NULL is a no-op.  Tensors made from it must be freed first. */
+void shim_model_free(shim_model *m);
+
+/* The model's device as a static-lifetime string of the model ("cpu", "cuda:0"). */
+const char *shim_model_device(const shim_model *m);
+
+/* Releases cached device memory (CUDA caching allocator); a no-op on the CPU. */
+shim_status shim_release_cache(shim_model *m, char *msg, size_t msg_len);
+
+/* Frees a tensor; NULL is a no-op. */
+void shim_tensor_free(shim_tensor *t);
+
+/*
+ * Copies ndim <= 8 dimensions of host data (src_dtype SHIM_F32 or SHIM_I64, C order) to a
+ * new tensor on the model's device, converted to dtype.  *out is set on success.
+ */
+shim_status shim_tensor_from_host(shim_model *m, const void *data, shim_dtype src_dtype,
+                                  const int64_t *shape, int ndim, shim_dtype dtype,
+                                  shim_tensor **out, char *msg, size_t msg_len);
+
+/* A new (n,)-shaped tensor filled with v (rounded to dtype) on the model's device. */
+shim_status shim_tensor_full(shim_model *m, double v, int64_t n, shim_dtype dtype,
+                             shim_tensor **out, char *msg, size_t msg_len);
+
+/* Number of dimensions (<= 8) into *ndim and sizes into shape[0..*ndim). */
+void shim_tensor_shape(const shim_tensor *t, int64_t shape[8], int *ndim);
+
+/* Number of elements. */
+int64_t shim_tensor_numel(const shim_tensor *t);
+
+/* The tensor's dtype (SHIM_F32, SHIM_BF16 or SHIM_I64; other dtypes never leave the shim). */
+shim_dtype shim_tensor_dtype(const shim_tensor *t);
+
+/*
+ * Copies a tensor to the host as float32 into dst[0..n); n must equal its element count.
+ * This synchronises with the device.
+ */
+shim_status shim_tensor_to_host(const shim_tensor *t, float *dst, size_t n, char *msg,
+                                size_t msg_len);
+
+/* A new tensor: t converted to dtype (on the same device). */
+shim_status shim_tensor_cast(const shim_tensor *t, shim_dtype dtype, shim_tensor **out,
+                             char *msg, size_t msg_len);
+
+/*
+ * Seeded standard-normal noise of the given shape, drawn on the CPU with libtorch's CPU
+ * generator in dtype and then moved to the model's device: the same numbers as Python's
+ * torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=dtype).
+ */
+shim_status shim_randn(shim_model *m, uint64_t seed, const int64_t *shape, int ndim,
+                       shim_dtype dtype, shim_tensor **out, char *msg, size_t msg_len);
+
+/* FLUX latent packing: (B, C, 2h, 2w) -> (B, h*w, 4C), 'b c (h ph) (w pw) -> b (h w) (c ph pw)'. */
+shim_status shim_pack(const shim_tensor *z, shim_tensor **out, char *msg, size_t msg_len);
+
+/* The inverse of shim_pack for a latent grid of h x w packed positions (image H/16 x W/16). */
+shim_status shim_unpack(const shim_tensor *x, int64_t h, int64_t w, shim_tensor **out, char *msg,
+                        size_t msg_len);
+
+/*
+ * The Euler update of the sampler, in place and in float32: x += dt * float(v).  x must be a
+ * float32 tensor and v the same shape.
+ */
+shim_status shim_euler_step(shim_tensor *x, const shim_tensor *v, float dt, char *msg,
+                            size_t msg_len);
+
+/* clip_text.pt: ids int64 (B, 77) -> pooled (B, hidden). */
+shim_status shim_run_clip(shim_model *m, const shim_tensor *ids, shim_tensor **out, char *msg,
+                          size_t msg_len);
+
+/* t5_encoder.pt: ids int64 (B, L) -> hidden states (B, L, d_model). */
+shim_status shim_run_t5(shim_model *m, const shim_tensor *ids, shim_tensor **out, char *msg,
+                        size_t msg_len);
+
+/* transformer.pt: the FLUX transformer (argument dtypes as in the model dir's manifest). */
+shim_status shim_run_transformer(shim_model *m, const shim_tensor *img, const shim_tensor *img_ids,
+                                 const shim_tensor *txt, const shim_tensor *txt_ids,
+                                 const shim_tensor *timesteps, const shim_tensor *y,
+                                 const shim_tensor *guidance, shim_tensor **out, char *msg,
+                                 size_t msg_len);
+
+/* ae_decoder.pt: raw latents (B, 16, H/8, W/8) -> RGB (B, 3, H, W). */
+shim_status shim_run_ae(shim_model *m, const shim_tensor *z, shim_tensor **out, char *msg,
+                        size_t msg_len);
+
+/* Blocks until the device has finished queued work (a no-op on the CPU); for timings. */
+shim_status shim_sync(shim_model *m, char *msg, size_t msg_len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
