@@ -55,7 +55,7 @@ static int opt_value(int argc, char **argv, int *i, const char *name, const char
 struct tokenize_ctx {
     struct tok_clip *clip;
     struct tok_t5 *t5;
-    char *out;    /* one JSON line */
+    char *out; /* one JSON line */
     size_t cap;
 };
 

@@ -193,7 +193,8 @@ static size_t charref_at(const uint32_t *in, size_t n, uint32_t *out, size_t *us
         while (i < n && (hex ? hex_value(in[i]) >= 0 : is_ascii_digit(in[i]))) {
             /* Saturate: anything above 0x10FFFF maps to U+FFFD anyway. */
             if (num <= 0x10FFFF)
-                num = num * (hex ? 16 : 10) + (uint64_t)(hex ? hex_value(in[i]) : (int)(in[i] - '0'));
+                num =
+                    num * (hex ? 16 : 10) + (uint64_t)(hex ? hex_value(in[i]) : (int)(in[i] - '0'));
             i++;
         }
         if (i == start)

@@ -21,7 +21,7 @@
 #define EOS_TEXT "<|endoftext|>"
 #define CACHE_WORD_MAX 64
 #define TOK_CLIP_MAX_ID ((1 << 24) - 1) /* bounds the id table built while loading */
-#define CACHE_CAP (1u << 17) /* slots; at most half are used */
+#define CACHE_CAP (1u << 17)            /* slots; at most half are used */
 #define CACHE_MAX_ENTRIES (CACHE_CAP / 2)
 
 struct merge_slot {
@@ -178,8 +178,8 @@ out:
     return rc;
 }
 
-static int load_vocab(struct tok_clip *tok, struct json_object *vocab, const char *path,
-                      char *msg, size_t msg_len)
+static int load_vocab(struct tok_clip *tok, struct json_object *vocab, const char *path, char *msg,
+                      size_t msg_len)
 {
     char sym[16];
     int rc = 0;
@@ -189,8 +189,7 @@ static int load_vocab(struct tok_clip *tok, struct json_object *vocab, const cha
 
     json_object_object_foreach(vocab, key, val)
     {
-        if (!json_object_is_type(val, json_type_int) ||
-            json_object_get_int64(val) < 0) {
+        if (!json_object_is_type(val, json_type_int) || json_object_get_int64(val) < 0) {
             set_msg(msg, msg_len, "'%s': id of '%s' is not a non-negative integer", path, key);
             return FX_EFORMAT;
         }
@@ -241,8 +240,8 @@ out:
     return rc;
 }
 
-static int load_merges(struct tok_clip *tok, struct json_object *vocab, const char *path,
-                       char *msg, size_t msg_len)
+static int load_merges(struct tok_clip *tok, struct json_object *vocab, const char *path, char *msg,
+                       size_t msg_len)
 {
     char *data = NULL, *joined = NULL;
     size_t len = 0, line_no = 0, cap = 16;
@@ -533,8 +532,8 @@ static int cache_get(struct tok_clip *tok, const unsigned char *w, size_t n, uin
 static void cache_put(struct tok_clip *tok, const unsigned char *w, size_t n, uint32_t h,
                       const int32_t *ids, size_t nids)
 {
-    size_t off = (sizeof(struct cache_entry) + n + sizeof(int32_t) - 1) / sizeof(int32_t) *
-                 sizeof(int32_t);
+    size_t off =
+        (sizeof(struct cache_entry) + n + sizeof(int32_t) - 1) / sizeof(int32_t) * sizeof(int32_t);
     struct cache_entry *e = malloc(off + nids * sizeof(int32_t));
 
     if (!e)
@@ -568,8 +567,8 @@ static void cache_put(struct tok_clip *tok, const unsigned char *w, size_t n, ui
 
 struct bpe_cand {
     uint32_t rank;
-    uint32_t pos;   /* left symbol; positions keep their order, so this orders by place */
-    int32_t left;   /* ids when pushed: a candidate is stale once either symbol changed */
+    uint32_t pos; /* left symbol; positions keep their order, so this orders by place */
+    int32_t left; /* ids when pushed: a candidate is stale once either symbol changed */
     int32_t right;
     uint32_t rpos;
 };
@@ -774,8 +773,7 @@ static size_t pretoken_len(const uint32_t *s, size_t n)
     return k;
 }
 
-int tok_clip_tokenize(struct tok_clip *tok, const char *text, size_t len, int32_t **ids,
-                      size_t *n)
+int tok_clip_tokenize(struct tok_clip *tok, const char *text, size_t len, int32_t **ids, size_t *n)
 {
     uint32_t *cps = NULL, *clean = NULL, *tmp = NULL;
     unsigned char *wbuf = NULL;
@@ -830,8 +828,8 @@ out:
     return rc;
 }
 
-int tok_clip_encode(struct tok_clip *tok, const char *text, size_t len,
-                    int32_t ids[TOK_CLIP_LEN], size_t *n_tokens)
+int tok_clip_encode(struct tok_clip *tok, const char *text, size_t len, int32_t ids[TOK_CLIP_LEN],
+                    size_t *n_tokens)
 {
     int32_t *all = NULL;
     size_t n = 0, o = 0;

@@ -42,7 +42,7 @@
 extern "C" {
 #endif
 
-#define TOK_CLIP_LEN 77        /* ids per encoded prompt */
+#define TOK_CLIP_LEN 77           /* ids per encoded prompt */
 #define TOK_CLIP_MAX_MERGES 48894 /* merges read, as OpenAI and HF do (49152 - 256 - 2) */
 
 struct tok_clip;
@@ -68,8 +68,7 @@ void tok_clip_free(struct tok_clip *tok);
  * returns 0, *ids is a malloc'd array the caller frees (NULL when *n is 0) and *n its
  * length.  Returns FX_ENOMEM or FX_EINVAL (NULL tok, or NULL text with len > 0).
  */
-int tok_clip_tokenize(struct tok_clip *tok, const char *text, size_t len, int32_t **ids,
-                      size_t *n);
+int tok_clip_tokenize(struct tok_clip *tok, const char *text, size_t len, int32_t **ids, size_t *n);
 
 /*
  * Encodes text[0..len) for the text encoder: ids[0..77) = bos, up to 75 tokens, eos, then
@@ -77,8 +76,8 @@ int tok_clip_tokenize(struct tok_clip *tok, const char *text, size_t len, int32_
  * truncation, bos and eos included (so the prompt was cut iff *n_tokens > 77).  Returns 0,
  * FX_ENOMEM or FX_EINVAL.
  */
-int tok_clip_encode(struct tok_clip *tok, const char *text, size_t len,
-                    int32_t ids[TOK_CLIP_LEN], size_t *n_tokens);
+int tok_clip_encode(struct tok_clip *tok, const char *text, size_t len, int32_t ids[TOK_CLIP_LEN],
+                    size_t *n_tokens);
 
 /* The special ids read from vocab.json. */
 int32_t tok_clip_bos(const struct tok_clip *tok);

@@ -23,10 +23,10 @@ struct tok_t5 {
     int32_t pad = 0;
 };
 
-namespace {
+namespace
+{
 
-void set_msg(char *msg, size_t msg_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+void set_msg(char *msg, size_t msg_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 void set_msg(char *msg, size_t msg_len, const char *fmt, ...)
 {
@@ -56,8 +56,7 @@ std::string sanitize(const char *text, size_t len)
 
 } // namespace
 
-extern "C" int tok_t5_load(const char *spiece_model, struct tok_t5 **out, char *msg,
-                           size_t msg_len)
+extern "C" int tok_t5_load(const char *spiece_model, struct tok_t5 **out, char *msg, size_t msg_len)
 {
     set_msg(msg, msg_len, "%s", "");
     if (!out)

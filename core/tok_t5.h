@@ -46,8 +46,7 @@ void tok_t5_free(struct tok_t5 *tok);
  * returns 0; *ids is a malloc'd array the caller frees (NULL when *n is 0).  Returns
  * FX_EINVAL (NULL tok/ids/n, or NULL text with len > 0), FX_ENOMEM or FX_EINTERNAL.
  */
-int tok_t5_tokenize(struct tok_t5 *tok, const char *text, size_t len, int32_t **ids,
-                    size_t *n);
+int tok_t5_tokenize(struct tok_t5 *tok, const char *text, size_t len, int32_t **ids, size_t *n);
 
 /*
  * Encodes text[0..len) for the encoder: ids[0..512) = up to 511 pieces, eos, pad...

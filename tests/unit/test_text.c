@@ -30,7 +30,7 @@ static void check_decode(const char *s, size_t n, const uint32_t *want, size_t n
 #define DECODE(lit, bad, ...)                                                                      \
     do {                                                                                           \
         static const uint32_t w_[] = {__VA_ARGS__};                                                \
-        check_decode(lit, sizeof(lit) - 1, w_, sizeof(w_) / sizeof(w_[0]), bad, __LINE__);        \
+        check_decode(lit, sizeof(lit) - 1, w_, sizeof(w_) / sizeof(w_[0]), bad, __LINE__);         \
     } while (0)
 
 static void test_decode(void)
@@ -47,9 +47,9 @@ static void test_decode(void)
     DECODE("\xf0\x9f\x98", 1, FFFD);
     DECODE("\xff", 1, FFFD);
     DECODE("\x80\x80", 2, FFFD, FFFD);
-    DECODE("\xc0\xaf", 2, FFFD, FFFD);             /* overlong '/' */
-    DECODE("\xe0\x80\xaf", 3, FFFD, FFFD, FFFD);   /* overlong */
-    DECODE("\xed\xa0\x80", 3, FFFD, FFFD, FFFD);   /* encoded surrogate */
+    DECODE("\xc0\xaf", 2, FFFD, FFFD);                     /* overlong '/' */
+    DECODE("\xe0\x80\xaf", 3, FFFD, FFFD, FFFD);           /* overlong */
+    DECODE("\xed\xa0\x80", 3, FFFD, FFFD, FFFD);           /* encoded surrogate */
     DECODE("\xf4\x90\x80\x80", 4, FFFD, FFFD, FFFD, FFFD); /* above U+10FFFF */
     DECODE("\xf5", 1, FFFD);
     DECODE("\xc3\x28", 1, FFFD, '(');
@@ -73,8 +73,8 @@ static void test_put(void)
 }
 
 /* Runs f over the UTF-8 string s and compares the UTF-8 of the result with want. */
-static void check_text(size_t (*f)(const uint32_t *, size_t, uint32_t *, uint32_t *),
-                       const char *s, const char *want, int line)
+static void check_text(size_t (*f)(const uint32_t *, size_t, uint32_t *, uint32_t *), const char *s,
+                       const char *want, int line)
 {
     size_t n = strlen(s);
     uint32_t *in = malloc((n + 1) * sizeof(uint32_t));
@@ -114,32 +114,37 @@ static void test_unescape(void)
     UNESCAPE("&lt;b&gt;", "<b>");
     UNESCAPE("&amp;amp;", "&amp;");
     UNESCAPE("&eacute;t&eacute;", "\xc3\xa9t\xc3\xa9");
-    UNESCAPE("&copy2024", "\xc2\xa9" "2024"); /* legacy name without ';' */
+    UNESCAPE("&copy2024", "\xc2\xa9"
+                          "2024"); /* legacy name without ';' */
     UNESCAPE("&ampx", "&x");
-    UNESCAPE("&notit;", "\xc2\xacit;");       /* longest legacy prefix */
+    UNESCAPE("&notit;", "\xc2\xacit;"); /* longest legacy prefix */
     UNESCAPE("&notin;", "\xe2\x88\x89");
     UNESCAPE("&nosuch;", "&nosuch;");
     UNESCAPE("&#65;&#x42;&#X43", "ABC");
-    UNESCAPE("&#128;", "\xe2\x82\xac");      /* windows-1252 remap */
+    UNESCAPE("&#128;", "\xe2\x82\xac"); /* windows-1252 remap */
     UNESCAPE("&#0;", "\xef\xbf\xbd");
     UNESCAPE("&#xD800;", "\xef\xbf\xbd");
     UNESCAPE("&#1114112;", "\xef\xbf\xbd");
     UNESCAPE("&#99999999999999999999999;", "\xef\xbf\xbd");
-    UNESCAPE("a&#1;b&#xFFFE;c", "abc");       /* dropped */
+    UNESCAPE("a&#1;b&#xFFFE;c", "abc"); /* dropped */
     UNESCAPE("&#;&#x;&#xg", "&#;&#x;&#xg");
     UNESCAPE("& amp; &", "& amp; &");
     UNESCAPE("&NewLine;&Tab;", "\n\t");
     UNESCAPE("&acE;", "\xe2\x88\xbe\xcc\xb3"); /* two code points */
     UNESCAPE("&amp\xc3\xa9", "&\xc3\xa9");
-    UNESCAPE("&abcdefghijabcdefghijabcdefghijabcdefghij;", "&abcdefghijabcdefghijabcdefghijabcdefghij;");
+    UNESCAPE("&abcdefghijabcdefghijabcdefghijabcdefghij;",
+             "&abcdefghijabcdefghijabcdefghijabcdefghij;");
 }
 
 static void test_clean(void)
 {
     CLEAN("  A  Photo\tof\n\na CAT  ", "a photo of a cat");
     CLEAN("&amp;amp; &amp;lt;", "& <");
-    CLEAN("\x1c a \x1f", "a");               /* str.strip() removes 0x1C-0x1F at the ends */
-    CLEAN("a\x1c" "b", "a\x1c" "b");           /* ... but \s does not match them inside */
+    CLEAN("\x1c a \x1f", "a"); /* str.strip() removes 0x1C-0x1F at the ends */
+    CLEAN("a\x1c"
+          "b",
+          "a\x1c"
+          "b"); /* ... but \s does not match them inside */
     CLEAN("\xc2\xa0x\xe3\x80\x80y\xe2\x80\x83", "x y");
     CLEAN("\xc4\xb0stanbul", "i\xcc\x87stanbul"); /* U+0130 -> i + U+0307 */
     /* Final sigma: ΟΔΟΣ -> οδος with ς, a lone Σ -> σ, ΑΣ. -> ας. */

@@ -31,7 +31,8 @@ static void byte_symbol(unsigned b, char *out)
     uint32_t cp = b;
     if (!((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF))) {
         for (unsigned c = 0; c < b; c++)
-            extra += !((c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF));
+            extra +=
+                !((c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF));
         cp = 256 + extra;
     }
     out[text_utf8_put(cp, out)] = '\0';
@@ -52,7 +53,9 @@ static void write_mini_vocab(const char *merges_text)
     for (int end = 0; end < 2; end++) {
         for (unsigned b = 0; b < 256; b++) {
             byte_symbol(b, sym);
-            const char *esc = strcmp(sym, "\"") == 0 ? "\\\"" : strcmp(sym, "\\") == 0 ? "\\\\" : sym;
+            const char *esc = strcmp(sym, "\"") == 0   ? "\\\""
+                              : strcmp(sym, "\\") == 0 ? "\\\\"
+                                                       : sym;
             o += (size_t)snprintf(json + o, sizeof(json) - o, "\"%s%s\": %d, ", esc,
                                   end ? "</w>" : "", id++);
         }
@@ -64,8 +67,8 @@ static void write_mini_vocab(const char *merges_text)
     write_file("merges.txt", merges_text);
 }
 
-static void check_tokens(struct tok_clip *tok, const char *text, const int32_t *want,
-                         size_t n_want, int line)
+static void check_tokens(struct tok_clip *tok, const char *text, const int32_t *want, size_t n_want,
+                         int line)
 {
     int32_t *ids = NULL;
     size_t n = 0;
@@ -82,7 +85,7 @@ static void check_tokens(struct tok_clip *tok, const char *text, const int32_t *
 #define TOKENS(tok, text, ...)                                                                     \
     do {                                                                                           \
         static const int32_t w_[] = {__VA_ARGS__};                                                 \
-        check_tokens(tok, text, w_, sizeof(w_) / sizeof(w_[0]), __LINE__);                       \
+        check_tokens(tok, text, w_, sizeof(w_) / sizeof(w_[0]), __LINE__);                         \
     } while (0)
 
 static void test_mini(void)
@@ -226,8 +229,16 @@ static void test_folder(const char *dir)
     }
 
     /* Invalid UTF-8 is the same as the replacement character. */
-    CHECK_INT(tok_clip_encode(tok, "a\xff" "b \xe2\x82", 6, ids, &n), 0);
-    CHECK_INT(tok_clip_encode(tok, "a\xef\xbf\xbd" "b \xef\xbf\xbd", 9, ids2, &n2), 0);
+    CHECK_INT(tok_clip_encode(tok,
+                              "a\xff"
+                              "b \xe2\x82",
+                              6, ids, &n),
+              0);
+    CHECK_INT(tok_clip_encode(tok,
+                              "a\xef\xbf\xbd"
+                              "b \xef\xbf\xbd",
+                              9, ids2, &n2),
+              0);
     CHECK_IDS(ids, TOK_CLIP_LEN, ids2, TOK_CLIP_LEN);
     CHECK_INT(n, n2);
 

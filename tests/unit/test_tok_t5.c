@@ -85,8 +85,16 @@ static void test_model(const char *file)
     free(raw);
 
     /* Invalid UTF-8 is the same as U+FFFD; NUL is a character. */
-    CHECK_INT(tok_t5_encode(tok, "a\xff" "b", 3, ids, &n), 0);
-    CHECK_INT(tok_t5_encode(tok, "a\xef\xbf\xbd" "b", 5, ids2, &n2), 0);
+    CHECK_INT(tok_t5_encode(tok,
+                            "a\xff"
+                            "b",
+                            3, ids, &n),
+              0);
+    CHECK_INT(tok_t5_encode(tok,
+                            "a\xef\xbf\xbd"
+                            "b",
+                            5, ids2, &n2),
+              0);
     CHECK_IDS(ids, TOK_T5_LEN, ids2, TOK_T5_LEN);
     CHECK_INT(tok_t5_encode(tok, "a\0b", 3, ids, &n), 0);
     CHECK(n >= 2);

@@ -45,8 +45,8 @@ static int unit_passed, unit_failed;
             unit_passed++;                                                                         \
         } else {                                                                                   \
             unit_failed++;                                                                         \
-            fprintf(stderr, "%s:%d: FAIL %s == %s: got \"%s\", want \"%s\"\n", __FILE__,           \
-                    __LINE__, #got, #want, got_ ? got_ : "(null)", want_ ? want_ : "(null)");      \
+            fprintf(stderr, "%s:%d: FAIL %s == %s: got \"%s\", want \"%s\"\n", __FILE__, __LINE__, \
+                    #got, #want, got_ ? got_ : "(null)", want_ ? want_ : "(null)");                \
         }                                                                                          \
     } while (0)
 
@@ -54,9 +54,8 @@ static int unit_passed, unit_failed;
 #define CHECK_IDS(got, n_got, want, n_want)                                                        \
     unit_check_ids(__FILE__, __LINE__, #got, (got), (n_got), (want), (n_want))
 
-static inline void unit_check_ids(const char *file, int line, const char *what,
-                                  const int32_t *got, size_t n_got, const int32_t *want,
-                                  size_t n_want)
+static inline void unit_check_ids(const char *file, int line, const char *what, const int32_t *got,
+                                  size_t n_got, const int32_t *want, size_t n_want)
 {
     size_t i = 0;
     while (i < n_got && i < n_want && got[i] == want[i])
@@ -66,10 +65,10 @@ static inline void unit_check_ids(const char *file, int line, const char *what,
         return;
     }
     unit_failed++;
-    fprintf(stderr, "%s:%d: FAIL %s: length %zu vs %zu, first difference at %zu: got %" PRId32
-                    ", want %" PRId32 "\n",
-            file, line, what, n_got, n_want, i, i < n_got ? got[i] : -1,
-            i < n_want ? want[i] : -1);
+    fprintf(stderr,
+            "%s:%d: FAIL %s: length %zu vs %zu, first difference at %zu: got %" PRId32
+            ", want %" PRId32 "\n",
+            file, line, what, n_got, n_want, i, i < n_got ? got[i] : -1, i < n_want ? want[i] : -1);
 }
 
 static inline int unit_done(void)
