@@ -275,8 +275,17 @@ size_t text_html_unescape(const uint32_t *in, size_t n, uint32_t *out)
 
 /* ---- classes and case ------------------------------------------------------------------- */
 
+/* ASCII fast paths: most prompts are ASCII, and utf8proc's lookup dominated the profile.
+ * tests/unit/test_text.c checks them against utf8proc for all 128 values. */
+static bool ascii_alpha(uint32_t c)
+{
+    return (c | 0x20) >= 'a' && (c | 0x20) <= 'z';
+}
+
 int text_is_letter(uint32_t cp)
 {
+    if (cp < 0x80)
+        return ascii_alpha(cp);
     switch (utf8proc_category((utf8proc_int32_t)cp)) {
     case UTF8PROC_CATEGORY_LU:
     case UTF8PROC_CATEGORY_LL:
@@ -291,6 +300,8 @@ int text_is_letter(uint32_t cp)
 
 int text_is_number(uint32_t cp)
 {
+    if (cp < 0x80)
+        return cp >= '0' && cp <= '9';
     switch (utf8proc_category((utf8proc_int32_t)cp)) {
     case UTF8PROC_CATEGORY_ND:
     case UTF8PROC_CATEGORY_NL:
@@ -304,8 +315,10 @@ int text_is_number(uint32_t cp)
 int text_is_space(uint32_t cp)
 {
     /* White_Space = the separators (Zs, Zl, Zp) plus TAB..CR and NEL. */
-    if ((cp >= 0x09 && cp <= 0x0D) || cp == 0x85)
+    if ((cp >= 0x09 && cp <= 0x0D) || cp == 0x85 || cp == ' ')
         return 1;
+    if (cp < 0x80)
+        return 0;
     switch (utf8proc_category((utf8proc_int32_t)cp)) {
     case UTF8PROC_CATEGORY_ZS:
     case UTF8PROC_CATEGORY_ZL:
@@ -325,6 +338,8 @@ static bool is_py_space(uint32_t cp)
 /* Unicode "Cased": has a case or is a titlecase letter. */
 static bool is_cased(uint32_t cp)
 {
+    if (cp < 0x80)
+        return ascii_alpha(cp);
     utf8proc_category_t cat = utf8proc_category((utf8proc_int32_t)cp);
     return cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL ||
            cat == UTF8PROC_CATEGORY_LT || utf8proc_islower((utf8proc_int32_t)cp) ||
@@ -337,6 +352,8 @@ static bool is_case_ignorable(uint32_t cp)
     static const uint32_t mid[] = {0x27,   0x2E,   0x3A,   0xB7,   0x387,  0x55F,
                                    0x5F4,  0x2018, 0x2019, 0x2024, 0x2027, 0xFE13,
                                    0xFE52, 0xFE55, 0xFF07, 0xFF0E, 0xFF1A};
+    if (cp < 0x80) /* ' . : (MidLetter/MidNumLet/Single_Quote) and ^ ` (Sk) */
+        return cp == '\'' || cp == '.' || cp == ':' || cp == '^' || cp == '`';
     switch (utf8proc_category((utf8proc_int32_t)cp)) {
     case UTF8PROC_CATEGORY_MN:
     case UTF8PROC_CATEGORY_ME:
@@ -381,6 +398,8 @@ static size_t lower_py(const uint32_t *in, size_t n, uint32_t *out)
                 final = j == n || !is_cased(in[j]);
             }
             out[o++] = final ? 0x3C2 : 0x3C3;
+        } else if (c < 0x80) {
+            out[o++] = c >= 'A' && c <= 'Z' ? c | 0x20 : c;
         } else {
             out[o++] = (uint32_t)utf8proc_tolower((utf8proc_int32_t)c);
         }

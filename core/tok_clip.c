@@ -183,7 +183,6 @@ static int load_vocab(struct tok_clip *tok, struct json_object *vocab, const cha
 {
     char sym[16];
     int rc = 0;
-    size_t n = 0;
     int32_t max_id = -1;
     unsigned char *seen = NULL;
 
@@ -199,7 +198,6 @@ static int load_vocab(struct tok_clip *tok, struct json_object *vocab, const cha
         }
         if (json_object_get_int(val) > max_id)
             max_id = json_object_get_int(val);
-        n++;
     }
     /* Ids stand for strings in the merge table, so they must be unique. */
     seen = calloc((size_t)max_id + 2, 1);

@@ -1,4 +1,6 @@
 /* test_text.c - UTF-8 decoding, HTML references, classes and CLIP cleaning. */
+#include <utf8proc.h>
+
 #include "../../core/text.h"
 #include "unit.h"
 
@@ -172,8 +174,36 @@ static void test_classes(void)
     CHECK(!text_is_space(0x200B)); /* zero width space is Cf, not White_Space */
 }
 
+/* The ASCII fast paths in text.c agree with utf8proc. */
+static void test_ascii_fast_paths(void)
+{
+    for (uint32_t c = 1; c < 0x80; c++) {
+        utf8proc_category_t cat = utf8proc_category((utf8proc_int32_t)c);
+        int letter = cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO;
+        int number = cat >= UTF8PROC_CATEGORY_ND && cat <= UTF8PROC_CATEGORY_NO;
+        int space = cat == UTF8PROC_CATEGORY_ZS || (c >= 9 && c <= 13);
+        int cased = cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL;
+        int ign = cat == UTF8PROC_CATEGORY_MN || cat == UTF8PROC_CATEGORY_ME ||
+                  cat == UTF8PROC_CATEGORY_CF || cat == UTF8PROC_CATEGORY_LM ||
+                  cat == UTF8PROC_CATEGORY_SK || c == '\'' || c == '.' || c == ':';
+        CHECK_INT(text_is_letter(c), letter);
+        CHECK_INT(text_is_number(c), number);
+        CHECK_INT(text_is_space(c), space);
+        /* "x" c "Σ": final sigma iff the character before Σ, skipping case-ignorables, is
+         * cased. */
+        uint32_t in[3] = {'x', c, 0x3A3}, out[6], tmp[3];
+        size_t m = text_clip_clean(in, 3, out, tmp);
+        CHECK_INT(out[m - 1], ign || cased ? 0x3C2 : 0x3C3);
+        if (c >= 'A' && c <= 'Z')
+            CHECK_INT(out[1], c + 32);
+        else if (!space)
+            CHECK_INT(out[1], c);
+    }
+}
+
 int main(void)
 {
+    test_ascii_fast_paths();
     test_decode();
     test_put();
     test_unescape();
