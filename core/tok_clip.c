@@ -568,7 +568,6 @@ struct bpe_cand {
     uint32_t pos; /* left symbol; positions keep their order, so this orders by place */
     int32_t left; /* ids when pushed: a candidate is stale once either symbol changed */
     int32_t right;
-    uint32_t rpos;
 };
 
 struct bpe_work {
@@ -625,13 +624,15 @@ static void push_pair(const struct tok_clip *tok, struct bpe_work *w, uint32_t p
     uint32_t r = w->next[pos];
     const struct merge_slot *m = merge_find(tok, w->id[pos], w->id[r]);
     if (m)
-        heap_push(w, (struct bpe_cand){m->rank, pos, w->id[pos], w->id[r], r});
+        heap_push(w, (struct bpe_cand){m->rank, pos, w->id[pos], w->id[r]});
 }
 
 static bool cand_valid(const struct bpe_work *w, const struct bpe_cand *c)
 {
-    /* Merged-away positions get id -1; a symbol's id only changes by growing. */
-    return w->id[c->pos] == c->left && w->next[c->pos] == c->rpos && w->id[c->rpos] == c->right;
+    /* A symbol's id only changes by growing, so it never returns to an old value; next[pos]
+     * changes only when pos itself merges (and so changes its id). */
+    uint32_t r = w->next[c->pos];
+    return w->id[c->pos] == c->left && r != UINT32_MAX && w->id[r] == c->right;
 }
 
 /*
@@ -651,7 +652,7 @@ static int bpe_word(const struct tok_clip *tok, const unsigned char *w, size_t n
     k.prev = malloc(n * sizeof(*k.prev));
     /* Each merge pushes at most two candidates, and there are fewer than n merges. */
     k.heap = malloc(3 * n * sizeof(*k.heap));
-    k.batch = malloc(3 * n * sizeof(*k.batch));
+    k.batch = malloc(n * sizeof(*k.batch)); /* one rank: at most one candidate per position */
     if (!k.id || !k.next || !k.prev || !k.heap || !k.batch)
         goto out;
     for (size_t i = 0; i < n; i++) {
@@ -675,7 +676,7 @@ static int bpe_word(const struct tok_clip *tok, const unsigned char *w, size_t n
             struct bpe_cand *x = &k.batch[b];
             if (!cand_valid(&k, x))
                 continue; /* overlapped by the merge just before it */
-            uint32_t r = x->rpos;
+            uint32_t r = k.next[x->pos];
             k.id[x->pos] = m->id;
             k.id[r] = -1;
             k.next[x->pos] = k.next[r];
