@@ -8,6 +8,7 @@ PKGS="build-essential pkg-config ca-certificates
 python3 python3-torch python3-numpy python3-regex python3-sentencepiece python3-pil
 sentencepiece libsentencepiece-dev
 libtorch-dev libfcgi-dev libjson-c-dev libpng-dev libsqlite3-dev sqlite3 libutf8proc-dev
+clang-format
 nginx-light lighttpd curl"
 
 if [ "${1:-}" = "--print" ]; then
