@@ -56,9 +56,9 @@ test-export: deps tiny-model
 	$(Q)$(PYTHON) -m unittest discover -s tests/export -t . $(if $(V),-v,)
 
 # ---------------------------------------------------------------------------
-# C: core/ (static library), cli/ (fluxgen), tests/unit/ (one binary per module).
+# C: core/ + shim/ (static library), cli/ (fluxgen), tests/unit/ (one binary per module).
 # Objects live under $(BUILD)/obj; the ASan+UBSan build of the same sources under
-# $(BUILD)/san.  C++ is allowed only in core/tok_t5.cc (the SentencePiece wrapper).
+# $(BUILD)/san.  C++ is allowed only in shim/ and core/tok_t5.cc (the SentencePiece wrapper).
 
 CC      := gcc
 CXX     := g++
@@ -67,26 +67,50 @@ CWARN   := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes -Wvla 
 CXXWARN := -Wall -Wextra -Werror
 # Recursive (=): pkg-config runs when a recipe needs it, after `deps` has installed it.
 C_DEPS_CFLAGS = $(shell pkg-config --cflags json-c libutf8proc)
-C_DEPS_LIBS   = $(shell pkg-config --libs json-c libutf8proc) -lsentencepiece -pthread
+C_DEPS_LIBS   = $(shell pkg-config --libs json-c libutf8proc libpng) -lm -ldl -pthread
+PLUGIN_T5_LIBS = $(shell pkg-config --libs libutf8proc) -lsentencepiece
 C_CPPFLAGS    = -D_GNU_SOURCE -MMD -MP $(C_DEPS_CFLAGS)
 CFLAGS_FX     = -std=c17 $(OPT) $(CWARN)
 CXXFLAGS_FX   = -std=c++17 $(OPT) $(CXXWARN)
 SAN_FLAGS     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-CORE_C    := core/err.c core/text.c core/tok_clip.c
-CORE_CXX  := core/tok_t5.cc
-CORE_OBJ  := $(CORE_C:%.c=$(BUILD)/obj/%.o) $(CORE_CXX:%.cc=$(BUILD)/obj/%.o)
-SAN_OBJ   := $(CORE_C:%.c=$(BUILD)/san/%.o) $(CORE_CXX:%.cc=$(BUILD)/san/%.o)
+# libtorch: Debian's libtorch-dev by default.  On a host with a pip PyTorch:
+#   make TORCH_DIR=$$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
+# (TORCH_ABI: that torch's torch._C._GLIBCXX_USE_CXX11_ABI as 0/1; libtorch_cuda is linked
+# with --no-as-needed when present, so CUDA devices are seen).  Only shim/ sees these flags.
+TORCH_DIR ?=
+TORCH_ABI ?= 1
+ifeq ($(TORCH_DIR),)
+TORCH_CFLAGS := -I/usr/include/torch/csrc/api/include
+TORCH_LIBS   := -Wl,--no-as-needed -ltorch -ltorch_cpu -lc10 -Wl,--as-needed
+else
+TORCH_CUDA   := $(wildcard $(TORCH_DIR)/lib/libtorch_cuda.so)
+TORCH_CFLAGS := -I$(TORCH_DIR)/include -I$(TORCH_DIR)/include/torch/csrc/api/include \
+                -D_GLIBCXX_USE_CXX11_ABI=$(TORCH_ABI) $(if $(TORCH_CUDA),-DSHIM_WITH_CUDA)
+TORCH_LIBS   := -L$(TORCH_DIR)/lib -Wl,-rpath,$(TORCH_DIR)/lib -Wl,--no-as-needed -ltorch \
+                -ltorch_cpu -lc10 $(if $(TORCH_CUDA),-ltorch_cuda -lc10_cuda) -Wl,--as-needed
+endif
+
+CORE_C    := core/err.c core/text.c core/tok_clip.c core/sched.c core/sha256.c core/npy.c \
+             core/pngw.c core/manifest.c core/pipeline.c core/plugin.c core/tok_t5_dl.c \
+             shim/shim_dl.c
+CORE_OBJ  := $(CORE_C:%.c=$(BUILD)/obj/%.o)
+SAN_OBJ   := $(CORE_C:%.c=$(BUILD)/san/%.o)
 CORE_LIB  := $(BUILD)/libfluxcore.a
 SAN_LIB   := $(BUILD)/san/libfluxcore.a
+# The C++ sides, each a shared object that programs open with RTLD_LOCAL (core/plugin.h says
+# why): libfluxt5.so over sentencepiece, libfluxshim.so over libtorch.
+T5_PIC      = $(addprefix $(1)/pic/core/,tok_t5.o text.o err.o)
+PLUGINS     := $(BUILD)/lib/libfluxt5.so $(BUILD)/lib/libfluxshim.so
+SAN_PLUGINS := $(BUILD)/san/lib/libfluxt5.so $(BUILD)/san/lib/libfluxshim.so
 FLUXGEN   := $(BUILD)/fluxgen
 SAN_FLUXGEN := $(BUILD)/san/fluxgen
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/unit/%)
 SAN_UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/san/unit/%)
 BENCH_BIN := $(BUILD)/bench/bench_tok
-C_SRC_ALL := $(wildcard core/*.c core/*.h core/*.cc cli/*.c tests/unit/*.c tests/unit/*.h \
-               tests/bench/*.c)
+C_SRC_ALL := $(wildcard core/*.c core/*.h core/*.cc shim/*.h shim/*.c shim/*.cc cli/*.c cli/*.h \
+               tests/unit/*.c tests/unit/*.h tests/bench/*.c)
 
 # Tokenizer data for the tests: the tiny files always, the real ones when present.
 TOK_TINY  := $(BUILD)/tok-tiny
@@ -95,29 +119,43 @@ REAL_T5   := $(wildcard ../shared/data/t5/spiece.model)
 BENCH_CLIP := $(if $(REAL_CLIP),../shared/data/clip,$(TOK_TINY)/tokenizer)
 BENCH_T5   := $(if $(REAL_T5),../shared/data/t5/spiece.model,$(TOK_TINY)/tokenizer_2/spiece.model)
 
-.PHONY: c test-c test-unit test-tok test-san bench format-check
+.PHONY: c test-c test-unit test-tok test-san test-pipeline bench format-check
 
-c: $(CORE_LIB) $(FLUXGEN)
+c: $(CORE_LIB) $(FLUXGEN) $(PLUGINS)
+
+$(BUILD)/pic/shim/shim.o $(BUILD)/san/pic/shim/shim.o: C_CPPFLAGS += $(TORCH_CFLAGS)
+# shim.h is C: the unit test that includes it is compiled -pedantic as well.
+$(BUILD)/obj/tests/unit/test_shim.o $(BUILD)/san/tests/unit/test_shim.o: CFLAGS_FX += -pedantic
 
 $(BUILD)/obj/%.o: %.c | deps
 	@mkdir -p $(@D)
 	@echo "  CC      $<"
 	$(Q)$(CC) $(C_CPPFLAGS) $(CFLAGS_FX) -c $< -o $@
 
-$(BUILD)/obj/%.o: %.cc | deps
-	@mkdir -p $(@D)
-	@echo "  CXX     $<"
-	$(Q)$(CXX) $(C_CPPFLAGS) $(CXXFLAGS_FX) -c $< -o $@
-
 $(BUILD)/san/%.o: %.c | deps
 	@mkdir -p $(@D)
 	@echo "  CC san  $<"
 	$(Q)$(CC) $(C_CPPFLAGS) $(CFLAGS_FX) $(SAN_FLAGS) -c $< -o $@
 
-$(BUILD)/san/%.o: %.cc | deps
+$(BUILD)/pic/%.o: %.c | deps
 	@mkdir -p $(@D)
-	@echo "  CXX san $<"
-	$(Q)$(CXX) $(C_CPPFLAGS) $(CXXFLAGS_FX) $(SAN_FLAGS) -c $< -o $@
+	@echo "  CC pic  $<"
+	$(Q)$(CC) $(C_CPPFLAGS) $(CFLAGS_FX) -fPIC -c $< -o $@
+
+$(BUILD)/pic/%.o: %.cc | deps
+	@mkdir -p $(@D)
+	@echo "  CXX pic $<"
+	$(Q)$(CXX) $(C_CPPFLAGS) $(CXXFLAGS_FX) -fPIC -c $< -o $@
+
+$(BUILD)/san/pic/%.o: %.c | deps
+	@mkdir -p $(@D)
+	@echo "  CC san  $< (pic)"
+	$(Q)$(CC) $(C_CPPFLAGS) $(CFLAGS_FX) $(SAN_FLAGS) -fPIC -c $< -o $@
+
+$(BUILD)/san/pic/%.o: %.cc | deps
+	@mkdir -p $(@D)
+	@echo "  CXX san $< (pic)"
+	$(Q)$(CXX) $(C_CPPFLAGS) $(CXXFLAGS_FX) $(SAN_FLAGS) -fPIC -c $< -o $@
 
 $(CORE_LIB): $(CORE_OBJ)
 	@echo "  AR      $@"
@@ -127,28 +165,48 @@ $(SAN_LIB): $(SAN_OBJ)
 	@echo "  AR san  $@"
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(FLUXGEN): $(BUILD)/obj/cli/fluxgen.o $(CORE_LIB)
-	@echo "  LINK    $@"
-	$(Q)$(CXX) -o $@ $^ $(C_DEPS_LIBS)
+$(BUILD)/lib/libfluxt5.so: $(call T5_PIC,$(BUILD))
+	@mkdir -p $(@D)
+	@echo "  SO      $@"
+	$(Q)$(CXX) -shared -Wl,-Bsymbolic -Wl,--no-undefined -o $@ $^ $(PLUGIN_T5_LIBS)
 
-$(SAN_FLUXGEN): $(BUILD)/san/cli/fluxgen.o $(SAN_LIB)
+$(BUILD)/san/lib/libfluxt5.so: $(call T5_PIC,$(BUILD)/san)
+	@mkdir -p $(@D)
+	@echo "  SO san  $@"
+	$(Q)$(CXX) $(SAN_FLAGS) -shared -Wl,-Bsymbolic -Wl,--no-undefined -o $@ $^ $(PLUGIN_T5_LIBS)
+
+$(BUILD)/lib/libfluxshim.so: $(BUILD)/pic/shim/shim.o
+	@mkdir -p $(@D)
+	@echo "  SO      $@"
+	$(Q)$(CXX) -shared -Wl,-Bsymbolic -Wl,--no-undefined -o $@ $^ $(TORCH_LIBS)
+
+$(BUILD)/san/lib/libfluxshim.so: $(BUILD)/san/pic/shim/shim.o
+	@mkdir -p $(@D)
+	@echo "  SO san  $@"
+	$(Q)$(CXX) $(SAN_FLAGS) -shared -Wl,-Bsymbolic -Wl,--no-undefined -o $@ $^ $(TORCH_LIBS)
+
+$(FLUXGEN): $(BUILD)/obj/cli/fluxgen.o $(BUILD)/obj/cli/generate.o $(CORE_LIB) | $(PLUGINS)
+	@echo "  LINK    $@"
+	$(Q)$(CC) -o $@ $^ $(C_DEPS_LIBS)
+
+$(SAN_FLUXGEN): $(BUILD)/san/cli/fluxgen.o $(BUILD)/san/cli/generate.o $(SAN_LIB) | $(SAN_PLUGINS)
 	@echo "  LINK san $@"
-	$(Q)$(CXX) $(SAN_FLAGS) -o $@ $^ $(C_DEPS_LIBS)
+	$(Q)$(CC) $(SAN_FLAGS) -o $@ $^ $(C_DEPS_LIBS)
 
-$(BUILD)/unit/%: $(BUILD)/obj/tests/unit/%.o $(CORE_LIB)
+$(BUILD)/unit/%: $(BUILD)/obj/tests/unit/%.o $(CORE_LIB) | $(PLUGINS)
 	@mkdir -p $(@D)
 	@echo "  LINK    $@"
-	$(Q)$(CXX) -o $@ $^ $(C_DEPS_LIBS)
+	$(Q)$(CC) -o $@ $^ $(C_DEPS_LIBS)
 
-$(BUILD)/san/unit/%: $(BUILD)/san/tests/unit/%.o $(SAN_LIB)
+$(BUILD)/san/unit/%: $(BUILD)/san/tests/unit/%.o $(SAN_LIB) | $(SAN_PLUGINS)
 	@mkdir -p $(@D)
 	@echo "  LINK san $@"
-	$(Q)$(CXX) $(SAN_FLAGS) -o $@ $^ $(C_DEPS_LIBS)
+	$(Q)$(CC) $(SAN_FLAGS) -o $@ $^ $(C_DEPS_LIBS)
 
-$(BENCH_BIN): $(BUILD)/obj/tests/bench/bench_tok.o $(CORE_LIB)
+$(BENCH_BIN): $(BUILD)/obj/tests/bench/bench_tok.o $(CORE_LIB) | $(PLUGINS)
 	@mkdir -p $(@D)
 	@echo "  LINK    $@"
-	$(Q)$(CXX) -o $@ $^ $(C_DEPS_LIBS)
+	$(Q)$(CC) -o $@ $^ $(C_DEPS_LIBS)
 
 $(TOK_TINY)/.stamp: $(EXPORT_PY) | deps
 	@echo "  TINY    $(TOK_TINY) (tokenizer files)"
@@ -185,6 +243,13 @@ test-san: $(SAN_UNIT_BIN) $(SAN_FLUXGEN) $(TOK_TINY)/.stamp
 
 test-c: test-unit test-tok test-san
 
+# The C pipeline against the Python reference on the tiny model (issue: parity, noise,
+# determinism, PNG, error exits).
+test-pipeline: $(FLUXGEN) tiny-model
+	@echo "  TEST    pipeline (fluxgen vs the Python reference)"
+	$(Q)FLUXGEN=$(FLUXGEN) FLUX_MODEL=$(TINY_DIR) $(PYTHON) -m unittest discover \
+		-s tests/pipeline -t . $(if $(V),-v,)
+
 bench: $(BENCH_BIN) $(TOK_TINY)/.stamp
 	$(Q)$(PYTHON) tests/bench/bench_tok.py --c-bench $(BENCH_BIN) \
 		--clip $(BENCH_CLIP) --t5 $(BENCH_T5) --corpus tests/bench/prompts.txt
@@ -195,11 +260,11 @@ format-check:
 
 .SECONDARY:
 
--include $(shell find $(BUILD)/obj $(BUILD)/san -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(BUILD)/san $(BUILD)/pic -name '*.d' 2>/dev/null)
 
 # ---------------------------------------------------------------------------
 
-test: test-c test-export
+test: test-c test-export test-pipeline
 
 clean:
 	rm -rf $(BUILD)

@@ -1,11 +1,12 @@
 /*
  * fluxgen - command-line front end of the fluxcgi core.
  *
+ *   fluxgen [generate] --model DIR --prompt TEXT [options] -o OUT.png   (cli/generate.c)
  *   fluxgen tokenize (--model DIR | --clip DIR --t5 FILE) (--prompt TEXT | --stdin)
  *
  * Each subcommand is one function taking (argc, argv) after the subcommand name and
- * returning the process exit status: 0 success, 1 failure, 2 usage error.  New
- * subcommands (generate: the image pipeline) add a row to the table in main().
+ * returning the process exit status (cli.h): 0 success, 1 failure, 2 usage error, 3 bad
+ * model dir, 4 runtime failure.  New subcommands add a row to the table in main().
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -15,8 +16,7 @@
 #include "../core/err.h"
 #include "../core/tok_clip.h"
 #include "../core/tok_t5.h"
-
-#define EXIT_USAGE 2
+#include "cli.h"
 
 struct subcommand {
     const char *name;
@@ -26,12 +26,7 @@ struct subcommand {
 
 /* ---- option parsing ---------------------------------------------------------------------- */
 
-/*
- * Matches argv[*i] against "--name VALUE" or "--name=VALUE".  Returns 1 and sets *value
- * (advancing *i past a separate value) on a match, 0 when argv[*i] is another option, -1
- * when the value is missing.
- */
-static int opt_value(int argc, char **argv, int *i, const char *name, const char **value)
+int cli_opt_value(int argc, char **argv, int *i, const char *name, const char **value)
 {
     size_t n = strlen(name);
     const char *a = argv[*i];
@@ -158,10 +153,10 @@ static int cmd_tokenize(int argc, char **argv)
 
     for (int i = 0; i < argc; i++) {
         int m;
-        if ((m = opt_value(argc, argv, &i, "--clip", &clip_dir)) ||
-            (m = opt_value(argc, argv, &i, "--t5", &t5_file)) ||
-            (m = opt_value(argc, argv, &i, "--model", &model)) ||
-            (m = opt_value(argc, argv, &i, "--prompt", &prompt))) {
+        if ((m = cli_opt_value(argc, argv, &i, "--clip", &clip_dir)) ||
+            (m = cli_opt_value(argc, argv, &i, "--t5", &t5_file)) ||
+            (m = cli_opt_value(argc, argv, &i, "--model", &model)) ||
+            (m = cli_opt_value(argc, argv, &i, "--prompt", &prompt))) {
             if (m < 0) {
                 fprintf(stderr, "fluxgen tokenize: '%s' needs a value\n", argv[i]);
                 return EXIT_USAGE;
@@ -246,6 +241,7 @@ out:
 /* ---- main -------------------------------------------------------------------------------- */
 
 static const struct subcommand subcommands[] = {
+    {"generate", cmd_generate, "make an image (the default: 'fluxgen --model DIR ...')"},
     {"tokenize", cmd_tokenize, "print the CLIP and T5 token ids of prompts as JSON"},
 };
 
@@ -270,6 +266,8 @@ int main(int argc, char **argv)
         if (strcmp(argv[1], subcommands[i].name) == 0)
             return subcommands[i].run(argc - 2, argv + 2);
     }
+    if (argv[1][0] == '-')
+        return cmd_generate(argc - 1, argv + 1);
     fprintf(stderr, "fluxgen: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return EXIT_USAGE;

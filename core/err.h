@@ -28,7 +28,10 @@ extern "C" {
     X(FX_ETOOBIG, -7, "input too large")                                                           \
     X(FX_EUTF8, -8, "invalid utf-8")                                                               \
     X(FX_ENOTSUP, -9, "operation not supported")                                                   \
-    X(FX_EINTERNAL, -10, "internal error")
+    X(FX_EINTERNAL, -10, "internal error")                                                         \
+    X(FX_ECANCELED, -11, "cancelled")                                                              \
+    X(FX_EDEVICE, -12, "device not available")                                                     \
+    X(FX_ERUNTIME, -13, "model runtime error")
 
 enum fx_err {
 #define FX_ERR_ENUM_(name, value, msg) name = (value),

@@ -128,36 +128,6 @@ at::Tensor run(torch::jit::script::Module &mod, std::vector<c10::IValue> args)
 
 extern "C" {
 
-const char *shim_status_name(shim_status st)
-{
-    switch (st) {
-    case SHIM_OK:
-        return "SHIM_OK";
-    case SHIM_EINVAL:
-        return "SHIM_EINVAL";
-    case SHIM_ENOENT:
-        return "SHIM_ENOENT";
-    case SHIM_EFORMAT:
-        return "SHIM_EFORMAT";
-    case SHIM_EDEVICE:
-        return "SHIM_EDEVICE";
-    case SHIM_ENOMEM:
-        return "SHIM_ENOMEM";
-    case SHIM_ERUNTIME:
-        return "SHIM_ERUNTIME";
-    case SHIM_EINTERNAL:
-        return "SHIM_EINTERNAL";
-    }
-    return "SHIM_EUNKNOWN";
-}
-
-void shim_params_default(struct shim_params *p)
-{
-    std::memset(p, 0, sizeof(*p));
-    p->device = "cpu";
-    p->dtype = SHIM_F32;
-}
-
 shim_status shim_model_load(const struct shim_params *p, shim_model **out, char *msg,
                             size_t msg_len)
 {

@@ -19,6 +19,11 @@
  *
  * Tensors stay on the model's device between calls; only shim_tensor_from_* and
  * shim_tensor_to_host cross between host and device.
+ *
+ * Linking: the implementation (shim.cc) is built into libfluxshim.so, which programs open
+ * at run time with RTLD_LOCAL through the forwarders of shim_dl.c (core/plugin.h says
+ * why); a program links shim_dl.c, never libtorch.  When the library cannot be loaded,
+ * every call fails with SHIM_ENOLIB and says where it looked.
  */
 #ifndef FX_SHIM_H
 #define FX_SHIM_H
@@ -39,7 +44,8 @@ typedef enum shim_status {
     SHIM_EDEVICE = 4,  /* the device asked for is not available in this libtorch */
     SHIM_ENOMEM = 5,   /* host or device out of memory */
     SHIM_ERUNTIME = 6, /* libtorch raised an error while running */
-    SHIM_EINTERNAL = 7 /* anything else */
+    SHIM_EINTERNAL = 7, /* anything else */
+    SHIM_ENOLIB = 8     /* the libtorch side (libfluxshim.so) could not be loaded */
 } shim_status;
 
 /* Element types the shim handles. */

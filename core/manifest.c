@@ -1,0 +1,253 @@
+#include "manifest.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "sha256.h"
+
+#define MANIFEST_MAX_BYTES (1 << 20)
+
+__attribute__((format(printf, 4, 5))) static int fail(char *msg, size_t len, int rc,
+                                                      const char *fmt, ...)
+{
+    if (msg && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, len, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+static int read_file(const char *path, char **out, size_t *out_len, char *msg, size_t len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n;
+    *out = NULL;
+    if (f == NULL)
+        return fail(msg, len, errno == ENOENT ? FX_ENOENT : FX_EIO, "cannot open '%s': %s", path,
+                    strerror(errno));
+    buf = malloc(MANIFEST_MAX_BYTES + 1);
+    if (buf == NULL) {
+        fclose(f);
+        return FX_ENOMEM;
+    }
+    n = fread(buf, 1, MANIFEST_MAX_BYTES + 1, f);
+    if (ferror(f) || n > MANIFEST_MAX_BYTES) {
+        int too_big = !ferror(f);
+        fclose(f);
+        free(buf);
+        return fail(msg, len, too_big ? FX_EFORMAT : FX_EIO, "'%s': %s", path,
+                    too_big ? "larger than 1 MiB" : "read error");
+    }
+    fclose(f);
+    buf[n] = '\0';
+    *out = buf;
+    *out_len = n;
+    return 0;
+}
+
+/* The object at a dotted path ("modules.transformer.params"), borrowed; NULL if absent. */
+static json_object *at(json_object *root, const char *path)
+{
+    char key[64];
+    json_object *o = root;
+    while (o && *path) {
+        size_t k = strcspn(path, ".");
+        if (k >= sizeof(key))
+            return NULL;
+        memcpy(key, path, k);
+        key[k] = '\0';
+        if (!json_object_is_type(o, json_type_object) || !json_object_object_get_ex(o, key, &o))
+            return NULL;
+        path += k + (path[k] == '.');
+    }
+    return o;
+}
+
+static int get_int(json_object *root, const char *path, long lo, long hi, int *out, char *msg,
+                   size_t len)
+{
+    json_object *o = at(root, path);
+    if (o == NULL || !json_object_is_type(o, json_type_int))
+        return fail(msg, len, FX_EFORMAT, "manifest.json: '%s' must be an integer", path);
+    int64_t v = json_object_get_int64(o);
+    if (v < lo || v > hi)
+        return fail(msg, len, FX_EFORMAT, "manifest.json: '%s' is out of range", path);
+    *out = (int)v;
+    return 0;
+}
+
+static int get_num(json_object *root, const char *path, double *out, char *msg, size_t len)
+{
+    json_object *o = at(root, path);
+    if (o == NULL ||
+        !(json_object_is_type(o, json_type_int) || json_object_is_type(o, json_type_double)) ||
+        !isfinite(json_object_get_double(o)))
+        return fail(msg, len, FX_EFORMAT, "manifest.json: '%s' must be a finite number", path);
+    *out = json_object_get_double(o);
+    return 0;
+}
+
+static int get_str(json_object *root, const char *path, char *dst, size_t cap, char *msg,
+                   size_t len)
+{
+    json_object *o = at(root, path);
+    if (o == NULL || !json_object_is_type(o, json_type_string))
+        return fail(msg, len, FX_EFORMAT, "manifest.json: '%s' must be a string", path);
+    const char *s = json_object_get_string(o);
+    if (strlen(s) == 0 || strlen(s) >= cap)
+        return fail(msg, len, FX_EFORMAT, "manifest.json: '%s' is empty or too long", path);
+    strcpy(dst, s);
+    return 0;
+}
+
+/* dir + "/" + a relative file name that stays inside dir. */
+static int get_path(json_object *root, const char *path, const char *dir, char *dst, char *msg,
+                    size_t len)
+{
+    char rel[512];
+    int rc = get_str(root, path, rel, sizeof(rel), msg, len);
+    if (rc)
+        return rc;
+    if (rel[0] == '/' || strstr(rel, "..") != NULL || strchr(rel, '\\') != NULL)
+        return fail(msg, len, FX_EFORMAT, "manifest.json: '%s' must be a file inside the model "
+                                          "dir, got '%s'",
+                    path, rel);
+    if ((size_t)snprintf(dst, MANIFEST_PATH_MAX, "%s/%s", dir, rel) >= MANIFEST_PATH_MAX)
+        return fail(msg, len, FX_EFORMAT, "manifest.json: '%s' makes a path too long", path);
+    return 0;
+}
+
+static int parse(json_object *j, const char *dir, struct fx_manifest *m, char *msg, size_t len)
+{
+    char fmt[64], dtype[16];
+    int v, rc, clip_len, t5_len, clip_hidden, t5_model_dim, bos, eos, t5eos, t5pad;
+    if ((rc = get_str(j, "format", fmt, sizeof(fmt), msg, len)))
+        return rc;
+    if (strcmp(fmt, MANIFEST_FORMAT) != 0)
+        return fail(msg, len, FX_EFORMAT, "manifest.json: format '%s' is not '%s'", fmt,
+                    MANIFEST_FORMAT);
+    if ((rc = get_int(j, "format_version", 0, 1 << 30, &v, msg, len)))
+        return rc;
+    if (v != MANIFEST_VERSION) {
+        return fail(msg, len, FX_EFORMAT,
+                    "manifest.json: format_version %d; this build reads version %d (export the "
+                    "model again with this version's exporter)",
+                    v, MANIFEST_VERSION);
+    }
+    if ((rc = get_str(j, "name", m->name, sizeof(m->name), msg, len)) ||
+        (rc = get_str(j, "dtype", dtype, sizeof(dtype), msg, len)) ||
+        (rc = get_str(j, "device", m->device, sizeof(m->device), msg, len)))
+        return rc;
+    if (strcmp(dtype, "fp32") != 0 && strcmp(dtype, "bf16") != 0)
+        return fail(msg, len, FX_EFORMAT, "manifest.json: dtype '%s' is not fp32 or bf16", dtype);
+    m->bf16 = strcmp(dtype, "bf16") == 0;
+    if ((rc = get_path(j, "modules.clip_text.file", dir, m->clip_path, msg, len)) ||
+        (rc = get_path(j, "modules.t5_encoder.file", dir, m->t5_path, msg, len)) ||
+        (rc = get_path(j, "modules.transformer.file", dir, m->transformer_path, msg, len)) ||
+        (rc = get_path(j, "modules.ae_decoder.file", dir, m->ae_path, msg, len)) ||
+        (rc = get_path(j, "tokenizers.clip.vocab", dir, m->clip_vocab, msg, len)) ||
+        (rc = get_path(j, "tokenizers.clip.merges", dir, m->clip_merges, msg, len)) ||
+        (rc = get_path(j, "tokenizers.t5.model", dir, m->t5_model, msg, len)))
+        return rc;
+    if ((rc = get_int(j, "tokenizers.clip.max_length", 77, 77, &clip_len, msg, len)) ||
+        (rc = get_int(j, "tokenizers.t5.max_length", 512, 512, &t5_len, msg, len)) ||
+        (rc = get_int(j, "tokenizers.clip.bos_id", 0, 1 << 24, &bos, msg, len)) ||
+        (rc = get_int(j, "tokenizers.clip.eos_id", 0, 1 << 24, &eos, msg, len)) ||
+        (rc = get_int(j, "tokenizers.t5.eos_id", 0, 1 << 24, &t5eos, msg, len)) ||
+        (rc = get_int(j, "tokenizers.t5.pad_id", 0, 1 << 24, &t5pad, msg, len)) ||
+        (rc = get_int(j, "modules.transformer.params.in_channels", 4, 1024, &m->in_channels, msg,
+                      len)) ||
+        (rc = get_int(j, "modules.transformer.params.context_in_dim", 1, 1 << 16,
+                      &m->context_dim, msg, len)) ||
+        (rc = get_int(j, "modules.transformer.params.vec_in_dim", 1, 1 << 16, &m->vec_dim, msg,
+                      len)) ||
+        (rc = get_int(j, "modules.clip_text.params.hidden_size", 1, 1 << 16, &clip_hidden, msg,
+                      len)) ||
+        (rc = get_int(j, "modules.t5_encoder.params.d_model", 1, 1 << 16, &t5_model_dim, msg,
+                      len)) ||
+        (rc = get_int(j, "latent.channels", 1, 1024, &m->latent_channels, msg, len)) ||
+        (rc = get_int(j, "latent.downsample", 8, 8, &m->downsample, msg, len)) ||
+        (rc = get_int(j, "latent.patch", 2, 2, &v, msg, len)) ||
+        (rc = get_int(j, "defaults.steps", 1, 1000, &m->default_steps, msg, len)) ||
+        (rc = get_num(j, "defaults.guidance", &m->default_guidance, msg, len)) ||
+        (rc = get_int(j, "defaults.width", 16, 1 << 16, &m->default_width, msg, len)) ||
+        (rc = get_int(j, "defaults.height", 16, 1 << 16, &m->default_height, msg, len)) ||
+        (rc = get_int(j, "limits.multiple_of", 16, 1024, &m->multiple_of, msg, len)) ||
+        (rc = get_int(j, "limits.min_size", 16, 1 << 16, &m->min_size, msg, len)) ||
+        (rc = get_int(j, "limits.max_size", 16, 1 << 16, &m->max_size, msg, len)))
+        return rc;
+    m->clip_bos = bos;
+    m->clip_eos = eos;
+    m->t5_eos = t5eos;
+    m->t5_pad = t5pad;
+    if (m->in_channels != 4 * m->latent_channels)
+        return fail(msg, len, FX_EFORMAT, "manifest.json: transformer in_channels is not 4 x "
+                                          "the latent channels");
+    if (m->context_dim != t5_model_dim || m->vec_dim != clip_hidden)
+        return fail(msg, len, FX_EFORMAT, "manifest.json: the text encoders' widths do not match "
+                                          "the transformer's inputs");
+    if (m->multiple_of % 16 || m->min_size % m->multiple_of || m->max_size % m->multiple_of ||
+        m->min_size > m->max_size)
+        return fail(msg, len, FX_EFORMAT, "manifest.json: inconsistent size limits");
+    return 0;
+}
+
+int manifest_load(const char *dir, struct fx_manifest **out, char *msg, size_t msg_len)
+{
+    char path[MANIFEST_PATH_MAX];
+    char *text = NULL;
+    size_t n = 0;
+    json_object *j = NULL;
+    struct fx_manifest *m = NULL;
+    json_tokener *tok = NULL;
+    int rc;
+    if (out == NULL)
+        return FX_EINVAL;
+    *out = NULL;
+    if (dir == NULL || (size_t)snprintf(path, sizeof(path), "%s/manifest.json", dir) >=
+                           sizeof(path) - 512)
+        return fail(msg, msg_len, FX_EINVAL, "model dir path is too long");
+    rc = read_file(path, &text, &n, msg, msg_len);
+    if (rc)
+        goto out;
+    rc = FX_ENOMEM;
+    tok = json_tokener_new();
+    m = calloc(1, sizeof(*m));
+    if (tok == NULL || m == NULL)
+        goto out;
+    j = json_tokener_parse_ex(tok, text, (int)n);
+    if (j == NULL || json_tokener_get_error(tok) != json_tokener_success ||
+        text[json_tokener_get_parse_end(tok) + strspn(text + json_tokener_get_parse_end(tok),
+                                                      " \t\r\n")] != '\0') {
+        rc = fail(msg, msg_len, FX_EFORMAT, "'%s': not valid JSON (%s)", path,
+                  json_tokener_error_desc(json_tokener_get_error(tok)));
+        goto out;
+    }
+    rc = parse(j, dir, m, msg, msg_len);
+    if (rc)
+        goto out;
+    sha256_hex(text, n, m->sha256);
+    *out = m;
+    m = NULL;
+out:
+    json_object_put(j);
+    if (tok)
+        json_tokener_free(tok);
+    free(text);
+    free(m);
+    return rc;
+}
+
+void manifest_free(struct fx_manifest *m)
+{
+    free(m);
+}

@@ -1,0 +1,522 @@
+#include "pipeline.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../shim/shim.h"
+#include "err.h"
+#include "manifest.h"
+#include "npy.h"
+#include "pngw.h"
+#include "sched.h"
+#include "text.h"
+#include "tok_clip.h"
+#include "tok_t5.h"
+#include "version.h"
+
+struct fx_pipeline {
+    struct fx_manifest *man;
+    struct tok_clip *clip;
+    struct tok_t5 *t5;
+    shim_model *model;
+    shim_dtype dtype;
+};
+
+__attribute__((format(printf, 4, 5))) static int fail(char *msg, size_t len, int rc,
+                                                      const char *fmt, ...)
+{
+    if (msg && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, len, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+static int from_shim(shim_status st)
+{
+    switch (st) {
+    case SHIM_OK:
+        return 0;
+    case SHIM_EINVAL:
+        return FX_EINVAL;
+    case SHIM_ENOENT:
+        return FX_ENOENT;
+    case SHIM_EFORMAT:
+        return FX_EFORMAT;
+    case SHIM_EDEVICE:
+        return FX_EDEVICE;
+    case SHIM_ENOMEM:
+        return FX_ENOMEM;
+    case SHIM_ERUNTIME:
+        return FX_ERUNTIME;
+    case SHIM_ENOLIB:
+        return FX_ENOTSUP;
+    default:
+        return FX_EINTERNAL;
+    }
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- requests ------------------------------------------------------------------------------ */
+
+void fx_limits_default(struct fx_limits *l, const struct fx_manifest *m)
+{
+    l->min_size = m ? m->min_size : 64;
+    l->max_size = m ? m->max_size : 2048;
+    l->multiple_of = m ? m->multiple_of : 16;
+    l->max_steps = 100;
+    l->min_guidance = 0.0;
+    l->max_guidance = 100.0;
+    l->max_prompt_bytes = 64 * 1024;
+}
+
+static int check_size(const char *name, int v, const struct fx_limits *l, const char **field,
+                      char *msg, size_t len)
+{
+    if (v % l->multiple_of != 0 || v < l->min_size || v > l->max_size) {
+        *field = name;
+        return fail(msg, len, FX_ERANGE, "%s: must be a multiple of %d from %d to %d, got %d",
+                    name, l->multiple_of, l->min_size, l->max_size, v);
+    }
+    return 0;
+}
+
+int fx_request_validate(const struct fx_request *r, const struct fx_limits *l,
+                        const char **field, char *msg, size_t msg_len)
+{
+    const char *dummy;
+    int rc;
+    if (field == NULL)
+        field = &dummy;
+    *field = NULL;
+    if (r == NULL || l == NULL)
+        return FX_EINVAL;
+    if (r->prompt == NULL || r->prompt_len == 0) {
+        *field = "prompt";
+        return fail(msg, msg_len, FX_EINVAL, "prompt: must be a non-empty string");
+    }
+    if (r->prompt_len > l->max_prompt_bytes) {
+        *field = "prompt";
+        return fail(msg, msg_len, FX_ERANGE, "prompt: longer than %zu bytes", l->max_prompt_bytes);
+    }
+    if ((rc = check_size("width", r->width, l, field, msg, msg_len)) ||
+        (rc = check_size("height", r->height, l, field, msg, msg_len)))
+        return rc;
+    if (r->steps < 1 || r->steps > l->max_steps) {
+        *field = "num_inference_steps";
+        return fail(msg, msg_len, FX_ERANGE, "num_inference_steps: must be from 1 to %d, got %d",
+                    l->max_steps, r->steps);
+    }
+    if (!isfinite(r->guidance) || r->guidance < l->min_guidance ||
+        r->guidance > l->max_guidance) {
+        *field = "guidance_scale";
+        return fail(msg, msg_len, FX_ERANGE, "guidance_scale: must be a number from %g to %g",
+                    l->min_guidance, l->max_guidance);
+    }
+    if (r->has_seed && r->seed > FX_SEED_MAX) {
+        *field = "seed";
+        return fail(msg, msg_len, FX_ERANGE, "seed: must be from 0 to %llu",
+                    (unsigned long long)FX_SEED_MAX);
+    }
+    return 0;
+}
+
+uint64_t fx_random_seed(void)
+{
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof(v), 0) != (ssize_t)sizeof(v)) {
+        /* getrandom cannot fail for 8 bytes once the pool is ready; keep going regardless */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        v = (uint64_t)ts.tv_nsec * 6364136223846793005ULL ^ (uint64_t)ts.tv_sec ^
+            (uint64_t)getpid() << 32;
+    }
+    return v & FX_SEED_MAX;
+}
+
+/* ---- loading ------------------------------------------------------------------------------- */
+
+int fx_pipeline_load(const struct fx_pipeline_params *pp, struct fx_pipeline **out, char *msg,
+                     size_t msg_len)
+{
+    struct fx_pipeline *p = NULL;
+    struct shim_params sp;
+    char sub[512] = "";
+    int rc;
+    if (out == NULL)
+        return FX_EINVAL;
+    *out = NULL;
+    if (pp == NULL || pp->model_dir == NULL)
+        return fail(msg, msg_len, FX_EINVAL, "no model dir");
+    p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return FX_ENOMEM;
+    rc = manifest_load(pp->model_dir, &p->man, msg, msg_len);
+    if (rc)
+        goto out;
+    rc = tok_clip_load_files(p->man->clip_vocab, p->man->clip_merges, &p->clip, sub, sizeof(sub));
+    if (rc) {
+        fail(msg, msg_len, rc, "CLIP tokenizer: %s", sub);
+        goto out;
+    }
+    if (tok_clip_bos(p->clip) != p->man->clip_bos || tok_clip_eos(p->clip) != p->man->clip_eos) {
+        rc = fail(msg, msg_len, FX_EFORMAT,
+                  "CLIP tokenizer: bos/eos %d/%d differ from the manifest's %d/%d",
+                  (int)tok_clip_bos(p->clip), (int)tok_clip_eos(p->clip), (int)p->man->clip_bos,
+                  (int)p->man->clip_eos);
+        goto out;
+    }
+    rc = tok_t5_load(p->man->t5_model, &p->t5, sub, sizeof(sub));
+    if (rc) {
+        fail(msg, msg_len, rc, "T5 tokenizer: %s", sub);
+        goto out;
+    }
+    shim_params_default(&sp);
+    sp.device = pp->device ? pp->device : "cpu";
+    sp.dtype = p->man->bf16 ? SHIM_BF16 : SHIM_F32;
+    sp.cpu_threads = pp->cpu_threads;
+    sp.clip_path = p->man->clip_path;
+    sp.t5_path = p->man->t5_path;
+    sp.transformer_path = p->man->transformer_path;
+    sp.ae_path = p->man->ae_path;
+    p->dtype = sp.dtype;
+    rc = from_shim(shim_model_load(&sp, &p->model, msg, msg_len));
+    if (rc)
+        goto out;
+    *out = p;
+    p = NULL;
+out:
+    fx_pipeline_free(p);
+    return rc;
+}
+
+void fx_pipeline_free(struct fx_pipeline *p)
+{
+    if (p == NULL)
+        return;
+    shim_model_free(p->model);
+    tok_t5_free(p->t5);
+    tok_clip_free(p->clip);
+    manifest_free(p->man);
+    free(p);
+}
+
+const struct fx_manifest *fx_pipeline_manifest(const struct fx_pipeline *p)
+{
+    return p->man;
+}
+
+const char *fx_pipeline_device(const struct fx_pipeline *p)
+{
+    return shim_model_device(p->model);
+}
+
+void fx_result_release(struct fx_result *r)
+{
+    if (r == NULL)
+        return;
+    free(r->png);
+    r->png = NULL;
+    r->png_len = 0;
+}
+
+/* ---- generation ---------------------------------------------------------------------------- */
+
+/* The tensors of one generation, freed together. */
+struct run {
+    shim_tensor *ids, *y, *txt, *noise, *packed, *x, *img_ids, *txt_ids, *g, *t, *xin, *v, *z,
+        *zu, *rgb;
+};
+
+static void run_release(struct run *t)
+{
+    shim_tensor **all = (shim_tensor **)t;
+    for (size_t i = 0; i < sizeof(*t) / sizeof(shim_tensor *); i++) {
+        shim_tensor_free(all[i]);
+        all[i] = NULL;
+    }
+}
+
+static void drop(shim_tensor **t)
+{
+    shim_tensor_free(*t);
+    *t = NULL;
+}
+
+static int dump(const struct fx_hooks *h, int k, const shim_tensor *x, float *host, size_t n,
+                int64_t tokens, int64_t feat, char *msg, size_t len)
+{
+    char path[4096];
+    int64_t shape[3] = {1, tokens, feat};
+    int rc;
+    if (h == NULL || h->dump_dir == NULL)
+        return 0;
+    rc = from_shim(shim_tensor_to_host(x, host, n, msg, len));
+    if (rc)
+        return rc;
+    snprintf(path, sizeof(path), "%s/step_%03d.npy", h->dump_dir, k);
+    if (npy_write_f32(path, host, shape, 3) != 0)
+        return fail(msg, len, FX_EIO, "cannot write '%s': %s", path, strerror(errno));
+    return 0;
+}
+
+/* A copy of s[0..n) as valid UTF-8 (invalid sequences become U+FFFD), NUL-terminated. */
+static char *valid_utf8(const char *s, size_t n)
+{
+    uint32_t *cps = malloc((n + 1) * sizeof(*cps));
+    char *out = malloc(4 * n + 1);
+    size_t k, o = 0;
+    if (cps == NULL || out == NULL) {
+        free(cps);
+        free(out);
+        return NULL;
+    }
+    k = text_utf8_decode(s, n, cps, NULL);
+    for (size_t i = 0; i < k; i++)
+        o += text_utf8_put(cps[i], out + o);
+    out[o] = '\0';
+    free(cps);
+    return out;
+}
+
+/* The PNG's "parameters" text: the request as JSON, with the model and program version. */
+static char *params_json(const struct fx_pipeline *p, const struct fx_request *r, uint64_t seed)
+{
+    char *prompt = valid_utf8(r->prompt, r->prompt_len);
+    json_object *o = json_object_new_object();
+    char *s = NULL;
+    if (prompt == NULL || o == NULL)
+        goto out;
+    json_object_object_add(o, "prompt", json_object_new_string(prompt));
+    json_object_object_add(o, "num_inference_steps", json_object_new_int(r->steps));
+    json_object_object_add(o, "guidance_scale", json_object_new_double(r->guidance));
+    json_object_object_add(o, "width", json_object_new_int(r->width));
+    json_object_object_add(o, "height", json_object_new_int(r->height));
+    json_object_object_add(o, "seed", json_object_new_int64((int64_t)seed));
+    json_object_object_add(o, "model", json_object_new_string(p->man->name));
+    json_object_object_add(o, "model_sha256", json_object_new_string(p->man->sha256));
+    json_object_object_add(o, "dtype", json_object_new_string(p->man->bf16 ? "bf16" : "fp32"));
+    json_object_object_add(o, "program", json_object_new_string("fluxcgi " FX_VERSION));
+    s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+out:
+    json_object_put(o);
+    free(prompt);
+    return s;
+}
+
+/* Decoder output (3, H, W) floats -> interleaved RGB bytes, as the reference converts. */
+static void to_rgb8(const float *chw, int w, int h, uint8_t *rgb)
+{
+    size_t plane = (size_t)w * (size_t)h;
+    for (size_t i = 0; i < plane; i++) {
+        for (int c = 0; c < 3; c++) {
+            float v = (chw[(size_t)c * plane + i] + 1.0f) * 0.5f;
+            v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+            rgb[i * 3 + (size_t)c] = (uint8_t)nearbyintf(v * 255.0f); /* half to even */
+        }
+    }
+}
+
+int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
+                         const struct fx_hooks *hooks, struct fx_result *out, char *msg,
+                         size_t msg_len)
+{
+    struct run t = {0};
+    int32_t clip_ids[TOK_CLIP_LEN], t5_ids[TOK_T5_LEN];
+    int64_t ids64[TOK_T5_LEN];
+    float *sig = NULL, *host = NULL, *pos = NULL;
+    uint8_t *rgb8 = NULL;
+    char *params = NULL;
+    double t0;
+    int rc;
+
+    if (out == NULL)
+        return FX_EINVAL;
+    memset(out, 0, sizeof(*out));
+    if (p == NULL || r == NULL)
+        return FX_EINVAL;
+    const struct fx_manifest *m = p->man;
+    const int64_t lh = r->height / 16, lw = r->width / 16, tokens = lh * lw;
+    const int64_t feat = m->in_channels;
+    const size_t nlat = (size_t)(tokens * feat);
+    const size_t npix = (size_t)r->width * (size_t)r->height;
+    if (r->width <= 0 || r->height <= 0 || r->width % 16 || r->height % 16 || r->steps < 1 ||
+        r->prompt == NULL)
+        return fail(msg, msg_len, FX_EINVAL, "request not validated");
+    out->seed = r->has_seed ? r->seed : fx_random_seed();
+
+    /* tokenize */
+    t0 = now();
+    rc = tok_clip_encode(p->clip, r->prompt, r->prompt_len, clip_ids, &out->clip_tokens);
+    if (rc == 0)
+        rc = tok_t5_encode(p->t5, r->prompt, r->prompt_len, t5_ids, &out->t5_tokens);
+    if (rc) {
+        fail(msg, msg_len, rc, "tokenizing the prompt: %s", fx_strerror(rc));
+        goto out;
+    }
+    out->t_tokenize = now() - t0;
+
+    /* encode */
+    t0 = now();
+    int64_t clip_shape[2] = {1, TOK_CLIP_LEN}, t5_shape[2] = {1, TOK_T5_LEN};
+    for (int i = 0; i < TOK_CLIP_LEN; i++)
+        ids64[i] = clip_ids[i];
+    rc = from_shim(shim_tensor_from_host(p->model, ids64, SHIM_I64, clip_shape, 2, SHIM_I64,
+                                         &t.ids, msg, msg_len));
+    if (rc == 0)
+        rc = from_shim(shim_run_clip(p->model, t.ids, &t.y, msg, msg_len));
+    if (rc)
+        goto out;
+    drop(&t.ids);
+    for (int i = 0; i < TOK_T5_LEN; i++)
+        ids64[i] = t5_ids[i];
+    rc = from_shim(shim_tensor_from_host(p->model, ids64, SHIM_I64, t5_shape, 2, SHIM_I64, &t.ids,
+                                         msg, msg_len));
+    if (rc == 0)
+        rc = from_shim(shim_run_t5(p->model, t.ids, &t.txt, msg, msg_len));
+    if (rc == 0)
+        rc = from_shim(shim_sync(p->model, msg, msg_len));
+    if (rc)
+        goto out;
+    out->t_encode = now() - t0;
+
+    /* noise, schedule, ids */
+    t0 = now();
+    sig = malloc(((size_t)r->steps + 1) * sizeof(*sig));
+    host = malloc((nlat > 3 * npix ? nlat : 3 * npix) * sizeof(*host));
+    pos = calloc((size_t)(tokens > TOK_T5_LEN ? tokens : TOK_T5_LEN) * 3, sizeof(*pos));
+    if (sig == NULL || host == NULL || pos == NULL) {
+        rc = FX_ENOMEM;
+        goto out;
+    }
+    sched_sigmas(r->steps, (long)tokens, sig);
+    int64_t noise_shape[4] = {1, m->latent_channels, r->height / 8, r->width / 8};
+    rc = from_shim(shim_randn(p->model, out->seed, noise_shape, 4, p->dtype, &t.noise, msg,
+                              msg_len));
+    if (rc == 0)
+        rc = from_shim(shim_pack(t.noise, &t.packed, msg, msg_len));
+    if (rc == 0)
+        rc = from_shim(shim_tensor_cast(t.packed, SHIM_F32, &t.x, msg, msg_len));
+    if (rc)
+        goto out;
+    drop(&t.noise);
+    drop(&t.packed);
+    int64_t txt_ids_shape[3] = {1, TOK_T5_LEN, 3}, img_ids_shape[3] = {1, tokens, 3};
+    rc = from_shim(shim_tensor_from_host(p->model, pos, SHIM_F32, txt_ids_shape, 3, SHIM_F32,
+                                         &t.txt_ids, msg, msg_len));
+    if (rc)
+        goto out;
+    for (int64_t i = 0; i < lh; i++) {
+        for (int64_t j = 0; j < lw; j++) {
+            pos[(i * lw + j) * 3 + 1] = (float)i;
+            pos[(i * lw + j) * 3 + 2] = (float)j;
+        }
+    }
+    rc = from_shim(shim_tensor_from_host(p->model, pos, SHIM_F32, img_ids_shape, 3, SHIM_F32,
+                                         &t.img_ids, msg, msg_len));
+    if (rc == 0)
+        rc = from_shim(shim_tensor_full(p->model, r->guidance, 1, p->dtype, &t.g, msg, msg_len));
+    if (rc == 0)
+        rc = dump(hooks, 0, t.x, host, nlat, tokens, feat, msg, msg_len);
+    if (rc)
+        goto out;
+
+    /* denoise */
+    for (int i = 0; i < r->steps; i++) {
+        if (hooks && hooks->cancel && atomic_load(hooks->cancel)) {
+            rc = fail(msg, msg_len, FX_ECANCELED, "cancelled before step %d of %d", i + 1,
+                      r->steps);
+            goto out;
+        }
+        rc = from_shim(shim_tensor_full(p->model, (double)sig[i], 1, p->dtype, &t.t, msg,
+                                        msg_len));
+        if (rc == 0)
+            rc = from_shim(shim_tensor_cast(t.x, p->dtype, &t.xin, msg, msg_len));
+        if (rc == 0)
+            rc = from_shim(shim_run_transformer(p->model, t.xin, t.img_ids, t.txt, t.txt_ids, t.t,
+                                                t.y, t.g, &t.v, msg, msg_len));
+        if (rc == 0)
+            rc = from_shim(shim_euler_step(t.x, t.v, sig[i + 1] - sig[i], msg, msg_len));
+        if (rc)
+            goto out;
+        drop(&t.t);
+        drop(&t.xin);
+        drop(&t.v);
+        rc = dump(hooks, i + 1, t.x, host, nlat, tokens, feat, msg, msg_len);
+        if (rc)
+            goto out;
+        if (hooks && hooks->progress)
+            hooks->progress(hooks->ud, i + 1, r->steps);
+    }
+    rc = from_shim(shim_sync(p->model, msg, msg_len));
+    if (rc)
+        goto out;
+    out->t_denoise = now() - t0;
+
+    /* decode */
+    t0 = now();
+    rc = from_shim(shim_tensor_cast(t.x, p->dtype, &t.z, msg, msg_len));
+    if (rc == 0)
+        rc = from_shim(shim_unpack(t.z, lh, lw, &t.zu, msg, msg_len));
+    if (rc == 0)
+        rc = from_shim(shim_run_ae(p->model, t.zu, &t.rgb, msg, msg_len));
+    if (rc)
+        goto out;
+    if (shim_tensor_numel(t.rgb) != (int64_t)(3 * npix)) {
+        rc = fail(msg, msg_len, FX_ERUNTIME, "the decoder returned %lld values, expected %zu",
+                  (long long)shim_tensor_numel(t.rgb), 3 * npix);
+        goto out;
+    }
+    rc = from_shim(shim_tensor_to_host(t.rgb, host, 3 * npix, msg, msg_len));
+    if (rc)
+        goto out;
+    rgb8 = malloc(3 * npix);
+    if (rgb8 == NULL) {
+        rc = FX_ENOMEM;
+        goto out;
+    }
+    to_rgb8(host, r->width, r->height, rgb8);
+    out->t_decode = now() - t0;
+
+    /* png */
+    t0 = now();
+    params = params_json(p, r, out->seed);
+    if (params == NULL) {
+        rc = FX_ENOMEM;
+        goto out;
+    }
+    struct pngw_text text = {"parameters", params};
+    rc = pngw_encode(rgb8, r->width, r->height, &text, 1, &out->png, &out->png_len);
+    if (rc) {
+        fail(msg, msg_len, rc, "encoding the PNG: %s", fx_strerror(rc));
+        goto out;
+    }
+    out->t_png = now() - t0;
+out:
+    run_release(&t);
+    free(sig);
+    free(host);
+    free(pos);
+    free(rgb8);
+    free(params);
+    if (rc)
+        fx_result_release(out);
+    return rc;
+}

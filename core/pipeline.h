@@ -1,0 +1,119 @@
+/*
+ * pipeline.h - FLUX.1 text-to-image in C: tokenize -> encode -> seeded noise -> shifted
+ * schedule -> Euler steps -> decode -> uint8 -> PNG, driving the TorchScript modules of a
+ * model dir through the shim (DESIGN.md section 2).
+ *
+ * The math is the Python reference's (export/fluxexport/reference.py), step for step: noise
+ * drawn on the CPU in the model dtype with libtorch's generator, packed latents kept in
+ * float32 between steps, the model called on them cast to the model dtype, x += (s[i+1] -
+ * s[i]) * v in float32, pixels round(clamp((x + 1) / 2, 0, 1) * 255) in float32.
+ *
+ * Threads: a pipeline belongs to one thread (the worker) while it generates; loading and
+ * freeing too.  fx_request_validate and fx_limits_default are pure and thread-safe.
+ */
+#ifndef FX_PIPELINE_H
+#define FX_PIPELINE_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct fx_pipeline;
+struct fx_manifest;
+
+/* What a caller asks for. prompt is UTF-8 (invalid bytes are replaced by the tokenizers). */
+struct fx_request {
+    const char *prompt;
+    size_t prompt_len;
+    int width, height, steps;
+    double guidance;
+    uint64_t seed;
+    bool has_seed; /* false: a random seed is chosen and reported */
+};
+
+/* Bounds a request must respect. */
+struct fx_limits {
+    int min_size, max_size, multiple_of; /* pixels */
+    int max_steps;
+    double min_guidance, max_guidance;
+    size_t max_prompt_bytes;
+};
+
+/* Largest seed accepted: 2^53 - 1, so that seeds survive JSON numbers exactly. */
+#define FX_SEED_MAX ((uint64_t)9007199254740991ULL)
+
+/*
+ * The model's limits (sizes from its manifest; m may be NULL for 64..2048) with steps
+ * 1..100, guidance 0..100 and prompts up to 64 KiB.
+ */
+void fx_limits_default(struct fx_limits *l, const struct fx_manifest *m);
+
+/*
+ * Checks a request.  Returns 0, or FX_EINVAL / FX_ERANGE with *field set to the offending
+ * field's name ("prompt", "width", "height", "num_inference_steps", "guidance_scale",
+ * "seed") and msg[0..msg_len) a one-line reason.  field and msg may be NULL.
+ */
+int fx_request_validate(const struct fx_request *r, const struct fx_limits *l,
+                        const char **field, char *msg, size_t msg_len);
+
+struct fx_pipeline_params {
+    const char *model_dir;
+    const char *device; /* "cpu", "cuda", "cuda:N"; NULL: "cpu" */
+    int cpu_threads;    /* 0: libtorch's default */
+};
+
+/*
+ * Loads a model dir: manifest, tokenizers, the four modules onto the device.  On success
+ * returns 0 and sets *out (free with fx_pipeline_free).  Errors: FX_ENOENT / FX_EFORMAT (a
+ * missing or bad manifest, tokenizer or module file), FX_EDEVICE, FX_ENOMEM, FX_ERUNTIME;
+ * msg names the file and the reason.
+ */
+int fx_pipeline_load(const struct fx_pipeline_params *p, struct fx_pipeline **out, char *msg,
+                     size_t msg_len);
+
+/* Frees a pipeline; NULL is a no-op. */
+void fx_pipeline_free(struct fx_pipeline *p);
+
+/* The loaded manifest (borrowed, lives as long as the pipeline). */
+const struct fx_manifest *fx_pipeline_manifest(const struct fx_pipeline *p);
+
+/* The device the modules run on ("cpu", "cuda:0"). */
+const char *fx_pipeline_device(const struct fx_pipeline *p);
+
+/* Optional hooks for one generation; every field may be zero. */
+struct fx_hooks {
+    /* Called after each denoising step (step = 1..steps), on the generating thread. */
+    void (*progress)(void *ud, int step, int steps);
+    void *ud;
+    /* Checked before each step; when non-zero the generation stops with FX_ECANCELED. */
+    const atomic_int *cancel;
+    /* When set, the packed float32 latents are written there as step_000.npy (the noise)
+     * and step_K.npy after step K, the layout of the Python reference's dumps. */
+    const char *dump_dir;
+};
+
+/* What one generation produced.  Release with fx_result_release. */
+struct fx_result {
+    uint8_t *png; /* malloc'd PNG file bytes */
+    size_t png_len;
+    uint64_t seed;                    /* the seed used (chosen when the request had none) */
+    size_t clip_tokens, t5_tokens;    /* prompt lengths before truncation (bos/eos counted) */
+    double t_tokenize, t_encode, t_denoise, t_decode, t_png; /* seconds */
+};
+
+void fx_result_release(struct fx_result *r);
+
+/*
+ * Runs one request (which must have passed fx_request_validate).  On success returns 0 and
+ * fills *out.  Errors: FX_ECANCELED (the cancel flag was set), FX_EINVAL, FX_ENOMEM,
+ * FX_ERUNTIME (libtorch failed: msg says why), FX_EIO (a latent dump could not be written).
+ */
+int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
+                         const struct fx_hooks *hooks, struct fx_result *out, char *msg,
+                         size_t msg_len);
+
+/* A seed in 0..FX_SEED_MAX from the system's random source. */
+uint64_t fx_random_seed(void);
+
+#endif
