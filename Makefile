@@ -119,7 +119,8 @@ REAL_T5   := $(wildcard ../shared/data/t5/spiece.model)
 BENCH_CLIP := $(if $(REAL_CLIP),../shared/data/clip,$(TOK_TINY)/tokenizer)
 BENCH_T5   := $(if $(REAL_T5),../shared/data/t5/spiece.model,$(TOK_TINY)/tokenizer_2/spiece.model)
 
-.PHONY: c test-c test-unit test-tok test-san test-pipeline bench format-check
+.PHONY: c test-c test-unit test-tok test-san test-pipeline bench bench-tok bench-pipeline \
+	format-check
 
 c: $(CORE_LIB) $(FLUXGEN) $(PLUGINS)
 
@@ -215,9 +216,10 @@ $(TOK_TINY)/.stamp: $(EXPORT_PY) | deps
 
 # Unit tests get the tokenizer files as arguments: CLIP folders, then T5 models.
 UNIT_ARGS = --clip $(TOK_TINY)/tokenizer $(if $(REAL_CLIP),--clip ../shared/data/clip) \
-            --t5 $(TOK_TINY)/tokenizer_2/spiece.model $(if $(REAL_T5),--t5 $(REAL_T5))
+            --t5 $(TOK_TINY)/tokenizer_2/spiece.model $(if $(REAL_T5),--t5 $(REAL_T5)) \
+            --model $(TINY_DIR)
 
-test-unit: $(UNIT_BIN) $(TOK_TINY)/.stamp
+test-unit: $(UNIT_BIN) $(TOK_TINY)/.stamp tiny-model
 	$(Q)set -e; for t in $(UNIT_BIN); do echo "  UNIT    $$t"; $$t $(UNIT_ARGS); done
 
 test-tok: $(FLUXGEN) $(TOK_TINY)/.stamp
@@ -232,7 +234,7 @@ test-tok: $(FLUXGEN) $(TOK_TINY)/.stamp
 		$(if $(and $(REAL_CLIP),$(REAL_T5)),--clip ../shared/data/clip --t5 $(REAL_T5))
 
 # ASan + UBSan: the unit tests and the bad-input run, leaks included (LeakSanitizer).
-test-san: $(SAN_UNIT_BIN) $(SAN_FLUXGEN) $(TOK_TINY)/.stamp
+test-san: $(SAN_UNIT_BIN) $(SAN_FLUXGEN) $(TOK_TINY)/.stamp tiny-model
 	$(Q)set -e; for t in $(SAN_UNIT_BIN); do echo "  UNIT san $$t"; \
 		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		$$t $(UNIT_ARGS); done
@@ -240,6 +242,10 @@ test-san: $(SAN_UNIT_BIN) $(SAN_FLUXGEN) $(TOK_TINY)/.stamp
 	$(Q)ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		$(PYTHON) tests/tok/check_bad.py --fluxgen $(SAN_FLUXGEN) --model $(TOK_TINY) \
 		$(if $(and $(REAL_CLIP),$(REAL_T5)),--clip ../shared/data/clip --t5 $(REAL_T5))
+	@echo "  TEST san generation and its error exits through $(SAN_FLUXGEN)"
+	$(Q)ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		FLUXGEN=$(SAN_FLUXGEN) FLUX_MODEL=$(TINY_DIR) $(PYTHON) -m unittest \
+		tests.pipeline.test_pipeline.Output tests.pipeline.test_pipeline.Errors
 
 test-c: test-unit test-tok test-san
 
@@ -250,9 +256,14 @@ test-pipeline: $(FLUXGEN) tiny-model
 	$(Q)FLUXGEN=$(FLUXGEN) FLUX_MODEL=$(TINY_DIR) $(PYTHON) -m unittest discover \
 		-s tests/pipeline -t . $(if $(V),-v,)
 
-bench: $(BENCH_BIN) $(TOK_TINY)/.stamp
+bench: bench-tok bench-pipeline
+
+bench-tok: $(BENCH_BIN) $(TOK_TINY)/.stamp
 	$(Q)$(PYTHON) tests/bench/bench_tok.py --c-bench $(BENCH_BIN) \
 		--clip $(BENCH_CLIP) --t5 $(BENCH_T5) --corpus tests/bench/prompts.txt
+
+bench-pipeline: $(FLUXGEN) tiny-model
+	$(Q)$(PYTHON) tests/bench/bench_pipeline.py --fluxgen $(FLUXGEN) --model $(TINY_DIR)
 
 format-check:
 	@echo "  FORMAT  $(words $(C_SRC_ALL)) files"

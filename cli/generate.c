@@ -2,11 +2,13 @@
  * fluxgen generate: one image from a prompt, through the C pipeline (core/pipeline.h).
  *
  *   fluxgen [generate] --model DIR --prompt TEXT [--steps N] [--guidance G] [--width W]
- *           [--height H] [--seed N] [--device cpu|cuda|cuda:N] [--threads N] [--json]
- *           [--dump-latents DIR] [--quiet] -o OUT.png
+ *           [--height H] [--seed N] [--count N] [--device cpu|cuda|cuda:N] [--threads N]
+ *           [--json] [--dump-latents DIR] [--quiet] -o OUT.png
  *
  * Defaults come from the model's manifest (28 steps, guidance 3.5, 1024 x 1024) and the
- * device it was exported for.  Exit status: 0, 2 bad arguments, 3 bad model dir, 4 runtime
+ * device it was exported for.  --count N makes N images in one process (the modules load
+ * once), with seeds seed, seed + 1, ... (or N random seeds); OUT then holds one "%d", which
+ * becomes the image's index.  Exit status: 0, 2 bad arguments, 3 bad model dir, 4 runtime
  * failure, 130 interrupted (Ctrl-C stops between steps).
  */
 #include <errno.h>
@@ -36,8 +38,9 @@ static void on_sigint(int sig)
 static void usage(FILE *f)
 {
     fputs("usage: fluxgen [generate] --model DIR --prompt TEXT [--steps N] [--guidance G]\n"
-          "               [--width W] [--height H] [--seed N] [--device cpu|cuda|cuda:N]\n"
-          "               [--threads N] [--json] [--dump-latents DIR] [--quiet] -o OUT.png\n",
+          "               [--width W] [--height H] [--seed N] [--count N]\n"
+          "               [--device cpu|cuda|cuda:N] [--threads N] [--json]\n"
+          "               [--dump-latents DIR] [--quiet] -o OUT.png ('%d' in OUT with --count)\n",
           f);
 }
 
@@ -106,7 +109,7 @@ int cmd_generate(int argc, char **argv)
 {
     const char *model = NULL, *prompt = NULL, *out_path = NULL, *device = NULL, *dump = NULL;
     const char *v_steps = NULL, *v_guid = NULL, *v_w = NULL, *v_h = NULL, *v_seed = NULL;
-    const char *v_threads = NULL;
+    const char *v_threads = NULL, *v_count = NULL;
     bool json = false, quiet = false;
     struct fx_manifest *man = NULL;
     struct fx_pipeline *pipe = NULL;
@@ -115,7 +118,7 @@ int cmd_generate(int argc, char **argv)
     struct fx_limits lim;
     char msg[1024] = "";
     const char *field;
-    long lv, threads = 0;
+    long lv, threads = 0, count = 1;
     int rc, status = EXIT_RUNTIME;
 
     for (int i = 0; i < argc; i++) {
@@ -142,6 +145,7 @@ int cmd_generate(int argc, char **argv)
             (m = cli_opt_value(argc, argv, &i, "--seed", &v_seed)) ||
             (m = cli_opt_value(argc, argv, &i, "--device", &device)) ||
             (m = cli_opt_value(argc, argv, &i, "--threads", &v_threads)) ||
+            (m = cli_opt_value(argc, argv, &i, "--count", &v_count)) ||
             (m = cli_opt_value(argc, argv, &i, "--dump-latents", &dump)) ||
             (m = cli_opt_value(argc, argv, &i, "-o", &out_path)) ||
             (m = cli_opt_value(argc, argv, &i, "--output", &out_path))) {
@@ -168,6 +172,18 @@ int cmd_generate(int argc, char **argv)
     }
     if (v_threads && parse_long("--threads", v_threads, 0, 1024, &threads))
         return EXIT_USAGE;
+    if (v_count && parse_long("--count", v_count, 1, 100000, &count))
+        return EXIT_USAGE;
+    if (count > 1) {
+        const char *pct = strchr(out_path, '%');
+        if (pct == NULL || pct[1] != 'd' || strchr(pct + 2, '%') != NULL) {
+            fprintf(stderr, "fluxgen: with --count, -o needs exactly one '%%d' (the index)\n");
+            return EXIT_USAGE;
+        }
+    } else if (strchr(out_path, '%') != NULL) {
+        fprintf(stderr, "fluxgen: '%%' in -o is only for --count\n");
+        return EXIT_USAGE;
+    }
 
     /* The manifest first: its defaults and limits decide whether the request is valid
      * before the modules are loaded. */
@@ -212,6 +228,12 @@ int cmd_generate(int argc, char **argv)
         }
         req.seed = s;
         req.has_seed = true;
+        if (s <= FX_SEED_MAX && (unsigned long long)(count - 1) > FX_SEED_MAX - s) {
+            fprintf(stderr, "fluxgen: --seed + --count - 1 exceeds %llu\n",
+                    (unsigned long long)FX_SEED_MAX);
+            status = EXIT_USAGE;
+            goto out;
+        }
     }
     fx_limits_default(&lim, man);
     rc = fx_request_validate(&req, &lim, &field, msg, sizeof(msg));
@@ -231,39 +253,51 @@ int cmd_generate(int argc, char **argv)
     }
     t_load = seconds() - t_load;
 
-    struct bar bar = {!quiet && isatty(STDERR_FILENO), seconds()};
-    struct fx_hooks hooks = {progress, &bar, &interrupted, dump};
     signal(SIGINT, on_sigint);
-    rc = fx_pipeline_generate(pipe, &req, &hooks, &res, msg, sizeof(msg));
+    for (long n = 0; n < count; n++) {
+        char path[4096];
+        struct bar bar = {!quiet && isatty(STDERR_FILENO), seconds()};
+        struct fx_hooks hooks = {progress, &bar, &interrupted, dump};
+        struct fx_request one = req;
+        if (req.has_seed)
+            one.seed = req.seed + (uint64_t)n;
+        rc = fx_pipeline_generate(pipe, &one, &hooks, &res, msg, sizeof(msg));
+        if (rc == FX_ECANCELED) {
+            fprintf(stderr, "\nfluxgen: interrupted\n");
+            status = EXIT_CANCEL;
+            goto out;
+        }
+        if (rc) {
+            fprintf(stderr, "fluxgen: generation failed: %s\n", msg[0] ? msg : fx_strerror(rc));
+            goto out;
+        }
+        if (count > 1)
+            snprintf(path, sizeof(path), out_path, (int)n);
+        else
+            snprintf(path, sizeof(path), "%s", out_path);
+        rc = write_file(path, res.png, res.png_len);
+        if (rc) {
+            fprintf(stderr, "fluxgen: cannot write '%s': %s\n", path, strerror(rc));
+            goto out;
+        }
+        if (json) {
+            printf("{\"output\":\"%s\",\"seed\":%llu,\"width\":%d,\"height\":%d,"
+                   "\"steps\":%d,\"guidance\":%.17g,\"device\":\"%s\",\"clip_tokens\":%zu,"
+                   "\"t5_tokens\":%zu,\"load_seconds\":%.6f,\"timings\":{\"tokenize\":%.6f,"
+                   "\"encode\":%.6f,\"denoise\":%.6f,\"decode\":%.6f,\"png\":%.6f}}\n",
+                   strpbrk(path, "\"\\") ? "(unprintable)" : path,
+                   (unsigned long long)res.seed, one.width, one.height, one.steps,
+                   one.guidance, fx_pipeline_device(pipe), res.clip_tokens, res.t5_tokens,
+                   t_load, res.t_tokenize, res.t_encode, res.t_denoise, res.t_decode, res.t_png);
+            fflush(stdout);
+        } else if (!quiet) {
+            fprintf(stderr, "fluxgen: wrote %s (%dx%d, %d steps, seed %llu) in %.2fs\n", path,
+                    one.width, one.height, one.steps, (unsigned long long)res.seed,
+                    res.t_tokenize + res.t_encode + res.t_denoise + res.t_decode + res.t_png);
+        }
+        fx_result_release(&res);
+    }
     signal(SIGINT, SIG_DFL);
-    if (rc == FX_ECANCELED) {
-        fprintf(stderr, "\nfluxgen: interrupted\n");
-        status = EXIT_CANCEL;
-        goto out;
-    }
-    if (rc) {
-        fprintf(stderr, "fluxgen: generation failed: %s\n", msg[0] ? msg : fx_strerror(rc));
-        goto out;
-    }
-    rc = write_file(out_path, res.png, res.png_len);
-    if (rc) {
-        fprintf(stderr, "fluxgen: cannot write '%s': %s\n", out_path, strerror(rc));
-        goto out;
-    }
-    if (json) {
-        printf("{\"output\":\"%s\",\"seed\":%llu,\"width\":%d,\"height\":%d,\"steps\":%d,"
-               "\"guidance\":%.17g,\"device\":\"%s\",\"clip_tokens\":%zu,\"t5_tokens\":%zu,"
-               "\"load_seconds\":%.6f,\"timings\":{\"tokenize\":%.6f,\"encode\":%.6f,"
-               "\"denoise\":%.6f,\"decode\":%.6f,\"png\":%.6f}}\n",
-               strpbrk(out_path, "\"\\") ? "(unprintable)" : out_path,
-               (unsigned long long)res.seed, req.width, req.height, req.steps, req.guidance,
-               fx_pipeline_device(pipe), res.clip_tokens, res.t5_tokens, t_load, res.t_tokenize,
-               res.t_encode, res.t_denoise, res.t_decode, res.t_png);
-    } else if (!quiet) {
-        fprintf(stderr, "fluxgen: wrote %s (%dx%d, %d steps, seed %llu) in %.2fs\n", out_path,
-                req.width, req.height, req.steps, (unsigned long long)res.seed,
-                res.t_tokenize + res.t_encode + res.t_denoise + res.t_decode + res.t_png);
-    }
     status = 0;
 out:
     fx_result_release(&res);

@@ -43,6 +43,23 @@ void set_msg(char *msg, size_t len, const std::string &s)
     std::snprintf(msg, len, "%s", line.c_str());
 }
 
+// TorchScript interpreter errors say "The following operation failed..." first, then the
+// TorchScript traceback, and the actual error on the last line: keep the first and last.
+void set_script_msg(char *msg, size_t len, const std::string &s)
+{
+    size_t end = s.find_last_not_of(" \n");
+    if (end == std::string::npos) {
+        set_msg(msg, len, s);
+        return;
+    }
+    size_t start = s.rfind('\n', end);
+    std::string last = s.substr(start == std::string::npos ? 0 : start + 1, end + 1 -
+                                (start == std::string::npos ? 0 : start + 1));
+    size_t first_end = s.find('\n');
+    std::string first = s.substr(0, first_end);
+    set_msg(msg, len, first == last ? first : first + " " + last);
+}
+
 template <typename F> shim_status guard(char *msg, size_t len, F &&body)
 {
     try {
@@ -57,6 +74,10 @@ template <typename F> shim_status guard(char *msg, size_t len, F &&body)
     } catch (const std::bad_alloc &) {
         set_msg(msg, len, "out of memory");
         return SHIM_ENOMEM;
+    } catch (const std::runtime_error &e) {
+        // torch::jit::JITException and friends: the model failed while running
+        set_script_msg(msg, len, e.what());
+        return SHIM_ERUNTIME;
     } catch (const std::exception &e) {
         set_msg(msg, len, e.what());
         return SHIM_EINTERNAL;

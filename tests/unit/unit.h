@@ -84,9 +84,10 @@ struct unit_args {
     int n_clip;
     const char *t5[UNIT_MAX_FILES];
     int n_t5;
+    const char *model; /* --model DIR: an exported model dir (the tiny one in make test) */
 };
 
-/* Parses --clip DIR / --t5 FILE; exits with status 2 on anything else. */
+/* Parses --clip DIR / --t5 FILE / --model DIR; exits with status 2 on anything else. */
 static inline struct unit_args unit_parse_args(int argc, char **argv)
 {
     struct unit_args a = {0};
@@ -95,8 +96,10 @@ static inline struct unit_args unit_parse_args(int argc, char **argv)
             a.clip[a.n_clip++] = argv[++i];
         } else if (strcmp(argv[i], "--t5") == 0 && i + 1 < argc && a.n_t5 < UNIT_MAX_FILES) {
             a.t5[a.n_t5++] = argv[++i];
+        } else if (strcmp(argv[i], "--model") == 0 && i + 1 < argc) {
+            a.model = argv[++i];
         } else {
-            fprintf(stderr, "usage: %s [--clip DIR]... [--t5 FILE]...\n", argv[0]);
+            fprintf(stderr, "usage: %s [--clip DIR]... [--t5 FILE]... [--model DIR]\n", argv[0]);
             exit(2);
         }
     }
