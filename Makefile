@@ -19,7 +19,8 @@ export PYTHONDONTWRITEBYTECODE := 1
 all: deps tiny-model c
 
 help:
-	@echo "make deps        install missing Debian packages (apt-get, as root or via sudo)"
+	@echo "make deps        install missing Debian packages (apt-get, as root or via sudo;"
+	@echo "                 NO_DEPS=1 skips this on hosts without apt)"
 	@echo "make tiny-model  write tiny random checkpoints (BFL + diffusers layouts) and export"
 	@echo "                 them to $(BUILD)/models/tiny"
 	@echo "make c           build the C core ($(BUILD)/libfluxcore.a) and $(BUILD)/fluxgen"
@@ -29,8 +30,9 @@ help:
 	@echo "make format-check  clang-format --dry-run -Werror on the C sources"
 	@echo "make clean       remove $(BUILD)/"
 
+# NO_DEPS=1 skips the package check (hosts without apt, e.g. a GPU box with its own toolchain).
 deps:
-	$(Q)tools/deps.sh
+	$(Q)$(if $(NO_DEPS),true,tools/deps.sh)
 
 # ---------------------------------------------------------------------------
 # export/: FLUX modules, checkpoint readers, tiny checkpoints, the exporter.
@@ -81,11 +83,11 @@ SAN_FLAGS     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanit
 TORCH_DIR ?=
 TORCH_ABI ?= 1
 ifeq ($(TORCH_DIR),)
-TORCH_CFLAGS := -I/usr/include/torch/csrc/api/include
+TORCH_CFLAGS := -isystem /usr/include/torch/csrc/api/include
 TORCH_LIBS   := -Wl,--no-as-needed -ltorch -ltorch_cpu -lc10 -Wl,--as-needed
 else
 TORCH_CUDA   := $(wildcard $(TORCH_DIR)/lib/libtorch_cuda.so)
-TORCH_CFLAGS := -I$(TORCH_DIR)/include -I$(TORCH_DIR)/include/torch/csrc/api/include \
+TORCH_CFLAGS := -isystem $(TORCH_DIR)/include -isystem $(TORCH_DIR)/include/torch/csrc/api/include \
                 -D_GLIBCXX_USE_CXX11_ABI=$(TORCH_ABI) $(if $(TORCH_CUDA),-DSHIM_WITH_CUDA)
 TORCH_LIBS   := -L$(TORCH_DIR)/lib -Wl,-rpath,$(TORCH_DIR)/lib -Wl,--no-as-needed -ltorch \
                 -ltorch_cpu -lc10 $(if $(TORCH_CUDA),-ltorch_cuda -lc10_cuda) -Wl,--as-needed

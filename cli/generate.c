@@ -283,12 +283,13 @@ int cmd_generate(int argc, char **argv)
         if (json) {
             printf("{\"output\":\"%s\",\"seed\":%llu,\"width\":%d,\"height\":%d,"
                    "\"steps\":%d,\"guidance\":%.17g,\"device\":\"%s\",\"clip_tokens\":%zu,"
-                   "\"t5_tokens\":%zu,\"load_seconds\":%.6f,\"timings\":{\"tokenize\":%.6f,"
+                   "\"t5_tokens\":%zu,\"load_seconds\":%.6f,\"device_bytes_peak\":%lld,"
+                   "\"timings\":{\"tokenize\":%.6f,"
                    "\"encode\":%.6f,\"denoise\":%.6f,\"decode\":%.6f,\"png\":%.6f}}\n",
                    strpbrk(path, "\"\\") ? "(unprintable)" : path,
                    (unsigned long long)res.seed, one.width, one.height, one.steps,
                    one.guidance, fx_pipeline_device(pipe), res.clip_tokens, res.t5_tokens,
-                   t_load, res.t_tokenize, res.t_encode, res.t_denoise, res.t_decode, res.t_png);
+                   t_load, (long long)res.device_bytes_peak, res.t_tokenize, res.t_encode, res.t_denoise, res.t_decode, res.t_png);
             fflush(stdout);
         } else if (!quiet) {
             fprintf(stderr, "fluxgen: wrote %s (%dx%d, %d steps, seed %llu) in %.2fs\n", path,

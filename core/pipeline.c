@@ -361,6 +361,10 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
         r->prompt == NULL)
         return fail(msg, msg_len, FX_EINVAL, "request not validated");
     out->seed = r->has_seed ? r->seed : fx_random_seed();
+    int64_t mem_now, mem_peak;
+    rc = from_shim(shim_memory_stats(p->model, &mem_now, &mem_peak, true, msg, msg_len));
+    if (rc)
+        goto out;
 
     /* tokenize */
     t0 = now();
@@ -494,6 +498,10 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
     }
     to_rgb8(host, r->width, r->height, rgb8);
     out->t_decode = now() - t0;
+    rc = from_shim(shim_memory_stats(p->model, &mem_now, &out->device_bytes_peak, false, msg,
+                                     msg_len));
+    if (rc)
+        goto out;
 
     /* png */
     t0 = now();

@@ -100,6 +100,7 @@ struct fx_result {
     uint64_t seed;                    /* the seed used (chosen when the request had none) */
     size_t clip_tokens, t5_tokens;    /* prompt lengths before truncation (bos/eos counted) */
     double t_tokenize, t_encode, t_denoise, t_decode, t_png; /* seconds */
+    int64_t device_bytes_peak; /* peak device memory during the generation (0 on the CPU) */
 };
 
 void fx_result_release(struct fx_result *r);

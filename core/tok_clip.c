@@ -6,7 +6,7 @@
 #include "tok_clip.h"
 
 #include <errno.h>
-#include <json.h>
+#include <json-c/json.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>

@@ -22,7 +22,7 @@
 #include <sys/stat.h>
 
 struct shim_model {
-    torch::jit::script::Module clip, t5, transformer, ae;
+    torch::jit::Module clip, t5, transformer, ae;
     c10::Device device{c10::kCPU};
     std::string device_name;
 };
@@ -118,7 +118,7 @@ shim_status invalid(char *msg, size_t len, const std::string &s)
 }
 
 shim_status load_module(const char *what, const char *path, const c10::Device &dev,
-                        torch::jit::script::Module &out, char *msg, size_t len)
+                        torch::jit::Module &out, char *msg, size_t len)
 {
     if (path == nullptr)
         return invalid(msg, len, std::string("no path for the ") + what + " module");
@@ -137,7 +137,7 @@ shim_status load_module(const char *what, const char *path, const c10::Device &d
     return SHIM_OK;
 }
 
-at::Tensor run(torch::jit::script::Module &mod, std::vector<c10::IValue> args)
+at::Tensor run(torch::jit::Module &mod, std::vector<c10::IValue> args)
 {
     c10::IValue r = mod.forward(std::move(args));
     if (!r.isTensor())
@@ -449,6 +449,29 @@ shim_status shim_run_ae(shim_model *m, const shim_tensor *z, shim_tensor **out, 
     if (m == nullptr || z == nullptr || z->t.dim() != 4)
         return invalid(msg, msg_len, "run_ae: expected (B, C, h, w) latents");
     return guard(msg, msg_len, [&]() -> shim_status { return wrap(run(m->ae, {z->t}), out); });
+}
+
+shim_status shim_memory_stats(shim_model *m, int64_t *allocated, int64_t *peak, bool reset_peak,
+                              char *msg, size_t msg_len)
+{
+    if (m == nullptr || allocated == nullptr || peak == nullptr)
+        return invalid(msg, msg_len, "memory_stats: bad arguments");
+    *allocated = 0;
+    *peak = 0;
+    return guard(msg, msg_len, [&]() -> shim_status {
+#ifdef SHIM_WITH_CUDA
+        if (m->device.is_cuda()) {
+            auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(m->device.index());
+            *allocated = stats.allocated_bytes[0].current; // StatType::AGGREGATE
+            *peak = stats.allocated_bytes[0].peak;
+            if (reset_peak)
+                c10::cuda::CUDACachingAllocator::resetPeakStats(m->device.index());
+        }
+#else
+        (void)reset_peak;
+#endif
+        return SHIM_OK;
+    });
 }
 
 shim_status shim_sync(shim_model *m, char *msg, size_t msg_len)

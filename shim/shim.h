@@ -164,6 +164,13 @@ shim_status shim_run_transformer(shim_model *m, const shim_tensor *img, const sh
 shim_status shim_run_ae(shim_model *m, const shim_tensor *z, shim_tensor **out, char *msg,
                         size_t msg_len);
 
+/*
+ * Device memory held by tensors on the model's device: *allocated now and *peak since the
+ * model was loaded (or the last call with reset_peak).  Both are 0 on the CPU.
+ */
+shim_status shim_memory_stats(shim_model *m, int64_t *allocated, int64_t *peak, bool reset_peak,
+                              char *msg, size_t msg_len);
+
 /* Blocks until the device has finished queued work (a no-op on the CPU); for timings. */
 shim_status shim_sync(shim_model *m, char *msg, size_t msg_len);
 

@@ -51,6 +51,10 @@
     X(shim_status, shim_run_ae,                                                                    \
       (shim_model * m, const shim_tensor *z, shim_tensor **out, char *msg, size_t msg_len),        \
       (m, z, out, msg, msg_len))                                                                   \
+    X(shim_status, shim_memory_stats,                                                              \
+      (shim_model * m, int64_t *allocated, int64_t *peak, bool reset_peak, char *msg,              \
+       size_t msg_len),                                                                            \
+      (m, allocated, peak, reset_peak, msg, msg_len))                                              \
     X(shim_status, shim_sync, (shim_model * m, char *msg, size_t msg_len), (m, msg, msg_len))
 
 /* Entry points that cannot fail; without the library they do nothing. */

@@ -7,6 +7,7 @@ COMMANDS = {
     "tiny": ("fluxexport.tiny", "write tiny random checkpoints in both real layouts"),
     "tiny-tokenizers": ("fluxexport.tiny", "write only the tiny tokenizer files"),
     "reference": ("fluxexport.reference", "run the Python reference pipeline"),
+    "random-model": ("fluxexport.randmodel", "a model dir with random weights (benchmarks)"),
 }
 
 

@@ -126,13 +126,13 @@ def clip_special_ids(vocab_path):
             from None
 
 
-def build_manifest(ck, args, dtype_name, device, modules, sources):
+def build_manifest(ck, name, dtype_name, device, modules, sources):
     bos, eos = clip_special_ids(os.path.join(ck.tokenizer_dir, "vocab.json"))
     ap = ck.ae_params
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "name": args.name,
+        "name": name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "exporter": {"version": __version__, "torch": torch.__version__},
         "layout": ck.layout,
@@ -172,19 +172,15 @@ def build_manifest(ck, args, dtype_name, device, modules, sources):
     }
 
 
-def run(args, progress):
-    dtype_name = args.dtype
+def write_model_dir(ck, out, source_root, name, dtype_name, device, force, verify, progress):
+    """Writes the model dir for a resolved checkpoint (anything with the Checkpoint interface:
+    params, tokenizer dirs, source_files() and load()). Assembled in a temporary sibling and
+    renamed into place; nothing is left behind on failure."""
     dtype = DTYPES[dtype_name]
-    device = parse_device(args.device)
-    progress(f"reading checkpoint headers under '{args.source}'")
-    ck = open_checkpoint(args.source, args.layout, args.transformer, args.ae,
-                         [int(a) for a in args.axes_dim.split(",")] if args.axes_dim else None)
-    progress(f"layout {ck.layout}; transformer {ck.flux_params.to_dict()}")
-    out = os.path.abspath(args.out)
-    if os.path.exists(out) and not args.force:
-        raise CheckpointError(f"'{args.out}' exists (use --force to replace it)")
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not force:
+        raise CheckpointError(f"'{out}' exists (use --force to replace it)")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = f"{out}.tmp-{os.getpid()}"
     try:
         os.makedirs(tmp)
@@ -192,19 +188,19 @@ def run(args, progress):
         for path in ck.source_files():
             size = os.path.getsize(path)
             progress(f"hashing {path} ({size / 1e9:.2f} GB)")
-            sources.append({"path": os.path.relpath(path, args.source), "bytes": size,
+            sources.append({"path": os.path.relpath(path, source_root), "bytes": size,
                             "sha256": sha256_file(path, progress)})
         modules = {}
         for part in ("clip", "t5", "transformer", "ae"):
             modules[part] = export_module(ck, part, os.path.join(tmp, MODULE_FILES[part]), dtype,
-                                          device, progress, args.verify)
+                                          device, progress, verify)
         for sub, names in (("tokenizer", ("vocab.json", "merges.txt")),
                            ("tokenizer_2", ("spiece.model",))):
             src_dir = ck.tokenizer_dir if sub == "tokenizer" else ck.tokenizer2_dir
             os.makedirs(os.path.join(tmp, sub))
             for n in names:
                 shutil.copyfile(os.path.join(src_dir, n), os.path.join(tmp, sub, n))
-        manifest = build_manifest(ck, args, dtype_name, device, modules, sources)
+        manifest = build_manifest(ck, name, dtype_name, device, modules, sources)
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2)
             f.write("\n")
@@ -220,6 +216,16 @@ def run(args, progress):
         if tmp and os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     progress(f"wrote {out}")
+
+
+def run(args, progress):
+    device = parse_device(args.device)
+    progress(f"reading checkpoint headers under '{args.source}'")
+    ck = open_checkpoint(args.source, args.layout, args.transformer, args.ae,
+                         [int(a) for a in args.axes_dim.split(",")] if args.axes_dim else None)
+    progress(f"layout {ck.layout}; transformer {ck.flux_params.to_dict()}")
+    write_model_dir(ck, args.out, args.source, args.name, args.dtype, device, args.force,
+                    args.verify, progress)
 
 
 def main(cmd, argv):

@@ -57,9 +57,10 @@ class Pipeline:
         return cls(*mods, dtype=DTYPES[man["dtype"]], device=device)
 
     def generate(self, clip_ids, t5_ids, width=1024, height=1024, steps=28, guidance=3.5,
-                 seed=0, on_step=None):
+                 seed=0, on_step=None, noise_dtype=None):
         """Returns dict(pixels (H, W, 3) uint8 tensor, latents [packed float32 per step,
-        index 0 = noise], timings {phase: seconds})."""
+        index 0 = noise], timings {phase: seconds}). noise_dtype (default: the model dtype)
+        draws the noise in another dtype, to compare an fp32 run with a bf16 one."""
         sampling.check_size(width, height)
         dev, dt = self.device, self.dtype
         timings = {}
@@ -70,7 +71,8 @@ class Pipeline:
             timings["encode"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            x = sampling.pack(sampling.noise(seed, width, height, dt)).to(dev).float()
+            x = sampling.pack(sampling.noise(seed, width, height, noise_dtype or dt)).to(dev)
+            x = x.float()
             sig = sampling.schedule(steps, x.shape[1])
             img_ids = sampling.img_ids(width, height).to(dev)
             txt_ids = sampling.txt_ids(txt.shape[1]).to(dev)

@@ -1,0 +1,110 @@
+"""A model dir with random weights at any dimensions, written straight from the modules (no
+checkpoint files): for benchmarks at the real FLUX.1 sizes, where real weights cannot be had.
+
+    python3 -m fluxexport random-model --out DIR --tokenizers MODEL_DIR
+        [--dims full|tiny] [--depth N] [--single N] [--device cuda] [--dtype bf16] [--seed 0]
+
+--dims full is FLUX.1-dev / Krea-dev (transformer 3072 wide, 19 + 38 blocks, T5-XXL, CLIP-L,
+the 16-channel AE); --depth / --single give fewer blocks (label results so). The tokenizer
+files come from an existing model dir (e.g. build/models/tiny): their ids stay inside the real
+vocabularies. The weights are N(0, 1/fan_in) matrices, unit norm scales and small biases; the
+images are noise, the compute is the real one.
+"""
+
+import argparse
+import sys
+
+import torch
+
+from . import exporter
+from .autoencoder import AEDecoder, AEParams
+from .clip import CLIPParams, CLIPTextModel
+from .flux import Flux, FluxParams
+from .stio import CheckpointError
+from .t5 import T5EncoderModel, T5Params
+from .tiny import tiny_params
+
+
+class RandomCheckpoint:
+    """The Checkpoint interface (params, tokenizer dirs, source_files, load) over random weights."""
+
+    layout = "random"
+
+    def __init__(self, params, tokenizer_root, seed):
+        self.flux_params, self.ae_params, self.clip_params, self.t5_params = params
+        self.tokenizer_dir = f"{tokenizer_root}/tokenizer"
+        self.tokenizer2_dir = f"{tokenizer_root}/tokenizer_2"
+        self.seed = seed
+
+    def source_files(self):
+        return []
+
+    def load(self, part, dtype=torch.float32, device="cpu", progress=None):
+        cls, p = {"transformer": (Flux, self.flux_params), "ae": (AEDecoder, self.ae_params),
+                  "clip": (CLIPTextModel, self.clip_params),
+                  "t5": (T5EncoderModel, self.t5_params)}[part]
+        m = cls(p, device="meta", dtype=dtype)
+        part_no = ("clip", "t5", "transformer", "ae").index(part)
+        g = torch.Generator(device=device).manual_seed(self.seed * 10 + part_no)
+        names = sorted(n for n, _ in m.named_parameters())
+        for i, name in enumerate(names):
+            shape = dict(m.named_parameters())[name].shape
+            t = torch.empty(shape, dtype=dtype, device=device)
+            if name.endswith("bias"):
+                t.normal_(0.0, 0.02, generator=g)
+            elif len(shape) == 1:
+                t.fill_(1.0)
+            else:
+                fan_in = 1
+                for d in shape[1:]:
+                    fan_in *= d
+                std = 1.0 if ("embedding" in name or name.startswith("shared")
+                              or "relative_attention" in name) else fan_in ** -0.5
+                t.normal_(0.0, std, generator=g)
+            owner, _, leaf = name.rpartition(".")
+            setattr(m.get_submodule(owner) if owner else m, leaf,
+                    torch.nn.Parameter(t, requires_grad=False))
+            if progress and (i + 1) % 200 == 0:
+                progress(i + 1, len(names))
+        return m.eval()
+
+
+def full_params(depth, single):
+    return (FluxParams(depth=depth, depth_single_blocks=single), AEParams(), CLIPParams(),
+            T5Params())
+
+
+def main(cmd, argv):
+    ap = argparse.ArgumentParser(prog=f"fluxexport {cmd}")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tokenizers", required=True,
+                    help="a model dir (or checkpoint) holding tokenizer/ and tokenizer_2/")
+    ap.add_argument("--dims", choices=("full", "tiny"), default="full")
+    ap.add_argument("--depth", type=int, default=19)
+    ap.add_argument("--single", type=int, default=38)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", choices=sorted(exporter.DTYPES), default="bf16")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--force", action="store_true")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    progress = exporter.Progress(args.quiet)
+    try:
+        device = exporter.parse_device(args.device)
+        if args.dims == "full":
+            params = full_params(args.depth, args.single)
+        else:
+            import json
+            import os
+            with open(os.path.join(args.tokenizers, "tokenizer", "vocab.json")) as f:
+                clip_vocab = len(json.load(f))
+            params = tiny_params(clip_vocab, 320, args.depth, args.single)
+        ck = RandomCheckpoint(params, args.tokenizers, args.seed)
+        name = args.name or (f"flux-random-{args.dims}-{args.depth}+{args.single}")
+        exporter.write_model_dir(ck, args.out, args.tokenizers, name, args.dtype, device,
+                                 args.force, False, progress)
+    except (CheckpointError, OSError, RuntimeError, ValueError) as e:
+        print(f"fluxexport: error: {e}", file=sys.stderr)
+        return 1
+    return 0
