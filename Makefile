@@ -277,7 +277,7 @@ format-check:
 
 # ---------------------------------------------------------------------------
 
-test: test-c test-export test-pipeline
+test: format-check test-c test-export test-pipeline
 
 clean:
 	rm -rf $(BUILD)

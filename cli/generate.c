@@ -165,8 +165,8 @@ int cmd_generate(int argc, char **argv)
         return EXIT_USAGE;
     }
     if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0 &&
-        !(strncmp(device, "cuda:", 5) == 0 && device[5] && strspn(device + 5, "0123456789") ==
-                                                                 strlen(device + 5))) {
+        !(strncmp(device, "cuda:", 5) == 0 && device[5] &&
+          strspn(device + 5, "0123456789") == strlen(device + 5))) {
         fprintf(stderr, "fluxgen: --device: '%s' is not cpu, cuda or cuda:N\n", device);
         return EXIT_USAGE;
     }
@@ -286,10 +286,10 @@ int cmd_generate(int argc, char **argv)
                    "\"t5_tokens\":%zu,\"load_seconds\":%.6f,\"device_bytes_peak\":%lld,"
                    "\"timings\":{\"tokenize\":%.6f,"
                    "\"encode\":%.6f,\"denoise\":%.6f,\"decode\":%.6f,\"png\":%.6f}}\n",
-                   strpbrk(path, "\"\\") ? "(unprintable)" : path,
-                   (unsigned long long)res.seed, one.width, one.height, one.steps,
-                   one.guidance, fx_pipeline_device(pipe), res.clip_tokens, res.t5_tokens,
-                   t_load, (long long)res.device_bytes_peak, res.t_tokenize, res.t_encode, res.t_denoise, res.t_decode, res.t_png);
+                   strpbrk(path, "\"\\") ? "(unprintable)" : path, (unsigned long long)res.seed,
+                   one.width, one.height, one.steps, one.guidance, fx_pipeline_device(pipe),
+                   res.clip_tokens, res.t5_tokens, t_load, (long long)res.device_bytes_peak,
+                   res.t_tokenize, res.t_encode, res.t_denoise, res.t_decode, res.t_png);
             fflush(stdout);
         } else if (!quiet) {
             fprintf(stderr, "fluxgen: wrote %s (%dx%d, %d steps, seed %llu) in %.2fs\n", path,

@@ -118,8 +118,9 @@ static int get_path(json_object *root, const char *path, const char *dir, char *
     if (rc)
         return rc;
     if (rel[0] == '/' || strstr(rel, "..") != NULL || strchr(rel, '\\') != NULL)
-        return fail(msg, len, FX_EFORMAT, "manifest.json: '%s' must be a file inside the model "
-                                          "dir, got '%s'",
+        return fail(msg, len, FX_EFORMAT,
+                    "manifest.json: '%s' must be a file inside the model "
+                    "dir, got '%s'",
                     path, rel);
     if ((size_t)snprintf(dst, MANIFEST_PATH_MAX, "%s/%s", dir, rel) >= MANIFEST_PATH_MAX)
         return fail(msg, len, FX_EFORMAT, "manifest.json: '%s' makes a path too long", path);
@@ -166,8 +167,8 @@ static int parse(json_object *j, const char *dir, struct fx_manifest *m, char *m
         (rc = get_int(j, "tokenizers.t5.pad_id", 0, 1 << 24, &t5pad, msg, len)) ||
         (rc = get_int(j, "modules.transformer.params.in_channels", 4, 1024, &m->in_channels, msg,
                       len)) ||
-        (rc = get_int(j, "modules.transformer.params.context_in_dim", 1, 1 << 16,
-                      &m->context_dim, msg, len)) ||
+        (rc = get_int(j, "modules.transformer.params.context_in_dim", 1, 1 << 16, &m->context_dim,
+                      msg, len)) ||
         (rc = get_int(j, "modules.transformer.params.vec_in_dim", 1, 1 << 16, &m->vec_dim, msg,
                       len)) ||
         (rc = get_int(j, "modules.clip_text.params.hidden_size", 1, 1 << 16, &clip_hidden, msg,
@@ -190,11 +191,13 @@ static int parse(json_object *j, const char *dir, struct fx_manifest *m, char *m
     m->t5_eos = t5eos;
     m->t5_pad = t5pad;
     if (m->in_channels != 4 * m->latent_channels)
-        return fail(msg, len, FX_EFORMAT, "manifest.json: transformer in_channels is not 4 x "
-                                          "the latent channels");
+        return fail(msg, len, FX_EFORMAT,
+                    "manifest.json: transformer in_channels is not 4 x "
+                    "the latent channels");
     if (m->context_dim != t5_model_dim || m->vec_dim != clip_hidden)
-        return fail(msg, len, FX_EFORMAT, "manifest.json: the text encoders' widths do not match "
-                                          "the transformer's inputs");
+        return fail(msg, len, FX_EFORMAT,
+                    "manifest.json: the text encoders' widths do not match "
+                    "the transformer's inputs");
     if (m->multiple_of % 16 || m->min_size % m->multiple_of || m->max_size % m->multiple_of ||
         m->min_size > m->max_size)
         return fail(msg, len, FX_EFORMAT, "manifest.json: inconsistent size limits");
@@ -213,8 +216,8 @@ int manifest_load(const char *dir, struct fx_manifest **out, char *msg, size_t m
     if (out == NULL)
         return FX_EINVAL;
     *out = NULL;
-    if (dir == NULL || (size_t)snprintf(path, sizeof(path), "%s/manifest.json", dir) >=
-                           sizeof(path) - 512)
+    if (dir == NULL ||
+        (size_t)snprintf(path, sizeof(path), "%s/manifest.json", dir) >= sizeof(path) - 512)
         return fail(msg, msg_len, FX_EINVAL, "model dir path is too long");
     rc = read_file(path, &text, &n, msg, msg_len);
     if (rc)
@@ -226,8 +229,8 @@ int manifest_load(const char *dir, struct fx_manifest **out, char *msg, size_t m
         goto out;
     j = json_tokener_parse_ex(tok, text, (int)n);
     if (j == NULL || json_tokener_get_error(tok) != json_tokener_success ||
-        text[json_tokener_get_parse_end(tok) + strspn(text + json_tokener_get_parse_end(tok),
-                                                      " \t\r\n")] != '\0') {
+        text[json_tokener_get_parse_end(tok) +
+             strspn(text + json_tokener_get_parse_end(tok), " \t\r\n")] != '\0') {
         rc = fail(msg, msg_len, FX_EFORMAT, "'%s': not valid JSON (%s)", path,
                   json_tokener_error_desc(json_tokener_get_error(tok)));
         goto out;

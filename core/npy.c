@@ -23,13 +23,21 @@ int npy_write_f32(const char *path, const float *data, const int64_t *shape, int
     }
     if (ndim > 1)
         shp[off - 1] = '\0'; /* (a, b) rather than (a, b,) */
-    int n = snprintf(dict, sizeof(dict), "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }",
-                     shp);
+    int n = snprintf(dict, sizeof(dict),
+                     "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", shp);
     /* magic (6) + version (2) + header length (2) + dict + padding + '\n', a multiple of 64 */
     size_t total = 10 + (size_t)n + 1;
     size_t pad = (64 - total % 64) % 64;
     size_t hlen = (size_t)n + pad + 1;
-    unsigned char head[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 0xff),
+    unsigned char head[10] = {0x93,
+                              'N',
+                              'U',
+                              'M',
+                              'P',
+                              'Y',
+                              1,
+                              0,
+                              (unsigned char)(hlen & 0xff),
                               (unsigned char)(hlen >> 8)};
     f = fopen(path, "wb");
     if (f == NULL)

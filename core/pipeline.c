@@ -92,14 +92,14 @@ static int check_size(const char *name, int v, const struct fx_limits *l, const 
 {
     if (v % l->multiple_of != 0 || v < l->min_size || v > l->max_size) {
         *field = name;
-        return fail(msg, len, FX_ERANGE, "%s: must be a multiple of %d from %d to %d, got %d",
-                    name, l->multiple_of, l->min_size, l->max_size, v);
+        return fail(msg, len, FX_ERANGE, "%s: must be a multiple of %d from %d to %d, got %d", name,
+                    l->multiple_of, l->min_size, l->max_size, v);
     }
     return 0;
 }
 
-int fx_request_validate(const struct fx_request *r, const struct fx_limits *l,
-                        const char **field, char *msg, size_t msg_len)
+int fx_request_validate(const struct fx_request *r, const struct fx_limits *l, const char **field,
+                        char *msg, size_t msg_len)
 {
     const char *dummy;
     int rc;
@@ -124,8 +124,7 @@ int fx_request_validate(const struct fx_request *r, const struct fx_limits *l,
         return fail(msg, msg_len, FX_ERANGE, "num_inference_steps: must be from 1 to %d, got %d",
                     l->max_steps, r->steps);
     }
-    if (!isfinite(r->guidance) || r->guidance < l->min_guidance ||
-        r->guidance > l->max_guidance) {
+    if (!isfinite(r->guidance) || r->guidance < l->min_guidance || r->guidance > l->max_guidance) {
         *field = "guidance_scale";
         return fail(msg, msg_len, FX_ERANGE, "guidance_scale: must be a number from %g to %g",
                     l->min_guidance, l->max_guidance);
@@ -241,8 +240,8 @@ void fx_result_release(struct fx_result *r)
 
 /* The tensors of one generation, freed together. */
 struct run {
-    shim_tensor *ids, *y, *txt, *noise, *packed, *x, *img_ids, *txt_ids, *g, *t, *xin, *v, *z,
-        *zu, *rgb;
+    shim_tensor *ids, *y, *txt, *noise, *packed, *x, *img_ids, *txt_ids, *g, *t, *xin, *v, *z, *zu,
+        *rgb;
 };
 
 static void run_release(struct run *t)
@@ -314,7 +313,8 @@ static char *params_json(const struct fx_pipeline *p, const struct fx_request *r
     json_object_object_add(o, "model_sha256", json_object_new_string(p->man->sha256));
     json_object_object_add(o, "dtype", json_object_new_string(p->man->bf16 ? "bf16" : "fp32"));
     json_object_object_add(o, "program", json_object_new_string("fluxcgi " FX_VERSION));
-    s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+    s = strdup(
+        json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
 out:
     json_object_put(o);
     free(prompt);
@@ -382,8 +382,8 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
     int64_t clip_shape[2] = {1, TOK_CLIP_LEN}, t5_shape[2] = {1, TOK_T5_LEN};
     for (int i = 0; i < TOK_CLIP_LEN; i++)
         ids64[i] = clip_ids[i];
-    rc = from_shim(shim_tensor_from_host(p->model, ids64, SHIM_I64, clip_shape, 2, SHIM_I64,
-                                         &t.ids, msg, msg_len));
+    rc = from_shim(shim_tensor_from_host(p->model, ids64, SHIM_I64, clip_shape, 2, SHIM_I64, &t.ids,
+                                         msg, msg_len));
     if (rc == 0)
         rc = from_shim(shim_run_clip(p->model, t.ids, &t.y, msg, msg_len));
     if (rc)
@@ -412,8 +412,8 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
     }
     sched_sigmas(r->steps, (long)tokens, sig);
     int64_t noise_shape[4] = {1, m->latent_channels, r->height / 8, r->width / 8};
-    rc = from_shim(shim_randn(p->model, out->seed, noise_shape, 4, p->dtype, &t.noise, msg,
-                              msg_len));
+    rc = from_shim(
+        shim_randn(p->model, out->seed, noise_shape, 4, p->dtype, &t.noise, msg, msg_len));
     if (rc == 0)
         rc = from_shim(shim_pack(t.noise, &t.packed, msg, msg_len));
     if (rc == 0)
@@ -445,12 +445,11 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
     /* denoise */
     for (int i = 0; i < r->steps; i++) {
         if (hooks && hooks->cancel && atomic_load(hooks->cancel)) {
-            rc = fail(msg, msg_len, FX_ECANCELED, "cancelled before step %d of %d", i + 1,
-                      r->steps);
+            rc =
+                fail(msg, msg_len, FX_ECANCELED, "cancelled before step %d of %d", i + 1, r->steps);
             goto out;
         }
-        rc = from_shim(shim_tensor_full(p->model, (double)sig[i], 1, p->dtype, &t.t, msg,
-                                        msg_len));
+        rc = from_shim(shim_tensor_full(p->model, (double)sig[i], 1, p->dtype, &t.t, msg, msg_len));
         if (rc == 0)
             rc = from_shim(shim_tensor_cast(t.x, p->dtype, &t.xin, msg, msg_len));
         if (rc == 0)
@@ -498,8 +497,8 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
     }
     to_rgb8(host, r->width, r->height, rgb8);
     out->t_decode = now() - t0;
-    rc = from_shim(shim_memory_stats(p->model, &mem_now, &out->device_bytes_peak, false, msg,
-                                     msg_len));
+    rc = from_shim(
+        shim_memory_stats(p->model, &mem_now, &out->device_bytes_peak, false, msg, msg_len));
     if (rc)
         goto out;
 

@@ -54,8 +54,8 @@ void fx_limits_default(struct fx_limits *l, const struct fx_manifest *m);
  * field's name ("prompt", "width", "height", "num_inference_steps", "guidance_scale",
  * "seed") and msg[0..msg_len) a one-line reason.  field and msg may be NULL.
  */
-int fx_request_validate(const struct fx_request *r, const struct fx_limits *l,
-                        const char **field, char *msg, size_t msg_len);
+int fx_request_validate(const struct fx_request *r, const struct fx_limits *l, const char **field,
+                        char *msg, size_t msg_len);
 
 struct fx_pipeline_params {
     const char *model_dir;
@@ -97,8 +97,8 @@ struct fx_hooks {
 struct fx_result {
     uint8_t *png; /* malloc'd PNG file bytes */
     size_t png_len;
-    uint64_t seed;                    /* the seed used (chosen when the request had none) */
-    size_t clip_tokens, t5_tokens;    /* prompt lengths before truncation (bos/eos counted) */
+    uint64_t seed;                 /* the seed used (chosen when the request had none) */
+    size_t clip_tokens, t5_tokens; /* prompt lengths before truncation (bos/eos counted) */
     double t_tokenize, t_encode, t_denoise, t_decode, t_png; /* seconds */
     int64_t device_bytes_peak; /* peak device memory during the generation (0 on the CPU) */
 };

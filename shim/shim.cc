@@ -11,9 +11,9 @@
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Generator.h>
-#include <ATen/CPUGeneratorImpl.h>
 
 #include <cstdio>
 #include <cstring>
@@ -31,7 +31,8 @@ struct shim_tensor {
     at::Tensor t;
 };
 
-namespace {
+namespace
+{
 
 void set_msg(char *msg, size_t len, const std::string &s)
 {
@@ -53,8 +54,8 @@ void set_script_msg(char *msg, size_t len, const std::string &s)
         return;
     }
     size_t start = s.rfind('\n', end);
-    std::string last = s.substr(start == std::string::npos ? 0 : start + 1, end + 1 -
-                                (start == std::string::npos ? 0 : start + 1));
+    std::string last = s.substr(start == std::string::npos ? 0 : start + 1,
+                                end + 1 - (start == std::string::npos ? 0 : start + 1));
     size_t first_end = s.find('\n');
     std::string first = s.substr(0, first_end);
     set_msg(msg, len, first == last ? first : first + " " + last);
@@ -166,8 +167,10 @@ shim_status shim_model_load(const struct shim_params *p, shim_model **out, char 
             if (dev_s.size() > 5 && dev_s.find_first_not_of("0123456789", 5) != std::string::npos)
                 return invalid(msg, msg_len, "bad device '" + dev_s + "' (cpu, cuda or cuda:N)");
             if (!torch::cuda::is_available()) {
-                set_msg(msg, msg_len, "device '" + dev_s + "' asked for, but this libtorch sees "
-                                      "no CUDA device");
+                set_msg(msg, msg_len,
+                        "device '" + dev_s +
+                            "' asked for, but this libtorch sees "
+                            "no CUDA device");
                 return SHIM_EDEVICE;
             }
             dev = c10::Device(dev_s == "cuda" ? std::string("cuda:0") : dev_s);
@@ -191,8 +194,7 @@ shim_status shim_model_load(const struct shim_params *p, shim_model **out, char 
         if (st == SHIM_OK)
             st = load_module("t5", p->t5_path, dev, m->t5, msg, msg_len);
         if (st == SHIM_OK)
-            st = load_module("transformer", p->transformer_path, dev, m->transformer, msg,
-                             msg_len);
+            st = load_module("transformer", p->transformer_path, dev, m->transformer, msg, msg_len);
         if (st == SHIM_OK)
             st = load_module("ae", p->ae_path, dev, m->ae, msg, msg_len);
         if (st != SHIM_OK) {
@@ -271,9 +273,8 @@ shim_status shim_tensor_full(shim_model *m, double v, int64_t n, shim_dtype dtyp
     if (m == nullptr || n < 0 || !valid_dtype(dtype))
         return invalid(msg, msg_len, "tensor_full: bad arguments");
     return guard(msg, msg_len, [&]() -> shim_status {
-        return wrap(at::full({n}, v, at::TensorOptions().dtype(scalar_type(dtype))
-                                         .device(m->device)),
-                    out);
+        return wrap(
+            at::full({n}, v, at::TensorOptions().dtype(scalar_type(dtype)).device(m->device)), out);
     });
 }
 
@@ -313,8 +314,9 @@ shim_status shim_tensor_to_host(const shim_tensor *t, float *dst, size_t n, char
     if (t == nullptr || dst == nullptr)
         return invalid(msg, msg_len, "tensor_to_host: bad arguments");
     if (static_cast<int64_t>(n) != t->t.numel())
-        return invalid(msg, msg_len, "tensor_to_host: buffer holds " + std::to_string(n) +
-                                         " floats, tensor has " + std::to_string(t->t.numel()));
+        return invalid(msg, msg_len,
+                       "tensor_to_host: buffer holds " + std::to_string(n) +
+                           " floats, tensor has " + std::to_string(t->t.numel()));
     return guard(msg, msg_len, [&]() -> shim_status {
         at::Tensor host = t->t.to(at::kCPU, at::kFloat).contiguous();
         std::memcpy(dst, host.data_ptr<float>(), n * sizeof(float));
@@ -322,8 +324,8 @@ shim_status shim_tensor_to_host(const shim_tensor *t, float *dst, size_t n, char
     });
 }
 
-shim_status shim_tensor_cast(const shim_tensor *t, shim_dtype dtype, shim_tensor **out,
-                             char *msg, size_t msg_len)
+shim_status shim_tensor_cast(const shim_tensor *t, shim_dtype dtype, shim_tensor **out, char *msg,
+                             size_t msg_len)
 {
     if (out == nullptr)
         return invalid(msg, msg_len, "no output handle");
@@ -362,9 +364,8 @@ shim_status shim_pack(const shim_tensor *z, shim_tensor **out, char *msg, size_t
     return guard(msg, msg_len, [&]() -> shim_status {
         const at::Tensor &t = z->t;
         int64_t b = t.size(0), c = t.size(1), h = t.size(2) / 2, w = t.size(3) / 2;
-        return wrap(t.view({b, c, h, 2, w, 2}).permute({0, 2, 4, 1, 3, 5}).reshape({b, h * w,
-                                                                                    c * 4}),
-                    out);
+        return wrap(
+            t.view({b, c, h, 2, w, 2}).permute({0, 2, 4, 1, 3, 5}).reshape({b, h * w, c * 4}), out);
     });
 }
 
@@ -380,9 +381,9 @@ shim_status shim_unpack(const shim_tensor *x, int64_t h, int64_t w, shim_tensor 
     return guard(msg, msg_len, [&]() -> shim_status {
         const at::Tensor &t = x->t;
         int64_t b = t.size(0), c = t.size(2) / 4;
-        return wrap(t.view({b, h, w, c, 2, 2}).permute({0, 3, 1, 4, 2, 5}).reshape({b, c, h * 2,
-                                                                                    w * 2}),
-                    out);
+        return wrap(
+            t.view({b, h, w, c, 2, 2}).permute({0, 3, 1, 4, 2, 5}).reshape({b, c, h * 2, w * 2}),
+            out);
     });
 }
 
@@ -434,8 +435,8 @@ shim_status shim_run_transformer(shim_model *m, const shim_tensor *img, const sh
     if (m == nullptr || !img || !img_ids || !txt || !txt_ids || !timesteps || !y || !guidance)
         return invalid(msg, msg_len, "run_transformer: missing argument");
     return guard(msg, msg_len, [&]() -> shim_status {
-        return wrap(run(m->transformer, {img->t, img_ids->t, txt->t, txt_ids->t, timesteps->t,
-                                         y->t, guidance->t}),
+        return wrap(run(m->transformer,
+                        {img->t, img_ids->t, txt->t, txt_ids->t, timesteps->t, y->t, guidance->t}),
                     out);
     });
 }

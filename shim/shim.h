@@ -38,12 +38,12 @@ extern "C" {
 
 typedef enum shim_status {
     SHIM_OK = 0,
-    SHIM_EINVAL = 1,   /* bad argument: NULL handle, wrong shape, unknown device string */
-    SHIM_ENOENT = 2,   /* a module file is missing */
-    SHIM_EFORMAT = 3,  /* a module file is not a loadable TorchScript archive */
-    SHIM_EDEVICE = 4,  /* the device asked for is not available in this libtorch */
-    SHIM_ENOMEM = 5,   /* host or device out of memory */
-    SHIM_ERUNTIME = 6, /* libtorch raised an error while running */
+    SHIM_EINVAL = 1,    /* bad argument: NULL handle, wrong shape, unknown device string */
+    SHIM_ENOENT = 2,    /* a module file is missing */
+    SHIM_EFORMAT = 3,   /* a module file is not a loadable TorchScript archive */
+    SHIM_EDEVICE = 4,   /* the device asked for is not available in this libtorch */
+    SHIM_ENOMEM = 5,    /* host or device out of memory */
+    SHIM_ERUNTIME = 6,  /* libtorch raised an error while running */
     SHIM_EINTERNAL = 7, /* anything else */
     SHIM_ENOLIB = 8     /* the libtorch side (libfluxshim.so) could not be loaded */
 } shim_status;
@@ -56,11 +56,11 @@ const char *shim_status_name(shim_status st);
 
 /* What to load and where. */
 struct shim_params {
-    const char *device;     /* "cpu", "cuda" or "cuda:N"; default "cpu" */
-    shim_dtype dtype;       /* the dtype the modules were exported in; default SHIM_F32 */
-    int cpu_threads;        /* libtorch intra-op threads on the CPU; 0 (default) leaves it */
-    const char *clip_path;  /* the four module files (absolute or relative to the cwd); */
-    const char *t5_path;    /* all four are required */
+    const char *device;    /* "cpu", "cuda" or "cuda:N"; default "cpu" */
+    shim_dtype dtype;      /* the dtype the modules were exported in; default SHIM_F32 */
+    int cpu_threads;       /* libtorch intra-op threads on the CPU; 0 (default) leaves it */
+    const char *clip_path; /* the four module files (absolute or relative to the cwd); */
+    const char *t5_path;   /* all four are required */
     const char *transformer_path;
     const char *ae_path;
 };
@@ -120,8 +120,8 @@ shim_status shim_tensor_to_host(const shim_tensor *t, float *dst, size_t n, char
                                 size_t msg_len);
 
 /* A new tensor: t converted to dtype (on the same device). */
-shim_status shim_tensor_cast(const shim_tensor *t, shim_dtype dtype, shim_tensor **out,
-                             char *msg, size_t msg_len);
+shim_status shim_tensor_cast(const shim_tensor *t, shim_dtype dtype, shim_tensor **out, char *msg,
+                             size_t msg_len);
 
 /*
  * Seeded standard-normal noise of the given shape, drawn on the CPU with libtorch's CPU

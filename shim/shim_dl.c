@@ -28,7 +28,8 @@
       (shim_model * m, uint64_t seed, const int64_t *shape, int ndim, shim_dtype dtype,            \
        shim_tensor **out, char *msg, size_t msg_len),                                              \
       (m, seed, shape, ndim, dtype, out, msg, msg_len))                                            \
-    X(shim_status, shim_pack, (const shim_tensor *z, shim_tensor **out, char *msg, size_t msg_len),\
+    X(shim_status, shim_pack,                                                                      \
+      (const shim_tensor *z, shim_tensor **out, char *msg, size_t msg_len),                        \
       (z, out, msg, msg_len))                                                                      \
     X(shim_status, shim_unpack,                                                                    \
       (const shim_tensor *x, int64_t h, int64_t w, shim_tensor **out, char *msg, size_t msg_len),  \
@@ -43,16 +44,15 @@
       (shim_model * m, const shim_tensor *ids, shim_tensor **out, char *msg, size_t msg_len),      \
       (m, ids, out, msg, msg_len))                                                                 \
     X(shim_status, shim_run_transformer,                                                           \
-      (shim_model * m, const shim_tensor *img, const shim_tensor *img_ids,                         \
-       const shim_tensor *txt, const shim_tensor *txt_ids, const shim_tensor *timesteps,           \
-       const shim_tensor *y, const shim_tensor *guidance, shim_tensor **out, char *msg,            \
-       size_t msg_len),                                                                            \
+      (shim_model * m, const shim_tensor *img, const shim_tensor *img_ids, const shim_tensor *txt, \
+       const shim_tensor *txt_ids, const shim_tensor *timesteps, const shim_tensor *y,             \
+       const shim_tensor *guidance, shim_tensor **out, char *msg, size_t msg_len),                 \
       (m, img, img_ids, txt, txt_ids, timesteps, y, guidance, out, msg, msg_len))                  \
     X(shim_status, shim_run_ae,                                                                    \
       (shim_model * m, const shim_tensor *z, shim_tensor **out, char *msg, size_t msg_len),        \
       (m, z, out, msg, msg_len))                                                                   \
     X(shim_status, shim_memory_stats,                                                              \
-      (shim_model * m, int64_t *allocated, int64_t *peak, bool reset_peak, char *msg,              \
+      (shim_model * m, int64_t * allocated, int64_t * peak, bool reset_peak, char *msg,            \
        size_t msg_len),                                                                            \
       (m, allocated, peak, reset_peak, msg, msg_len))                                              \
     X(shim_status, shim_sync, (shim_model * m, char *msg, size_t msg_len), (m, msg, msg_len))
@@ -82,11 +82,10 @@ static int loaded;
 
 static void load(void)
 {
-    static const char *const names[] = {
-        "shim_model_load",
+    static const char *const names[] = {"shim_model_load",
 #define SHIM_NAME(ret, name, params, args) #name,
 #define SHIM_NAME_PLAIN(ret, name, params, args, none) #name,
-        SHIM_CALLS(SHIM_NAME) SHIM_PLAIN(SHIM_NAME_PLAIN)
+                                        SHIM_CALLS(SHIM_NAME) SHIM_PLAIN(SHIM_NAME_PLAIN)
 #undef SHIM_NAME
 #undef SHIM_NAME_PLAIN
     };

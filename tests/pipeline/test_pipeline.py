@@ -111,7 +111,8 @@ class Output(unittest.TestCase):
 
     def run_png(self, name, *extra):
         path = os.path.join(self.tmp, name)
-        fluxgen("--model", MODEL, "--prompt", PROMPT, "--steps", "2", "--width", "256",
+        steps = () if "--steps" in extra else ("--steps", "2")
+        fluxgen("--model", MODEL, "--prompt", PROMPT, *steps, "--width", "256",
                 "--height", "256", "-o", path, *extra)
         with open(path, "rb") as f:
             return f.read()
@@ -139,6 +140,19 @@ class Output(unittest.TestCase):
             import hashlib
             self.assertEqual(params["model_sha256"], hashlib.sha256(f.read()).hexdigest())
         self.assertTrue(params["program"].startswith("fluxcgi "))
+
+    def test_count_makes_consecutive_seeds_in_one_process(self):
+        pattern = os.path.join(self.tmp, "n-%d.png")
+        res = fluxgen("--model", MODEL, "--prompt", PROMPT, "--steps", "1", "--width", "256",
+                      "--height", "256", "--seed", "40", "--count", "3", "--json", "-o", pattern)
+        rows = [json.loads(line) for line in res.stdout.decode().splitlines()]
+        self.assertEqual([r["seed"] for r in rows], [40, 41, 42])
+        single = self.run_png("s41.png", "--seed", "41", "--steps", "1")
+        with open(pattern % 1, "rb") as f:
+            self.assertEqual(f.read(), single)
+        bad = fluxgen("--model", MODEL, "--prompt", PROMPT, "--count", "2", "-o",
+                      os.path.join(self.tmp, "x.png"), check=False)
+        self.assertEqual(bad.returncode, EXIT_USAGE)
 
     def test_random_seed_is_reported(self):
         path = os.path.join(self.tmp, "r.png")

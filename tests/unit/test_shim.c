@@ -140,8 +140,7 @@ static void test_tensor_ops(shim_model *model)
     shim_tensor *t = NULL, *p = NULL, *u = NULL, *x = NULL, *v = NULL, *bf = NULL;
     for (int i = 0; i < 128; i++)
         z[i] = (float)i;
-    CHECK_INT(shim_tensor_from_host(model, z, SHIM_F32, zshape, 4, SHIM_F32, &t, msg,
-                                    sizeof(msg)),
+    CHECK_INT(shim_tensor_from_host(model, z, SHIM_F32, zshape, 4, SHIM_F32, &t, msg, sizeof(msg)),
               SHIM_OK);
     CHECK_INT(shim_pack(t, &p, msg, sizeof(msg)), SHIM_OK);
     shim_tensor_shape(p, shape, &ndim);
@@ -172,9 +171,9 @@ static void test_tensor_ops(shim_model *model)
     CHECK_INT(shim_euler_step(x, p, 1.0f, msg, sizeof(msg)), SHIM_EINVAL); /* shapes differ */
 
     float third = 1.0f / 3.0f;
-    CHECK_INT(shim_tensor_from_host(model, &third, SHIM_F32, s2, 0, SHIM_F32, &bf, msg,
-                                    sizeof(msg)),
-              SHIM_OK);
+    CHECK_INT(
+        shim_tensor_from_host(model, &third, SHIM_F32, s2, 0, SHIM_F32, &bf, msg, sizeof(msg)),
+        SHIM_OK);
     shim_tensor *c = NULL;
     CHECK_INT(shim_tensor_cast(bf, SHIM_BF16, &c, msg, sizeof(msg)), SHIM_OK);
     CHECK_INT(shim_tensor_to_host(c, out, 1, msg, sizeof(msg)), SHIM_OK);
