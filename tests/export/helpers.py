@@ -12,7 +12,7 @@ EXPORT = os.path.join(ROOT, "export")
 if EXPORT not in sys.path:
     sys.path.insert(0, EXPORT)
 
-from fluxexport import sampling, tiny  # noqa: E402
+from fluxexport import sampling, stio, tiny  # noqa: E402
 
 _CACHE = {}
 
@@ -74,3 +74,12 @@ def token_ids(clip_vocab, t5_vocab, seed=2, n_clip=9, n_t5=11):
 
 def max_abs(a, b):
     return (a.float() - b.float()).abs().max().item()
+
+
+def rewrite_safetensors(path, edit):
+    """Reads a safetensors file, lets edit(dict name -> tensor) change it, writes it back."""
+    f = stio.SafeTensorsFile(path)
+    tensors = {k: f.get(k).clone() for k in f.keys()}
+    del f
+    edit(tensors)
+    stio.write(path, tensors)

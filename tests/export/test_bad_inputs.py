@@ -11,7 +11,6 @@ import unittest
 import torch
 
 from tests.export import helpers
-from fluxexport import stio
 
 
 def read_raw(path):
@@ -101,12 +100,9 @@ class BadInputs(unittest.TestCase):
         self.assertRegex(self.export(), r"'decoder.conv_in.bias': unsupported dtype 'F17'")
 
     def test_integer_weights(self):
-        p = self.path("flux1-krea-dev.safetensors")
-        f = stio.SafeTensorsFile(p)
-        ts = {k: f.get(k).clone() for k in f.keys()}
-        del f
-        ts["txt_in.bias"] = torch.zeros(ts["txt_in.bias"].shape, dtype=torch.int64)
-        stio.write(p, ts)
+        def to_int(ts):
+            ts["txt_in.bias"] = torch.zeros(ts["txt_in.bias"].shape, dtype=torch.int64)
+        helpers.rewrite_safetensors(self.path("flux1-krea-dev.safetensors"), to_int)
         self.assertRegex(self.export(), r"'txt_in.bias' has dtype I64; weights must be F32, F16 "
                                         r"or BF16")
 
@@ -138,21 +134,16 @@ class BadInputs(unittest.TestCase):
     def test_unexpected_key_fails_late_and_cleans_up(self):
         # The AE is exported last: the model dir under construction already holds three
         # modules when this fails.
-        p = self.path("ae.safetensors")
-        f = stio.SafeTensorsFile(p)
-        ts = {k: f.get(k).clone() for k in f.keys()}
-        del f
-        ts["decoder.mid.attn_2.q.weight"] = torch.zeros(4, 4, 1, 1)
-        stio.write(p, ts)
+        def add(ts):
+            ts["decoder.mid.attn_2.q.weight"] = torch.zeros(4, 4, 1, 1)
+        helpers.rewrite_safetensors(self.path("ae.safetensors"), add)
         self.assertRegex(self.export(), r"AE checkpoint .*1 unexpected key\(s\): "
                                         r"'decoder.mid.attn_2.q.weight'")
 
     def test_missing_key(self):
-        p = self.path("text_encoder", "model.safetensors")
-        f = stio.SafeTensorsFile(p)
-        ts = {k: f.get(k).clone() for k in f.keys() if "layers.1.mlp.fc2.bias" not in k}
-        del f
-        stio.write(p, ts)
+        def drop(ts):
+            del ts["text_model.encoder.layers.1.mlp.fc2.bias"]
+        helpers.rewrite_safetensors(self.path("text_encoder", "model.safetensors"), drop)
         self.assertRegex(self.export(), r"CLIP checkpoint .*1 missing key\(s\): "
                                         r"'text_model.encoder.layers.1.mlp.fc2.bias'")
 

@@ -175,9 +175,17 @@ class Errors(unittest.TestCase):
         self.addCleanup(shutil.rmtree, self.tmp)
         self.out = os.path.join(self.tmp, "o.png")
 
-    def model_copy(self):
+    def model_copy(self, edit_manifest=None):
+        """A copy of the model dir; edit_manifest(dict) may change its manifest."""
         d = os.path.join(self.tmp, "model")
         shutil.copytree(MODEL, d)
+        if edit_manifest:
+            p = os.path.join(d, "manifest.json")
+            with open(p) as f:
+                m = json.load(f)
+            edit_manifest(m)
+            with open(p, "w") as f:
+                json.dump(m, f)
         return d
 
     def gen(self, model, *extra):
@@ -220,13 +228,7 @@ class Errors(unittest.TestCase):
         self.assert_fails(self.gen(d), EXIT_MODEL, r"cannot load '.*ae_decoder.pt'")
 
     def test_other_format_version(self):
-        d = self.model_copy()
-        p = os.path.join(d, "manifest.json")
-        with open(p) as f:
-            m = json.load(f)
-        m["format_version"] = 2
-        with open(p, "w") as f:
-            json.dump(m, f)
+        d = self.model_copy(lambda m: m.update(format_version=2))
         self.assert_fails(self.gen(d), EXIT_MODEL, r"format_version 2; this build reads version 1")
 
     def test_missing_manifest_and_bad_json(self):
@@ -237,13 +239,7 @@ class Errors(unittest.TestCase):
         self.assert_fails(self.gen(d), EXIT_MODEL, r"not valid JSON")
 
     def test_hostile_module_path(self):
-        d = self.model_copy()
-        p = os.path.join(d, "manifest.json")
-        with open(p) as f:
-            m = json.load(f)
-        m["modules"]["transformer"]["file"] = "../../etc/passwd"
-        with open(p, "w") as f:
-            json.dump(m, f)
+        d = self.model_copy(lambda m: m["modules"]["transformer"].update(file="../../etc/passwd"))
         self.assert_fails(self.gen(d), EXIT_MODEL, r"must be a file inside the model dir")
 
     def test_unwritable_output(self):
