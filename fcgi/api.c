@@ -163,6 +163,47 @@ __attribute__((format(printf, 4, 5))) static int field_error(struct perr *pe, co
     return rc;
 }
 
+/* Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above U+10FFFF.
+ * json-c's own check lets those through. */
+static bool utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        size_t k;
+        unsigned lo = 0x80, hi = 0xBF;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            k = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            k = 2;
+            if (c == 0xE0)
+                lo = 0xA0;
+            else if (c == 0xED)
+                hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            k = 3;
+            if (c == 0xF0)
+                lo = 0x90;
+            else if (c == 0xF4)
+                hi = 0x8F;
+        } else {
+            return false;
+        }
+        if (i + k >= n)
+            return false;
+        if (s[i + 1] < lo || s[i + 1] > hi)
+            return false;
+        for (size_t j = 2; j <= k; j++)
+            if (s[i + j] < 0x80 || s[i + j] > 0xBF)
+                return false;
+        i += k + 1;
+    }
+    return true;
+}
+
 /* An integer field that must fit an int. */
 static int get_int_field(struct perr *pe, json_object *v, const char *name, int *out)
 {
@@ -242,6 +283,10 @@ int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
             }
             s = json_object_get_string(v);
             n = (size_t)json_object_get_string_len(v);
+            if (!utf8_valid((const unsigned char *)s, n)) {
+                rc = field_error(&pe, "prompt", FX_EUTF8, "prompt: invalid UTF-8");
+                goto out;
+            }
             if (memchr(s, '\0', n)) {
                 rc = field_error(&pe, "prompt", FX_EINVAL,
                                  "prompt: must not contain NUL characters");
@@ -270,13 +315,13 @@ int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
                 goto out;
             }
         } else if (strcmp(key, "num_inference_steps") == 0) {
-            if ((rc = get_int_field(&pe, v, key, &out->steps)))
+            if ((rc = get_int_field(&pe, v, "num_inference_steps", &out->steps)))
                 goto out;
         } else if (strcmp(key, "width") == 0) {
-            if ((rc = get_int_field(&pe, v, key, &out->width)))
+            if ((rc = get_int_field(&pe, v, "width", &out->width)))
                 goto out;
         } else if (strcmp(key, "height") == 0) {
-            if ((rc = get_int_field(&pe, v, key, &out->height)))
+            if ((rc = get_int_field(&pe, v, "height", &out->height)))
                 goto out;
         } else if (strcmp(key, "seed") == 0) {
             int64_t n;

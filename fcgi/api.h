@@ -96,8 +96,9 @@ int api_http_status(int code);
  * Parses a generation request body: a JSON object with prompt (required), guidance_scale,
  * num_inference_steps, width, height and seed (null or absent: random), defaults from ctx,
  * then fx_request_validate with ctx->limits.  On success returns 0 and fills *out, whose
- * prompt points into *prompt (malloc'd, caller frees).  Errors: FX_EFORMAT (not JSON, bad
- * UTF-8, nesting deeper than 16, trailing bytes: 400), FX_EINVAL (an unknown field, a
+ * prompt points into *prompt (malloc'd, caller frees).  Errors: FX_EFORMAT (not JSON, bytes
+ * that are not UTF-8, nesting deeper than 16, trailing bytes: 400), FX_EUTF8 (a prompt with
+ * overlong forms or surrogates, which json-c lets through: 400), FX_EINVAL (an unknown field, a
  * wrong type, a float for an integer, a missing or empty prompt: 422), FX_ERANGE (a value
  * outside the limits: 422), FX_ENOMEM; *field names the field (NULL for the body as a
  * whole) and msg says why.
