@@ -124,7 +124,7 @@ class Stack:
             nginx = which_or_fail("nginx")
             user = "user %s;" % os.environ.get("USER", "root") if os.geteuid() == 0 else ""
             subs = {"PREFIX": self.prefix, "USER": user, "LISTEN": "127.0.0.1:%d" % self.port,
-                    "SOCKET": self.socket}
+                    "SOCKET": self.socket, "CONF": CONF}
             for t in ("nginx.conf", "fluxcgi-site.conf"):
                 with open(os.path.join(self.prefix, t), "w") as f:
                     f.write(render(t, subs))
@@ -137,7 +137,7 @@ class Stack:
             path = os.path.join(self.prefix, "lighttpd.conf")
             with open(path, "w") as f:
                 f.write(render("lighttpd.conf", {"PREFIX": self.prefix, "PORT": self.port,
-                                                 "SOCKET": self.socket}))
+                                                 "SOCKET": self.socket, "CONF": CONF}))
             cmd = [lighttpd, "-D", "-f", path]
         else:
             return
