@@ -250,6 +250,15 @@ int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
     json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
     o = json_tokener_parse_ex(tok, body, (int)len);
     end = json_tokener_get_parse_end(tok);
+    if (o == NULL && json_tokener_get_error(tok) == json_tokener_continue) {
+        /* a number or literal at the very end needs a delimiter to be complete */
+        o = json_tokener_parse_ex(tok, " ", 1);
+        end = len;
+    }
+    if (o == NULL && json_tokener_get_error(tok) == json_tokener_success) {
+        rc = field_error(&pe, NULL, FX_EINVAL, "the body must be a JSON object, got null");
+        goto out;
+    }
     if (o == NULL) {
         enum json_tokener_error e = json_tokener_get_error(tok);
         if (e == json_tokener_continue)
