@@ -1,6 +1,7 @@
 /* store.c - the job store over SQLite: every statement of the program, prepared at open. */
 #include "store.h"
 
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -54,8 +55,8 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {store_schema_sql};
                      "WHERE j.id = ?1 AND j.state = 'completed'")                                  \
     X(ST_COUNTS, "SELECT state, count(*) FROM jobs GROUP BY state")                                \
     X(ST_RECOVER_FAIL, "UPDATE jobs SET state = 'failed', error_code = 'interrupted', "            \
-                       "error_message = 'the worker stopped during this job ' || attempts || "     \
-                       "' times; giving up', finished_ms = ?3 "                                    \
+                       "error_message = 'its worker stopped during it in ' || attempts || "        \
+                       "' of at most ' || ?2 || ' attempt(s); giving up', finished_ms = ?3 "       \
                        "WHERE state = 'running' AND worker = ?1 AND attempts >= ?2")               \
     X(ST_RECOVER_REQUEUE, "UPDATE jobs SET state = 'queued', step = 0, cancel = 0 "                \
                           "WHERE state = 'running' AND worker = ?1")                               \
@@ -87,6 +88,12 @@ struct store {
     sqlite3 *db;
     sqlite3_stmt *st[ST_COUNT];
 };
+
+/* Writers of one process take turns on this mutex before SQLite's write lock: a blocked
+ * thread then waits in FIFO-ish order instead of polling in SQLite's busy handler (which
+ * backs off up to 100 ms per try and let some enqueues wait a second under load).  Other
+ * processes still meet at SQLite's lock, with the busy timeout. */
+static pthread_mutex_t write_turn = PTHREAD_MUTEX_INITIALIZER;
 
 const char *store_state_name(enum store_state s)
 {
@@ -160,8 +167,10 @@ static int migrate(struct store *st, const char *path, char *msg, size_t msg_len
     int version = 0, rc;
     char *err = NULL;
 
+    pthread_mutex_lock(&write_turn);
     if (sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
         rc = from_sqlite(sqlite3_errcode(st->db));
+        pthread_mutex_unlock(&write_turn);
         return fail(msg, msg_len, rc, "database '%s': %s", path, sqlite3_errmsg(st->db));
     }
     rc = sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &q, NULL);
@@ -195,6 +204,7 @@ out:
     sqlite3_free(err);
     if (sqlite3_exec(st->db, rc ? "ROLLBACK" : "COMMIT", NULL, NULL, NULL) != SQLITE_OK && !rc)
         rc = fail(msg, msg_len, FX_EIO, "database '%s': commit: %s", path, sqlite3_errmsg(st->db));
+    pthread_mutex_unlock(&write_turn);
     return rc;
 }
 
@@ -267,19 +277,22 @@ static int exec1(struct store *st, int which)
 
 static int tx_begin(struct store *st)
 {
-    return exec1(st, ST_BEGIN);
+    int rc;
+    pthread_mutex_lock(&write_turn);
+    rc = exec1(st, ST_BEGIN);
+    if (rc)
+        pthread_mutex_unlock(&write_turn);
+    return rc;
 }
 
 /* Commits when rc is 0, else rolls back; returns rc or the commit's error. */
 static int tx_end(struct store *st, int rc)
 {
-    if (rc == 0) {
+    if (rc == 0)
         rc = exec1(st, ST_COMMIT);
-        if (rc == 0)
-            return 0;
-    }
-    if (!sqlite3_get_autocommit(st->db))
+    if (rc && !sqlite3_get_autocommit(st->db))
         exec1(st, ST_ROLLBACK);
+    pthread_mutex_unlock(&write_turn);
     return rc;
 }
 
@@ -408,11 +421,13 @@ int store_progress(struct store *st, const char *id, int step, bool *cancel)
     bool c = false, found = false;
     sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
     sqlite3_bind_int(s, 2, step);
+    pthread_mutex_lock(&write_turn);
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         found = true;
         c = sqlite3_column_int(s, 0) != 0;
     }
     sqlite3_reset(s);
+    pthread_mutex_unlock(&write_turn);
     if (rc != SQLITE_DONE)
         return from_sqlite(rc);
     if (cancel)
