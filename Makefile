@@ -25,7 +25,11 @@ help:
 	@echo "make c           build the C core ($(BUILD)/libfluxcore.a) and $(BUILD)/fluxgen"
 	@echo "make test        install, build and run every test"
 	@echo "make test-c      C unit tests, tokenizer cross-checks, sanitizer run (part of test)"
-	@echo "make bench       tokenizer speed: C next to the Python implementations"
+	@echo "make bench       tokenizer speed: C next to the Python implementations; the service"
+	@echo "make run         serve the tiny model (or MODEL=DIR) through nginx on :8080"
+	@echo "make service     build $(BUILD)/fluxcgi, the FastCGI service"
+	@echo "make test-service  fluxcgi behind real nginx and lighttpd (part of test)"
+	@echo "make bench-service wrk: fluxcgi+nginx next to the seed's FastAPI+uvicorn app"
 	@echo "make format-check  clang-format --dry-run -Werror on the C sources"
 	@echo "make clean       remove $(BUILD)/"
 
