@@ -26,7 +26,11 @@ help:
 	@echo "make c           build the C core ($(BUILD)/libfluxcore.a) and $(BUILD)/fluxgen"
 	@echo "make test        install, build and run every test"
 	@echo "make test-c      C unit tests, tokenizer cross-checks, sanitizer run (part of test)"
-	@echo "make bench       tokenizer speed: C next to the Python implementations"
+	@echo "make bench       tokenizer speed: C next to the Python implementations; the service"
+	@echo "make run         serve the tiny model (or MODEL=DIR) through nginx on :8080"
+	@echo "make service     build $(BUILD)/fluxcgi, the FastCGI service"
+	@echo "make test-service  fluxcgi behind real nginx and lighttpd (part of test)"
+	@echo "make bench-service wrk: fluxcgi+nginx next to the seed's FastAPI+uvicorn app"
 	@echo "make format-check  clang-format --dry-run -Werror on the C sources"
 	@echo "make clean       remove $(BUILD)/"
 
@@ -276,8 +280,93 @@ format-check:
 -include $(shell find $(BUILD)/obj $(BUILD)/san $(BUILD)/pic -name '*.d' 2>/dev/null)
 
 # ---------------------------------------------------------------------------
+# Service: sql/ (the job store), core/ (config, worker, metrics, log, ids), fcgi/ (the
+# FastCGI program), conf/ (templates), tests/service/ (through real nginx and lighttpd).
+# The service's C code is a second static library linked before $(CORE_LIB); like fluxgen,
+# fluxcgi is plain C and opens the two C++ plugins at run time.
 
-test: format-check test-c test-export test-pipeline
+SVC_C      := sql/store.c core/config.c core/jobid.c core/log.c core/metrics.c core/job.c \
+              core/worker.c fcgi/api.c
+SVC_GEN    := $(BUILD)/gen/sql/schema_sql.c
+SVC_OBJ    := $(SVC_C:%.c=$(BUILD)/obj/%.o) $(SVC_GEN:%.c=$(BUILD)/obj/%.o)
+SAN_SVC_OBJ := $(SVC_C:%.c=$(BUILD)/san/%.o) $(SVC_GEN:%.c=$(BUILD)/san/%.o)
+SVC_LIB    := $(BUILD)/libfluxsvc.a
+SAN_SVC_LIB := $(BUILD)/san/libfluxsvc.a
+SVC_LIBS    = $(shell pkg-config --libs sqlite3) -lfcgi
+FLUXCGI    := $(BUILD)/fluxcgi
+SVC_UNIT   := test_store test_config test_api
+SVC_UNIT_BIN := $(SVC_UNIT:%=$(BUILD)/unit/%)
+SAN_SVC_UNIT_BIN := $(SVC_UNIT:%=$(BUILD)/san/unit/%)
+C_SRC_ALL  += $(wildcard sql/*.c sql/*.h fcgi/*.c fcgi/*.h)
+RUN_DIR    := $(BUILD)/run
+RUN_PORT   ?= 8080
+# `make run` serves $(RUN_MODEL): the tiny model unless MODEL=DIR is given.
+MODEL      ?=
+RUN_MODEL  := $(if $(MODEL),$(MODEL),$(TINY_DIR))
+
+.PHONY: service test-service bench-service run
+
+service: $(FLUXCGI)
+
+# sql/schema.sql becomes a C string, so the program carries its own schema.
+$(SVC_GEN): sql/schema.sql
+	@mkdir -p $(@D)
+	@echo "  GEN     $@"
+	$(Q)awk 'BEGIN { print "/* generated from sql/schema.sql by the Makefile */"; \
+		print "extern const char store_schema_sql[];"; \
+		print "const char store_schema_sql[] =" } \
+		{ gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); print "    \"" $$0 "\\n\"" } \
+		END { print "    ;" }' $< > $@.tmp && mv $@.tmp $@
+
+$(SVC_LIB): $(SVC_OBJ)
+	@echo "  AR      $@"
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(SAN_SVC_LIB): $(SAN_SVC_OBJ)
+	@echo "  AR san  $@"
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(FLUXCGI): $(BUILD)/obj/fcgi/main.o $(SVC_LIB) $(CORE_LIB) | $(PLUGINS)
+	@echo "  LINK    $@"
+	$(Q)$(CC) -o $@ $^ $(SVC_LIBS) $(C_DEPS_LIBS)
+
+# The service's unit tests link the service library too (explicit rules win over the
+# pattern rules above); they run in test-unit and test-san with the others.
+$(SVC_UNIT_BIN): $(BUILD)/unit/%: $(BUILD)/obj/tests/unit/%.o $(SVC_LIB) $(CORE_LIB) | $(PLUGINS)
+	@mkdir -p $(@D)
+	@echo "  LINK    $@"
+	$(Q)$(CC) -o $@ $^ $(SVC_LIBS) $(C_DEPS_LIBS)
+
+$(SAN_SVC_UNIT_BIN): $(BUILD)/san/unit/%: $(BUILD)/san/tests/unit/%.o $(SAN_SVC_LIB) $(SAN_LIB) \
+                     | $(SAN_PLUGINS)
+	@mkdir -p $(@D)
+	@echo "  LINK san $@"
+	$(Q)$(CC) $(SAN_FLAGS) -o $@ $^ $(SVC_LIBS) $(C_DEPS_LIBS)
+
+# Integration: fluxcgi behind real nginx and real lighttpd (and spawn-fcgi), on loopback
+# ports from temp prefixes under $(BUILD)/svc-test.
+test-service: $(FLUXCGI) tiny-model
+	@echo "  TEST    service (fluxcgi behind nginx and lighttpd)"
+	$(Q)FLUXCGI=$(CURDIR)/$(FLUXCGI) FLUX_MODEL=$(CURDIR)/$(TINY_DIR) \
+		SVC_TEST_DIR=$(CURDIR)/$(BUILD)/svc-test $(PYTHON) -m unittest discover \
+		-s tests/service -t . $(if $(V),-v,)
+
+# Not a test: wrk against /ping and /queue/status through nginx, and the durable enqueue
+# rate, next to the same endpoints in a minimal FastAPI + uvicorn app.
+bench-service: $(FLUXCGI) tiny-model
+	$(Q)FLUXCGI=$(CURDIR)/$(FLUXCGI) FLUX_MODEL=$(CURDIR)/$(TINY_DIR) \
+		SVC_TEST_DIR=$(CURDIR)/$(BUILD)/svc-bench $(PYTHON) tests/bench/bench_service.py
+
+# Serves $(RUN_MODEL) through nginx on http://127.0.0.1:$(RUN_PORT) in the foreground.
+run: deps $(FLUXCGI) $(if $(MODEL),,tiny-model)
+	$(Q)tools/run.sh --fluxcgi $(FLUXCGI) --model $(RUN_MODEL) --dir $(RUN_DIR) \
+		--port $(RUN_PORT) $(if $(MODEL),,--tiny)
+
+bench: bench-service
+
+# ---------------------------------------------------------------------------
+
+test: format-check test-c test-export test-pipeline test-service
 
 clean:
 	rm -rf $(BUILD)

@@ -17,24 +17,36 @@
 extern "C" {
 #endif
 
-/* X(name, value, message) */
+/* X(name, value, message, code): code is the stable lower-case name that leaves the process
+ * (the "code" of an HTTP error body, the error_code column of a failed job). */
 #define FX_ERRNO_MAP(X)                                                                            \
-    X(FX_ENOMEM, -1, "out of memory")                                                              \
-    X(FX_EINVAL, -2, "invalid argument")                                                           \
-    X(FX_EIO, -3, "input/output error")                                                            \
-    X(FX_ENOENT, -4, "no such file or directory")                                                  \
-    X(FX_EFORMAT, -5, "malformed data")                                                            \
-    X(FX_ERANGE, -6, "value out of range")                                                         \
-    X(FX_ETOOBIG, -7, "input too large")                                                           \
-    X(FX_EUTF8, -8, "invalid utf-8")                                                               \
-    X(FX_ENOTSUP, -9, "operation not supported")                                                   \
-    X(FX_EINTERNAL, -10, "internal error")                                                         \
-    X(FX_ECANCELED, -11, "cancelled")                                                              \
-    X(FX_EDEVICE, -12, "device not available")                                                     \
-    X(FX_ERUNTIME, -13, "model runtime error")
+    X(FX_ENOMEM, -1, "out of memory", "out_of_memory")                                             \
+    X(FX_EINVAL, -2, "invalid argument", "invalid_argument")                                       \
+    X(FX_EIO, -3, "input/output error", "io_error")                                                \
+    X(FX_ENOENT, -4, "no such file or directory", "not_found")                                     \
+    X(FX_EFORMAT, -5, "malformed data", "malformed")                                               \
+    X(FX_ERANGE, -6, "value out of range", "out_of_range")                                         \
+    X(FX_ETOOBIG, -7, "input too large", "too_large")                                              \
+    X(FX_EUTF8, -8, "invalid utf-8", "invalid_utf8")                                               \
+    X(FX_ENOTSUP, -9, "operation not supported", "not_supported")                                  \
+    X(FX_EINTERNAL, -10, "internal error", "internal")                                             \
+    X(FX_ECANCELED, -11, "cancelled", "cancelled")                                                 \
+    X(FX_EDEVICE, -12, "device not available", "device_unavailable")                               \
+    X(FX_ERUNTIME, -13, "model runtime error", "model_runtime")                                    \
+    X(FX_EBUSY, -14, "database busy", "busy")                                                      \
+    X(FX_EFULL, -15, "queue full", "queue_full")                                                   \
+    X(FX_EPENDING, -16, "not finished yet", "not_finished")                                        \
+    X(FX_EFINISHED, -17, "already finished", "already_finished")                                   \
+    X(FX_ENOTREADY, -18, "model not ready", "not_ready")                                           \
+    X(FX_ESHUTDOWN, -19, "shutting down", "shutting_down")                                         \
+    X(FX_EEXPIRED, -20, "result expired", "expired")                                               \
+    X(FX_ETIMEDOUT, -21, "timed out", "timeout")                                                   \
+    X(FX_EINTERRUPTED, -22, "interrupted too many times", "interrupted")                           \
+    X(FX_EBADID, -23, "invalid request id", "invalid_id")                                          \
+    X(FX_EMETHOD, -24, "method not allowed", "method_not_allowed")
 
 enum fx_err {
-#define FX_ERR_ENUM_(name, value, msg) name = (value),
+#define FX_ERR_ENUM_(name, value, msg, code) name = (value),
     FX_ERRNO_MAP(FX_ERR_ENUM_)
 #undef FX_ERR_ENUM_
 };
@@ -50,6 +62,16 @@ const char *fx_strerror(int code);
  * string, never NULL, thread-safe.  0 gives "FX_OK"; an unknown code gives "FX_EUNKNOWN".
  */
 const char *fx_errname(int code);
+
+/*
+ * Returns the code's stable external name ("invalid_argument"): a static string, never NULL,
+ * thread-safe.  0 gives "ok"; an unknown code gives "unknown".
+ */
+const char *fx_errcode(int code);
+
+/* The inverse of fx_errcode: the code whose external name is s, or FX_EINTERNAL when none
+ * is (s may be NULL).  Thread-safe. */
+int fx_errcode_parse(const char *s);
 
 #ifdef __cplusplus
 }

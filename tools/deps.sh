@@ -9,7 +9,8 @@ python3 python3-torch python3-numpy python3-regex python3-sentencepiece python3-
 sentencepiece libsentencepiece-dev
 libtorch-dev libfcgi-dev libjson-c-dev libpng-dev libsqlite3-dev sqlite3 libutf8proc-dev
 clang-format
-nginx-light lighttpd curl"
+nginx-light lighttpd curl spawn-fcgi
+wrk python3-fastapi python3-uvicorn"
 
 if [ "${1:-}" = "--print" ]; then
     echo $PKGS

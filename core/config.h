@@ -1,0 +1,68 @@
+/*
+ * config.h - the service's configuration file (conf/fluxcgi.conf is the commented example).
+ *
+ * Format: one `key = value` per line.  Blank lines and lines whose first non-blank character
+ * is `#` are ignored; a `#` preceded by a blank ends the value (an inline comment).  Values
+ * are taken verbatim after trimming (no quotes, no escapes).  Every key may appear once;
+ * unknown keys, duplicates and bad values are errors that name the file, the line and the
+ * key.  Relative paths (socket, db, model, log) are relative to the file's folder.
+ *
+ *   durations: an integer with an optional unit ms, s, m or h (no unit: seconds)
+ *   sizes:     an integer with an optional unit k or M (1024-based; no unit: bytes)
+ *   booleans:  yes/no, true/false, on/off, 1/0
+ *
+ * A parsed config is a plain struct that threads may share read-only.
+ */
+#ifndef FX_CONFIG_H
+#define FX_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_PATH_MAX 1024
+
+struct fx_config {
+    /* where to listen: a unix socket path, ":PORT" / "HOST:PORT" for TCP, or empty (the
+     * default) for the socket on fd 0 that spawn-fcgi or lighttpd hands over */
+    char socket[CONFIG_PATH_MAX];
+    int socket_mode;          /* permissions of a unix socket (octal in the file), default 0660 */
+    int backlog;              /* listen backlog, default 128 */
+    char db[CONFIG_PATH_MAX]; /* SQLite file, required */
+    char model[CONFIG_PATH_MAX]; /* model dir, required */
+    char device[32];             /* "cpu", "cuda", "cuda:N"; empty: the manifest's */
+    int cpu_threads;             /* libtorch intra-op threads, 0: its default */
+    int threads;                 /* FastCGI acceptor threads, default 4 */
+    size_t max_body;             /* largest request body, default 64k */
+    long queue_size;             /* most queued jobs, default 10 */
+    int64_t retention_ms;        /* result lifetime, default 10 min */
+    int max_attempts;            /* starts of one job before it fails, default 3 */
+    int64_t sync_timeout_ms;     /* POST /generate waits this long, default 10 min */
+    int64_t busy_timeout_ms;     /* SQLite busy timeout, default 5 s */
+    char log[CONFIG_PATH_MAX];   /* log file (reopened on SIGHUP); empty: stderr */
+    char worker_name[64];        /* owner of claimed jobs; empty: "HOST/DEVICE" */
+    int warmup_steps;            /* steps of the warm-up generation, default 1; 0: none */
+    /* request defaults and bounds; 0 means the model manifest's value */
+    int default_steps, default_width, default_height;
+    double default_guidance; /* < 0: the manifest's */
+    int max_size, max_steps; /* tighten the model's limits (max_steps default 100) */
+};
+
+/* Fills the defaults above (db and model empty). */
+void config_defaults(struct fx_config *c);
+
+/*
+ * Reads and checks a config file into *c (defaults first).  Returns 0, or FX_ENOENT /
+ * FX_EIO (cannot read it), FX_EFORMAT (a bad line: msg says "FILE:LINE: key 'K': reason"),
+ * FX_EINVAL (a required key is missing).  msg may be NULL.
+ */
+int config_load(const char *path, struct fx_config *c, char *msg, size_t msg_len);
+
+/*
+ * Parses config text (len bytes; NUL bytes are errors); name is used in messages and
+ * base_dir resolves relative paths (NULL: keep them as written).  Same returns as
+ * config_load.
+ */
+int config_parse(const char *text, size_t len, const char *name, const char *base_dir,
+                 struct fx_config *c, char *msg, size_t msg_len);
+
+#endif

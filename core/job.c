@@ -1,0 +1,82 @@
+/* job.c - job params to and from JSON. */
+#include "job.h"
+
+#include <json-c/json.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+
+char *job_params_encode(const struct fx_request *r)
+{
+    json_object *o = json_object_new_object();
+    char *s = NULL;
+    if (o == NULL)
+        return NULL;
+    if (json_object_object_add(o, "prompt",
+                               json_object_new_string_len(r->prompt, (int)r->prompt_len)) ||
+        json_object_object_add(o, "guidance_scale", json_object_new_double(r->guidance)) ||
+        json_object_object_add(o, "num_inference_steps", json_object_new_int(r->steps)) ||
+        json_object_object_add(o, "width", json_object_new_int(r->width)) ||
+        json_object_object_add(o, "height", json_object_new_int(r->height)) ||
+        json_object_object_add(o, "seed", json_object_new_int64((int64_t)r->seed)))
+        goto out;
+    s = strdup(
+        json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+out:
+    json_object_put(o);
+    return s;
+}
+
+static int get(json_object *o, const char *key, json_type type, json_object **v)
+{
+    if (!json_object_object_get_ex(o, key, v) || !json_object_is_type(*v, type))
+        return FX_EFORMAT;
+    return 0;
+}
+
+int job_params_decode(const char *json, struct fx_request *r, char **prompt)
+{
+    json_object *o = json_tokener_parse(json), *v;
+    int rc = FX_EFORMAT;
+    *prompt = NULL;
+    memset(r, 0, sizeof(*r));
+    if (o == NULL || !json_object_is_type(o, json_type_object))
+        goto out;
+    if (get(o, "prompt", json_type_string, &v))
+        goto out;
+    r->prompt_len = (size_t)json_object_get_string_len(v);
+    *prompt = malloc(r->prompt_len + 1);
+    if (*prompt == NULL) {
+        rc = FX_ENOMEM;
+        goto out;
+    }
+    memcpy(*prompt, json_object_get_string(v), r->prompt_len + 1);
+    r->prompt = *prompt;
+    if (json_object_object_get_ex(o, "guidance_scale", &v) &&
+        (json_object_is_type(v, json_type_double) || json_object_is_type(v, json_type_int)))
+        r->guidance = json_object_get_double(v);
+    else
+        goto out;
+    if (get(o, "num_inference_steps", json_type_int, &v))
+        goto out;
+    r->steps = json_object_get_int(v);
+    if (get(o, "width", json_type_int, &v))
+        goto out;
+    r->width = json_object_get_int(v);
+    if (get(o, "height", json_type_int, &v))
+        goto out;
+    r->height = json_object_get_int(v);
+    if (get(o, "seed", json_type_int, &v))
+        goto out;
+    r->seed = (uint64_t)json_object_get_int64(v);
+    r->has_seed = true;
+    rc = 0;
+out:
+    json_object_put(o);
+    if (rc) {
+        free(*prompt);
+        *prompt = NULL;
+    }
+    return rc;
+}

@@ -1,0 +1,26 @@
+/*
+ * job.h - the params JSON stored with a job: the request with every default applied and the
+ * seed resolved, so that a job re-run after a restart draws the same image.
+ *
+ *   {"prompt":"...","guidance_scale":3.5,"num_inference_steps":4,"width":256,"height":256,
+ *    "seed":42}
+ *
+ * guidance_scale is written with 17 significant digits, so it reads back bit-identical.
+ * Thread-safe.
+ */
+#ifndef FX_JOB_H
+#define FX_JOB_H
+
+#include "pipeline.h"
+
+/* Encodes r (prompt valid UTF-8 without NUL, has_seed set).  Returns malloc'd text, or
+ * NULL when out of memory. */
+char *job_params_encode(const struct fx_request *r);
+
+/*
+ * Decodes params into *r; r->prompt points at *prompt, a malloc'd copy the caller frees.
+ * Returns 0, FX_EFORMAT (not the shape above) or FX_ENOMEM; *prompt is NULL on failure.
+ */
+int job_params_decode(const char *json, struct fx_request *r, char **prompt);
+
+#endif

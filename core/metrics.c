@@ -1,0 +1,125 @@
+/* metrics.c - counters and histograms for GET /metrics. */
+#include "metrics.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Upper bounds in seconds: a tiny CPU step takes milliseconds, a 1024^2 GPU job seconds. */
+static const double bounds[METRICS_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                               1,     2.5,  5,     10,   30,  60,   300};
+
+static const char *const state_names[6] = {"queued", "running",   "completed",
+                                           "failed", "cancelled", "expired"};
+
+void metrics_init(struct fx_metrics *m)
+{
+    memset(m, 0, sizeof(*m));
+    pthread_mutex_init(&m->lock, NULL);
+}
+
+void metrics_release(struct fx_metrics *m)
+{
+    pthread_mutex_destroy(&m->lock);
+}
+
+static void observe(struct metrics_hist *h, double v)
+{
+    int i = 0;
+    while (i < METRICS_BUCKETS && v > bounds[i])
+        i++;
+    h->counts[i]++;
+    h->sum += v;
+    h->n++;
+}
+
+void metrics_observe_step(struct fx_metrics *m, double seconds)
+{
+    pthread_mutex_lock(&m->lock);
+    observe(&m->step, seconds);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_observe_job(struct fx_metrics *m, int outcome, double seconds)
+{
+    pthread_mutex_lock(&m->lock);
+    if (outcome == 0) {
+        observe(&m->job, seconds);
+        m->jobs_completed++;
+    } else if (outcome == 1) {
+        m->jobs_failed++;
+    } else {
+        m->jobs_cancelled++;
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_count_http(struct fx_metrics *m, int status)
+{
+    if (status < 100 || status >= METRICS_STATUS_MAX)
+        return;
+    pthread_mutex_lock(&m->lock);
+    m->http[status]++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void hist(FILE *f, const char *name, const char *help, const struct metrics_hist *h)
+{
+    uint64_t cum = 0;
+    fprintf(f, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    for (int i = 0; i < METRICS_BUCKETS; i++) {
+        cum += h->counts[i];
+        fprintf(f, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[i], (unsigned long long)cum);
+    }
+    cum += h->counts[METRICS_BUCKETS];
+    fprintf(f, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    fprintf(f, "%s_sum %.6f\n%s_count %llu\n", name, h->sum, name, (unsigned long long)h->n);
+}
+
+char *metrics_render(struct fx_metrics *m, const struct metrics_extra *x, size_t *len)
+{
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&buf, &n);
+    if (f == NULL)
+        return NULL;
+    fprintf(f,
+            "# HELP fluxcgi_ready 1 when the model is loaded and warmed up.\n"
+            "# TYPE fluxcgi_ready gauge\nfluxcgi_ready %d\n",
+            x->ready);
+    fprintf(f,
+            "# HELP fluxcgi_queue_depth Jobs waiting to run.\n"
+            "# TYPE fluxcgi_queue_depth gauge\nfluxcgi_queue_depth %ld\n",
+            x->by_state[0]);
+    fprintf(f,
+            "# HELP fluxcgi_queue_capacity Most jobs that may wait.\n"
+            "# TYPE fluxcgi_queue_capacity gauge\nfluxcgi_queue_capacity %ld\n",
+            x->capacity);
+    fprintf(f, "# HELP fluxcgi_jobs Jobs in the store by state.\n# TYPE fluxcgi_jobs gauge\n");
+    for (int i = 0; i < 6; i++)
+        fprintf(f, "fluxcgi_jobs{state=\"%s\"} %ld\n", state_names[i], x->by_state[i]);
+    pthread_mutex_lock(&m->lock);
+    fprintf(f,
+            "# HELP fluxcgi_worker_jobs_total Jobs this process ended, by outcome.\n"
+            "# TYPE fluxcgi_worker_jobs_total counter\n"
+            "fluxcgi_worker_jobs_total{outcome=\"completed\"} %llu\n"
+            "fluxcgi_worker_jobs_total{outcome=\"failed\"} %llu\n"
+            "fluxcgi_worker_jobs_total{outcome=\"cancelled\"} %llu\n",
+            (unsigned long long)m->jobs_completed, (unsigned long long)m->jobs_failed,
+            (unsigned long long)m->jobs_cancelled);
+    hist(f, "fluxcgi_step_seconds", "Time of one denoising step.", &m->step);
+    hist(f, "fluxcgi_job_seconds", "Run time of a completed job (claim to stored PNG).", &m->job);
+    fprintf(f, "# HELP fluxcgi_http_responses_total HTTP answers by status.\n"
+               "# TYPE fluxcgi_http_responses_total counter\n");
+    for (int s = 100; s < METRICS_STATUS_MAX; s++)
+        if (m->http[s])
+            fprintf(f, "fluxcgi_http_responses_total{code=\"%d\"} %llu\n", s,
+                    (unsigned long long)m->http[s]);
+    pthread_mutex_unlock(&m->lock);
+    if (fclose(f) != 0) {
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}

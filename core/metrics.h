@@ -1,0 +1,58 @@
+/*
+ * metrics.h - in-process counters and latency histograms, rendered as Prometheus text.
+ *
+ * What the process measures itself (denoising step time, job run time, HTTP answers by
+ * status) lives here; what SQLite knows (jobs by state, queue depth) is passed to
+ * metrics_render by the caller, so every process sharing a database reports the same
+ * queue.  Histograms have fixed buckets (seconds, below).  All functions are thread-safe.
+ */
+#ifndef FX_METRICS_H
+#define FX_METRICS_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define METRICS_BUCKETS 14
+#define METRICS_STATUS_MAX 600
+
+struct metrics_hist {
+    uint64_t counts[METRICS_BUCKETS + 1]; /* the last one is +Inf */
+    double sum;
+    uint64_t n;
+};
+
+struct fx_metrics {
+    pthread_mutex_t lock;
+    struct metrics_hist step, job;
+    uint64_t http[METRICS_STATUS_MAX];
+    uint64_t jobs_completed, jobs_failed, jobs_cancelled;
+};
+
+/* Zeroes m and initialises its lock; metrics_release undoes it. */
+void metrics_init(struct fx_metrics *m);
+void metrics_release(struct fx_metrics *m);
+
+/* One denoising step took seconds. */
+void metrics_observe_step(struct fx_metrics *m, double seconds);
+
+/* A job ended: outcome 0 completed (run time observed), 1 failed, 2 cancelled. */
+void metrics_observe_job(struct fx_metrics *m, int outcome, double seconds);
+
+/* One HTTP answer with this status. */
+void metrics_count_http(struct fx_metrics *m, int status);
+
+/* What the caller adds from SQLite and the worker. */
+struct metrics_extra {
+    long by_state[6]; /* queued, running, completed, failed, cancelled, expired */
+    long capacity;
+    int ready; /* 1: model loaded and warmed up */
+};
+
+/*
+ * Renders everything as Prometheus text format 0.0.4.  Returns a malloc'd NUL-terminated
+ * string (caller frees) and sets *len, or NULL when out of memory.
+ */
+char *metrics_render(struct fx_metrics *m, const struct metrics_extra *x, size_t *len);
+
+#endif

@@ -1,0 +1,110 @@
+/*
+ * api.h - the HTTP API of fluxcgi (DESIGN.md section 4), independent of FastCGI.
+ *
+ * A handler takes a request struct (method, URI, body) and fills a response struct (status,
+ * content type, headers, body), so every route is unit-tested without a web server;
+ * fcgi/main.c only moves these structs over libfcgi.
+ *
+ * Routes (the path is REQUEST_URI without its query string, the same under nginx and
+ * lighttpd; HEAD is answered like GET):
+ *   GET    /ping                 liveness + readiness: {"status":"ok"|"loading"|"failed",...}
+ *   POST   /generate             a queued job the request waits for: 200 image/png with
+ *                                X-Request-Id and X-Seed
+ *   POST   /generate/queue       202 {"request_id","status":"queued","position",...},
+ *                                Location: /queue/status/{id}
+ *   GET    /queue/status         200 counts by state and capacity
+ *   GET    /queue/status/{id}    200 {"request_id","status","position","progress",...}
+ *   DELETE /queue/{id}           cancel: 200 (was queued), 202 (running: stops between
+ *                                steps), 409 already_finished
+ *   GET    /result/{id}          200 image/png; 409 not_finished (with the status JSON);
+ *                                the job's error when it failed or was cancelled; 410 expired
+ *   GET    /metrics              Prometheus text
+ * Every error is {"error":{"code":"...","message":"..."}} with a code from core/err.h
+ * (fx_errcode) and the status from api_http_status.  Ids are 32 lower-case hex digits;
+ * anything else in an id position is 400 invalid_id.  A field error's message starts with
+ * the field's name.
+ *
+ * Thread-safety: api_handle may run on many threads at once, each with its own store.
+ */
+#ifndef FX_API_H
+#define FX_API_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "../core/config.h"
+#include "../core/metrics.h"
+#include "../core/pipeline.h"
+#include "../core/worker.h"
+#include "../sql/store.h"
+
+/* What every handler shares (read-only). */
+struct api_ctx {
+    const struct fx_config *cfg;
+    struct fx_limits limits;    /* the model's limits, tightened by the config */
+    struct fx_request defaults; /* steps, guidance, width, height for absent fields */
+    const char *model_name;
+    struct worker *worker;       /* NULL: no worker (unit tests); waits just sleep */
+    const atomic_int *readiness; /* an enum worker_readiness */
+    struct fx_metrics *metrics;  /* may be NULL */
+};
+
+/*
+ * Fills ctx->limits and ctx->defaults from the model manifest and the config: the
+ * manifest's values, with the config's default_* replacing them and max_size / max_steps
+ * lowering the bounds.  Returns 0, or FX_ERANGE with msg set when a configured default is
+ * outside the bounds.
+ */
+int api_ctx_limits(struct api_ctx *ctx, const struct fx_manifest *m, const struct fx_config *cfg,
+                   char *msg, size_t msg_len);
+
+struct api_request {
+    const char *method; /* "GET", ... */
+    const char *uri;    /* REQUEST_URI: path and optional "?query" */
+    const char *body;   /* may contain NUL bytes; NULL when body_len is 0 */
+    size_t body_len;
+    bool body_too_large; /* the body was over cfg->max_body and not read */
+};
+
+#define API_MAX_HEADERS 4
+
+struct api_header {
+    char name[32];
+    char value[96];
+};
+
+struct api_response {
+    int status;
+    const char *content_type; /* static string */
+    struct api_header headers[API_MAX_HEADERS];
+    int n_headers;
+    char *body; /* malloc'd, body_len bytes; released by api_response_release */
+    size_t body_len;
+};
+
+/* Answers one request.  *rs is overwritten; release it with api_response_release. */
+void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
+                struct api_response *rs);
+
+void api_response_release(struct api_response *rs);
+
+/* The one map from an error code (core/err.h) to an HTTP status; 0 gives 200. */
+int api_http_status(int code);
+
+/*
+ * Parses a generation request body: a JSON object with prompt (required), guidance_scale,
+ * num_inference_steps, width, height and seed (null or absent: random), defaults from ctx,
+ * then fx_request_validate with ctx->limits.  On success returns 0 and fills *out, whose
+ * prompt points into *prompt (malloc'd, caller frees).  Errors: FX_EFORMAT (not JSON, bytes
+ * that are not UTF-8, nesting deeper than 16, trailing bytes: 400), FX_EUTF8 (a prompt with
+ * overlong forms or surrogates, which json-c lets through: 400), FX_EINVAL (an unknown field, a
+ * wrong type, a float for an integer, a missing or empty prompt: 422), FX_ERANGE (a value
+ * outside the limits: 422), FX_ENOMEM; *field names the field (NULL for the body as a
+ * whole) and msg says why.
+ */
+int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
+                       struct fx_request *out, char **prompt, const char **field, char *msg,
+                       size_t msg_len);
+
+#endif

@@ -1,0 +1,686 @@
+/* store.c - the job store over SQLite: every statement of the program, prepared at open. */
+#include "store.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/err.h"
+
+/* sql/schema.sql, embedded by the Makefile as a C string (build/gen/sql/schema_sql.c). */
+extern const char store_schema_sql[];
+
+/* Migration N brings user_version from N - 1 to N; the list only grows. */
+static const char *const migrations[STORE_SCHEMA_VERSION] = {store_schema_sql};
+
+#define JOB_COLS                                                                                   \
+    "id, state, kind, params, seed, steps, step, attempts, cancel, worker, error_code, "           \
+    "error_message, created_ms, started_ms, finished_ms, expired_ms, result_bytes"
+
+/* X(name, sql) */
+#define STORE_STATEMENTS(X)                                                                        \
+    X(ST_BEGIN, "BEGIN IMMEDIATE")                                                                 \
+    X(ST_COMMIT, "COMMIT")                                                                         \
+    X(ST_ROLLBACK, "ROLLBACK")                                                                     \
+    X(ST_INSERT, "INSERT INTO jobs (id, kind, state, params, seed, steps, created_ms) "            \
+                 "SELECT ?1, ?2, 'queued', ?3, ?4, ?5, ?6 "                                        \
+                 "WHERE (SELECT count(*) FROM jobs WHERE state = 'queued') < ?7")                  \
+    X(ST_POSITION, "SELECT count(*) FROM jobs WHERE state = 'queued' "                             \
+                   "AND seq <= (SELECT seq FROM jobs WHERE id = ?1)")                              \
+    X(ST_CLAIM, "UPDATE jobs SET state = 'running', worker = ?1, started_ms = ?2, "                \
+                "attempts = attempts + 1, step = 0, cancel = 0 "                                   \
+                "WHERE seq = (SELECT seq FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1) "  \
+                "RETURNING " JOB_COLS)                                                             \
+    X(ST_PROGRESS, "UPDATE jobs SET step = ?2 WHERE id = ?1 AND state = 'running' "                \
+                   "RETURNING cancel")                                                             \
+    X(ST_RESULT_PUT, "INSERT INTO results (job_seq, png) "                                         \
+                     "SELECT seq, ?3 FROM jobs WHERE id = ?1 AND state = 'running' "               \
+                     "AND worker = ?2")                                                            \
+    X(ST_COMPLETE, "UPDATE jobs SET state = 'completed', step = steps, finished_ms = ?3, "         \
+                   "result_bytes = ?4 WHERE id = ?1 AND state = 'running' AND worker = ?2")        \
+    X(ST_FINISH, "UPDATE jobs SET state = ?3, error_code = ?4, error_message = ?5, "               \
+                 "finished_ms = ?6 WHERE id = ?1 AND state = 'running' AND worker = ?2")           \
+    X(ST_REQUEUE, "UPDATE jobs SET state = 'queued', attempts = max(attempts - 1, 0), step = 0, "  \
+                  "started_ms = NULL WHERE id = ?1 AND state = 'running' AND worker = ?2")         \
+    X(ST_CANCEL_QUEUED, "UPDATE jobs SET state = 'cancelled', error_code = 'cancelled', "          \
+                        "error_message = 'cancelled while queued', finished_ms = ?2 "              \
+                        "WHERE id = ?1 AND state = 'queued'")                                      \
+    X(ST_CANCEL_RUNNING, "UPDATE jobs SET cancel = 1 WHERE id = ?1 AND state = 'running'")         \
+    X(ST_STATE, "SELECT state FROM jobs WHERE id = ?1")                                            \
+    X(ST_GET, "SELECT " JOB_COLS " FROM jobs WHERE id = ?1")                                       \
+    X(ST_RESULT_GET, "SELECT r.png FROM results r JOIN jobs j ON j.seq = r.job_seq "               \
+                     "WHERE j.id = ?1 AND j.state = 'completed'")                                  \
+    X(ST_COUNTS, "SELECT state, count(*) FROM jobs GROUP BY state")                                \
+    X(ST_RECOVER_FAIL, "UPDATE jobs SET state = 'failed', error_code = 'interrupted', "            \
+                       "error_message = 'its worker stopped during it in ' || attempts || "        \
+                       "' of at most ' || ?2 || ' attempt(s); giving up', finished_ms = ?3 "       \
+                       "WHERE state = 'running' AND worker = ?1 AND attempts >= ?2")               \
+    X(ST_RECOVER_REQUEUE, "UPDATE jobs SET state = 'queued', step = 0, cancel = 0 "                \
+                          "WHERE state = 'running' AND worker = ?1")                               \
+    X(ST_EXPIRE_RESULTS, "DELETE FROM results WHERE job_seq IN (SELECT seq FROM jobs "             \
+                         "WHERE state = 'completed' AND finished_ms < ?1)")                        \
+    X(ST_EXPIRE_JOBS, "UPDATE jobs SET state = 'expired', expired_ms = ?2 "                        \
+                      "WHERE state = 'completed' AND finished_ms < ?1")                            \
+    X(ST_MEAN_RUN, "SELECT coalesce(avg(finished_ms - started_ms), 0) FROM (SELECT finished_ms, "  \
+                   "started_ms FROM jobs WHERE state IN ('completed', 'expired') "                 \
+                   "ORDER BY finished_ms DESC LIMIT 20)")
+
+enum {
+#define ST_ENUM_(name, sql) name,
+    STORE_STATEMENTS(ST_ENUM_)
+#undef ST_ENUM_
+        ST_COUNT
+};
+
+static const char *const statement_sql[ST_COUNT] = {
+#define ST_SQL_(name, sql) sql,
+    STORE_STATEMENTS(ST_SQL_)
+#undef ST_SQL_
+};
+
+static const char *const state_names[STORE_NSTATES] = {"queued", "running",   "completed",
+                                                       "failed", "cancelled", "expired"};
+
+struct store {
+    sqlite3 *db;
+    sqlite3_stmt *st[ST_COUNT];
+};
+
+/* Writers of one process take turns on this mutex before SQLite's write lock: a blocked
+ * thread then waits in FIFO-ish order instead of polling in SQLite's busy handler (which
+ * backs off up to 100 ms per try and let some enqueues wait a second under load).  Other
+ * processes still meet at SQLite's lock, with the busy timeout. */
+static pthread_mutex_t write_turn = PTHREAD_MUTEX_INITIALIZER;
+
+const char *store_state_name(enum store_state s)
+{
+    return (unsigned)s < STORE_NSTATES ? state_names[s] : NULL;
+}
+
+static enum store_state state_parse(const unsigned char *s)
+{
+    for (int i = 0; i < STORE_NSTATES; i++)
+        if (s && strcmp((const char *)s, state_names[i]) == 0)
+            return (enum store_state)i;
+    return STORE_FAILED; /* the CHECK constraint makes this unreachable */
+}
+
+__attribute__((format(printf, 4, 5))) static int fail(char *msg, size_t len, int rc,
+                                                      const char *fmt, ...)
+{
+    if (msg && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, len, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+/* SQLite result code -> our list. */
+static int from_sqlite(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+    case SQLITE_DONE:
+    case SQLITE_ROW:
+        return 0;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return FX_EBUSY;
+    case SQLITE_NOMEM:
+        return FX_ENOMEM;
+    default:
+        return FX_EIO;
+    }
+}
+
+void store_job_release(struct store_job *j)
+{
+    if (j) {
+        free(j->params);
+        j->params = NULL;
+    }
+}
+
+const char *store_errmsg(const struct store *st)
+{
+    return st && st->db ? sqlite3_errmsg(st->db) : "no database";
+}
+
+void store_close(struct store *st)
+{
+    if (st == NULL)
+        return;
+    for (int i = 0; i < ST_COUNT; i++)
+        sqlite3_finalize(st->st[i]);
+    sqlite3_close(st->db);
+    free(st);
+}
+
+static int migrate(struct store *st, const char *path, char *msg, size_t msg_len)
+{
+    sqlite3_stmt *q = NULL;
+    int version = 0, rc;
+    char *err = NULL;
+
+    pthread_mutex_lock(&write_turn);
+    if (sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        rc = from_sqlite(sqlite3_errcode(st->db));
+        pthread_mutex_unlock(&write_turn);
+        return fail(msg, msg_len, rc, "database '%s': %s", path, sqlite3_errmsg(st->db));
+    }
+    rc = sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &q, NULL);
+    if (rc == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
+        version = sqlite3_column_int(q, 0);
+    else
+        rc = SQLITE_ERROR;
+    sqlite3_finalize(q);
+    if (rc != SQLITE_OK) {
+        rc = fail(msg, msg_len, FX_EIO, "database '%s': %s", path, sqlite3_errmsg(st->db));
+        goto out;
+    }
+    if (version > STORE_SCHEMA_VERSION) {
+        rc = fail(msg, msg_len, FX_EFORMAT,
+                  "database '%s': schema version %d is newer than this program's (%d)", path,
+                  version, STORE_SCHEMA_VERSION);
+        goto out;
+    }
+    for (; version < STORE_SCHEMA_VERSION; version++) {
+        char pragma[64];
+        snprintf(pragma, sizeof(pragma), "PRAGMA user_version = %d", version + 1);
+        if (sqlite3_exec(st->db, migrations[version], NULL, NULL, &err) != SQLITE_OK ||
+            sqlite3_exec(st->db, pragma, NULL, NULL, &err) != SQLITE_OK) {
+            rc = fail(msg, msg_len, FX_EIO, "database '%s': migration %d: %s", path, version + 1,
+                      err ? err : sqlite3_errmsg(st->db));
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    sqlite3_free(err);
+    if (sqlite3_exec(st->db, rc ? "ROLLBACK" : "COMMIT", NULL, NULL, NULL) != SQLITE_OK && !rc)
+        rc = fail(msg, msg_len, FX_EIO, "database '%s': commit: %s", path, sqlite3_errmsg(st->db));
+    pthread_mutex_unlock(&write_turn);
+    return rc;
+}
+
+int store_open(const char *path, int busy_ms, struct store **out, char *msg, size_t msg_len)
+{
+    struct store *st = NULL;
+    char *err = NULL;
+    int rc;
+
+    *out = NULL;
+    st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        return fail(msg, msg_len, FX_ENOMEM, "database '%s': out of memory", path);
+    rc = sqlite3_open_v2(path, &st->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        rc = fail(msg, msg_len, rc == SQLITE_NOMEM ? FX_ENOMEM : FX_EIO, "database '%s': %s", path,
+                  st->db ? sqlite3_errmsg(st->db) : "cannot open");
+        goto out;
+    }
+    sqlite3_busy_timeout(st->db, busy_ms);
+    sqlite3_extended_result_codes(st->db, 1);
+    /* journal_mode answers a row; the others are silent.  WAL persists in the file. */
+    if (sqlite3_exec(st->db,
+                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; "
+                     "PRAGMA foreign_keys = ON",
+                     NULL, NULL, &err) != SQLITE_OK) {
+        rc = from_sqlite(sqlite3_errcode(st->db));
+        rc = fail(msg, msg_len, rc ? rc : FX_EIO, "database '%s': %s", path,
+                  err ? err : sqlite3_errmsg(st->db));
+        goto out;
+    }
+    rc = migrate(st, path, msg, msg_len);
+    if (rc)
+        goto out;
+    for (int i = 0; i < ST_COUNT; i++) {
+        if (sqlite3_prepare_v3(st->db, statement_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->st[i],
+                               NULL) != SQLITE_OK) {
+            rc = fail(msg, msg_len, FX_EIO, "database '%s': preparing statement %d: %s", path, i,
+                      sqlite3_errmsg(st->db));
+            goto out;
+        }
+    }
+    *out = st;
+    st = NULL;
+    rc = 0;
+out:
+    sqlite3_free(err);
+    store_close(st);
+    return rc;
+}
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static sqlite3_stmt *stmt(struct store *st, int which)
+{
+    sqlite3_stmt *s = st->st[which];
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return s;
+}
+
+static int exec1(struct store *st, int which)
+{
+    sqlite3_stmt *s = stmt(st, which);
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : from_sqlite(rc);
+}
+
+static int tx_begin(struct store *st)
+{
+    int rc;
+    pthread_mutex_lock(&write_turn);
+    rc = exec1(st, ST_BEGIN);
+    if (rc)
+        pthread_mutex_unlock(&write_turn);
+    return rc;
+}
+
+/* Commits when rc is 0, else rolls back; returns rc or the commit's error. */
+static int tx_end(struct store *st, int rc)
+{
+    if (rc == 0)
+        rc = exec1(st, ST_COMMIT);
+    if (rc && !sqlite3_get_autocommit(st->db))
+        exec1(st, ST_ROLLBACK);
+    pthread_mutex_unlock(&write_turn);
+    return rc;
+}
+
+static void copy_text(char *dst, size_t n, const unsigned char *src)
+{
+    snprintf(dst, n, "%s", src ? (const char *)src : "");
+}
+
+static int64_t col_ms(sqlite3_stmt *s, int i)
+{
+    return sqlite3_column_type(s, i) == SQLITE_NULL ? 0 : sqlite3_column_int64(s, i);
+}
+
+/* Fills a job from a row of JOB_COLS. */
+static int read_job(sqlite3_stmt *s, struct store_job *j)
+{
+    const unsigned char *params = sqlite3_column_text(s, 3);
+    memset(j, 0, sizeof(*j));
+    copy_text(j->id, sizeof(j->id), sqlite3_column_text(s, 0));
+    j->state = state_parse(sqlite3_column_text(s, 1));
+    j->sync =
+        sqlite3_column_text(s, 2) && strcmp((const char *)sqlite3_column_text(s, 2), "sync") == 0;
+    j->params = strdup(params ? (const char *)params : "{}");
+    if (j->params == NULL)
+        return FX_ENOMEM;
+    j->seed = (uint64_t)sqlite3_column_int64(s, 4);
+    j->steps = sqlite3_column_int(s, 5);
+    j->step = sqlite3_column_int(s, 6);
+    j->attempts = sqlite3_column_int(s, 7);
+    j->cancel = sqlite3_column_int(s, 8) != 0;
+    copy_text(j->worker, sizeof(j->worker), sqlite3_column_text(s, 9));
+    copy_text(j->error_code, sizeof(j->error_code), sqlite3_column_text(s, 10));
+    copy_text(j->error_message, sizeof(j->error_message), sqlite3_column_text(s, 11));
+    j->created_ms = col_ms(s, 12);
+    j->started_ms = col_ms(s, 13);
+    j->finished_ms = col_ms(s, 14);
+    j->expired_ms = col_ms(s, 15);
+    j->result_bytes = col_ms(s, 16);
+    return 0;
+}
+
+static int position(struct store *st, const char *id, long *pos)
+{
+    sqlite3_stmt *s = stmt(st, ST_POSITION);
+    int rc;
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    *pos = rc == SQLITE_ROW ? (long)sqlite3_column_int64(s, 0) : 0;
+    sqlite3_reset(s);
+    return rc == SQLITE_ROW ? 0 : from_sqlite(rc);
+}
+
+/* ---- the queue ---------------------------------------------------------------------------- */
+
+int store_enqueue(struct store *st, const char *id, bool sync, const char *params, uint64_t seed,
+                  int steps, int64_t now_ms, long max_queued, long *pos)
+{
+    sqlite3_stmt *s;
+    long p = 0;
+    int rc = tx_begin(st);
+    if (rc)
+        return rc;
+    s = stmt(st, ST_INSERT);
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, sync ? "sync" : "queue", -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, params, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 4, (sqlite3_int64)seed);
+    sqlite3_bind_int(s, 5, steps);
+    sqlite3_bind_int64(s, 6, now_ms);
+    sqlite3_bind_int64(s, 7, max_queued);
+    rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+        rc = from_sqlite(rc);
+        goto out;
+    }
+    if (sqlite3_changes(st->db) == 0) {
+        rc = FX_EFULL;
+        goto out;
+    }
+    rc = position(st, id, &p);
+out:
+    rc = tx_end(st, rc);
+    if (rc == 0 && pos)
+        *pos = p;
+    return rc;
+}
+
+int store_claim(struct store *st, const char *worker, int64_t now_ms, struct store_job *job)
+{
+    sqlite3_stmt *s;
+    int rc = tx_begin(st), step;
+    memset(job, 0, sizeof(*job));
+    if (rc)
+        return rc;
+    s = stmt(st, ST_CLAIM);
+    sqlite3_bind_text(s, 1, worker, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, now_ms);
+    step = sqlite3_step(s);
+    if (step == SQLITE_ROW) {
+        rc = read_job(s, job);
+        /* RETURNING rows are all computed by the first step; finish the statement. */
+        while ((step = sqlite3_step(s)) == SQLITE_ROW)
+            ;
+    }
+    if (step != SQLITE_DONE && rc == 0)
+        rc = from_sqlite(step);
+    else if (rc == 0 && job->id[0] == '\0')
+        rc = FX_ENOENT;
+    sqlite3_reset(s);
+    if (rc == FX_ENOENT) {
+        int c = tx_end(st, 0); /* nothing queued: not an error for the transaction */
+        rc = c ? c : FX_ENOENT;
+    } else {
+        rc = tx_end(st, rc);
+    }
+    if (rc)
+        store_job_release(job);
+    return rc;
+}
+
+int store_progress(struct store *st, const char *id, int step, bool *cancel)
+{
+    sqlite3_stmt *s = stmt(st, ST_PROGRESS);
+    int rc;
+    bool c = false, found = false;
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(s, 2, step);
+    pthread_mutex_lock(&write_turn);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        found = true;
+        c = sqlite3_column_int(s, 0) != 0;
+    }
+    sqlite3_reset(s);
+    pthread_mutex_unlock(&write_turn);
+    if (rc != SQLITE_DONE)
+        return from_sqlite(rc);
+    if (cancel)
+        *cancel = c;
+    return found ? 0 : FX_ENOENT;
+}
+
+int store_complete(struct store *st, const char *id, const char *worker, const void *png,
+                   size_t png_len, int64_t now_ms)
+{
+    sqlite3_stmt *s;
+    int rc = tx_begin(st);
+    if (rc)
+        return rc;
+    s = stmt(st, ST_RESULT_PUT);
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, worker, -1, SQLITE_STATIC);
+    sqlite3_bind_blob64(s, 3, png, png_len, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+        rc = from_sqlite(rc);
+        goto out;
+    }
+    if (sqlite3_changes(st->db) == 0) {
+        rc = FX_ENOENT;
+        goto out;
+    }
+    s = stmt(st, ST_COMPLETE);
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, worker, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, now_ms);
+    sqlite3_bind_int64(s, 4, (sqlite3_int64)png_len);
+    rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    rc = rc == SQLITE_DONE ? 0 : from_sqlite(rc);
+out:
+    return tx_end(st, rc);
+}
+
+/* Runs a one-row UPDATE in its own transaction; FX_ENOENT when it changed nothing. */
+static int update1(struct store *st, sqlite3_stmt *s)
+{
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE)
+        return from_sqlite(rc);
+    return sqlite3_changes(st->db) ? 0 : FX_ENOENT;
+}
+
+int store_finish(struct store *st, const char *id, const char *worker, enum store_state state,
+                 const char *code, const char *message, int64_t now_ms)
+{
+    sqlite3_stmt *s;
+    int rc;
+    if (state != STORE_FAILED && state != STORE_CANCELLED)
+        return FX_EINVAL;
+    if ((rc = tx_begin(st)))
+        return rc;
+    s = stmt(st, ST_FINISH);
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, worker, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, state_names[state], -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 4, code, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 5, message, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 6, now_ms);
+    return tx_end(st, update1(st, s));
+}
+
+int store_requeue(struct store *st, const char *id, const char *worker)
+{
+    sqlite3_stmt *s;
+    int rc;
+    if ((rc = tx_begin(st)))
+        return rc;
+    s = stmt(st, ST_REQUEUE);
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, worker, -1, SQLITE_STATIC);
+    return tx_end(st, update1(st, s));
+}
+
+static int read_state(struct store *st, const char *id, enum store_state *state)
+{
+    sqlite3_stmt *s = stmt(st, ST_STATE);
+    int rc;
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        *state = state_parse(sqlite3_column_text(s, 0));
+    sqlite3_reset(s);
+    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? FX_ENOENT : from_sqlite(rc);
+}
+
+int store_cancel(struct store *st, const char *id, int64_t now_ms, enum store_state *state)
+{
+    sqlite3_stmt *s;
+    enum store_state cur = STORE_QUEUED;
+    int rc = tx_begin(st);
+    if (rc)
+        return rc;
+    if ((rc = read_state(st, id, &cur)))
+        goto out;
+    if (cur == STORE_QUEUED) {
+        s = stmt(st, ST_CANCEL_QUEUED);
+        sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, now_ms);
+        rc = update1(st, s);
+        cur = STORE_CANCELLED;
+    } else if (cur == STORE_RUNNING) {
+        s = stmt(st, ST_CANCEL_RUNNING);
+        sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+        rc = update1(st, s);
+    } else {
+        *state = cur;
+        tx_end(st, FX_EFINISHED);
+        return FX_EFINISHED;
+    }
+out:
+    rc = tx_end(st, rc);
+    if (rc == 0)
+        *state = cur;
+    return rc;
+}
+
+int store_get(struct store *st, const char *id, struct store_job *job)
+{
+    sqlite3_stmt *s = stmt(st, ST_GET);
+    int rc;
+    memset(job, 0, sizeof(*job));
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        rc = read_job(s, job);
+    else
+        rc = rc == SQLITE_DONE ? FX_ENOENT : from_sqlite(rc);
+    sqlite3_reset(s);
+    if (rc == 0 && job->state == STORE_QUEUED)
+        rc = position(st, id, &job->position);
+    if (rc)
+        store_job_release(job);
+    return rc;
+}
+
+int store_result(struct store *st, const char *id, uint8_t **png, size_t *len)
+{
+    sqlite3_stmt *s = stmt(st, ST_RESULT_GET);
+    int rc;
+    *png = NULL;
+    *len = 0;
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        const void *b = sqlite3_column_blob(s, 0);
+        size_t n = (size_t)sqlite3_column_bytes(s, 0);
+        *png = malloc(n ? n : 1);
+        if (*png == NULL) {
+            rc = FX_ENOMEM;
+        } else {
+            if (n)
+                memcpy(*png, b, n);
+            *len = n;
+            rc = 0;
+        }
+    } else {
+        rc = rc == SQLITE_DONE ? FX_ENOENT : from_sqlite(rc);
+    }
+    sqlite3_reset(s);
+    return rc;
+}
+
+int store_counts(struct store *st, long counts[STORE_NSTATES])
+{
+    sqlite3_stmt *s = stmt(st, ST_COUNTS);
+    int rc;
+    memset(counts, 0, sizeof(long) * STORE_NSTATES);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW)
+        counts[state_parse(sqlite3_column_text(s, 0))] = (long)sqlite3_column_int64(s, 1);
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE ? 0 : from_sqlite(rc);
+}
+
+int store_recover(struct store *st, const char *worker, int max_attempts, int64_t now_ms,
+                  long *requeued, long *failed)
+{
+    sqlite3_stmt *s;
+    long nf = 0, nr = 0;
+    int rc = tx_begin(st);
+    if (rc)
+        return rc;
+    s = stmt(st, ST_RECOVER_FAIL);
+    sqlite3_bind_text(s, 1, worker, -1, SQLITE_STATIC);
+    sqlite3_bind_int(s, 2, max_attempts);
+    sqlite3_bind_int64(s, 3, now_ms);
+    rc = update1(st, s);
+    if (rc && rc != FX_ENOENT)
+        goto out;
+    nf = rc ? 0 : sqlite3_changes(st->db);
+    s = stmt(st, ST_RECOVER_REQUEUE);
+    sqlite3_bind_text(s, 1, worker, -1, SQLITE_STATIC);
+    rc = update1(st, s);
+    if (rc && rc != FX_ENOENT)
+        goto out;
+    nr = rc ? 0 : sqlite3_changes(st->db);
+    rc = 0;
+out:
+    rc = tx_end(st, rc);
+    if (rc == 0) {
+        if (requeued)
+            *requeued = nr;
+        if (failed)
+            *failed = nf;
+    }
+    return rc;
+}
+
+int store_expire(struct store *st, int64_t before_ms, int64_t now_ms, long *n)
+{
+    sqlite3_stmt *s;
+    long count = 0;
+    int rc = tx_begin(st);
+    if (rc)
+        return rc;
+    s = stmt(st, ST_EXPIRE_RESULTS);
+    sqlite3_bind_int64(s, 1, before_ms);
+    rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+        rc = from_sqlite(rc);
+        goto out;
+    }
+    s = stmt(st, ST_EXPIRE_JOBS);
+    sqlite3_bind_int64(s, 1, before_ms);
+    sqlite3_bind_int64(s, 2, now_ms);
+    rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+        rc = from_sqlite(rc);
+        goto out;
+    }
+    count = sqlite3_changes(st->db);
+    rc = 0;
+out:
+    rc = tx_end(st, rc);
+    if (rc == 0 && n)
+        *n = count;
+    return rc;
+}
+
+int store_mean_run_ms(struct store *st, double *ms)
+{
+    sqlite3_stmt *s = stmt(st, ST_MEAN_RUN);
+    int rc = sqlite3_step(s);
+    *ms = rc == SQLITE_ROW ? sqlite3_column_double(s, 0) : 0.0;
+    sqlite3_reset(s);
+    return rc == SQLITE_ROW ? 0 : from_sqlite(rc);
+}

@@ -1,0 +1,170 @@
+/*
+ * store.h - the durable job queue and result store of fluxcgi: one SQLite file.
+ *
+ * SQLite is the source of truth (DESIGN.md section 1).  Every SQL statement of the program is
+ * in sql/: the schema and its views in schema.sql (migration 1, embedded at build time), the
+ * statements in store.c, each prepared once per connection.  Migrations are keyed on
+ * PRAGMA user_version and applied by store_open inside an IMMEDIATE transaction.
+ *
+ * Durability: WAL mode with synchronous=FULL, so a commit is on disk (WAL fsync'd) before a
+ * call returns, and an id that was answered to a client survives a kill -9 or a power cut.
+ * NORMAL would only lose commits on power loss, but the service promises that an accepted
+ * job is never lost, and the cost (one fsync per state change) is small next to a
+ * generation.  Writes run in BEGIN IMMEDIATE transactions with a busy timeout, so several
+ * processes (one per GPU) may share one file; a job is claimed by one UPDATE ... RETURNING
+ * inside such a transaction, so two claimers never get the same job.
+ *
+ * Results are PNG BLOBs in the results table, not files: the image and the `completed`
+ * state commit in one transaction (no completed job without its image, no orphan file after
+ * a crash), one file to back up (sqlite3 .backup), and retention deletes both in one
+ * transaction.  Images are bounded (about 1-2 MB at 1024x1024) and live only for the
+ * retention time, so the file stays small; freed pages are reused.
+ *
+ * Threads: a struct store is one connection and belongs to one thread at a time; each
+ * thread opens its own.  Times are Unix epoch milliseconds supplied by the caller (so tests
+ * control the clock).
+ */
+#ifndef FX_STORE_H
+#define FX_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct store;
+
+/* The schema version this program writes (the number of migrations). */
+#define STORE_SCHEMA_VERSION 1
+
+#define STORE_ID_LEN 32 /* hex digits of a job id */
+
+enum store_state {
+    STORE_QUEUED,
+    STORE_RUNNING,
+    STORE_COMPLETED,
+    STORE_FAILED,
+    STORE_CANCELLED,
+    STORE_EXPIRED,
+    STORE_NSTATES
+};
+
+/* "queued", "running", ...; NULL for a value outside the enum. */
+const char *store_state_name(enum store_state s);
+
+/* A job as stored.  store_job_release frees params. */
+struct store_job {
+    char id[STORE_ID_LEN + 1];
+    enum store_state state;
+    bool sync;    /* kind 'sync': a POST /generate waits for it */
+    char *params; /* malloc'd JSON text */
+    uint64_t seed;
+    int steps, step, attempts;
+    bool cancel;   /* a cancel was asked while it ran */
+    long position; /* 1-based place in the queue while queued, else 0 (store_get only) */
+    char worker[64];
+    char error_code[32];
+    char error_message[256];
+    int64_t created_ms, started_ms, finished_ms, expired_ms; /* 0: not yet */
+    int64_t result_bytes;                                    /* 0: no image */
+};
+
+void store_job_release(struct store_job *j);
+
+/*
+ * Opens (creating if needed) the store at path: WAL, synchronous=FULL, foreign keys, a busy
+ * timeout of busy_ms, the schema migrated to STORE_SCHEMA_VERSION.  On success returns 0 and
+ * sets *out (close with store_close).  Errors: FX_EIO (cannot open, or not a database),
+ * FX_EFORMAT (the file's schema is newer than this program), FX_EBUSY, FX_ENOMEM; msg names
+ * the path and the reason.  msg may be NULL.
+ */
+int store_open(const char *path, int busy_ms, struct store **out, char *msg, size_t msg_len);
+
+/* Closes the connection; NULL is a no-op. */
+void store_close(struct store *st);
+
+/* The last SQLite error message of this connection (borrowed, for logs). */
+const char *store_errmsg(const struct store *st);
+
+/*
+ * Adds a queued job unless max_queued jobs are already queued (the check and the insert are
+ * one transaction).  params is the request JSON.  On success returns 0 and sets *position
+ * (1-based, may be NULL).  FX_EFULL when the queue is full; FX_EIO / FX_EBUSY otherwise.
+ */
+int store_enqueue(struct store *st, const char *id, bool sync, const char *params, uint64_t seed,
+                  int steps, int64_t now_ms, long max_queued, long *position);
+
+/*
+ * Claims the oldest queued job for worker: running, attempts + 1, started now, step 0.
+ * Returns 0 and fills *job (release it), FX_ENOENT when nothing is queued, FX_EIO/FX_EBUSY.
+ */
+int store_claim(struct store *st, const char *worker, int64_t now_ms, struct store_job *job);
+
+/*
+ * Records progress of a running job.  Sets *cancel (may be NULL) when a cancel was asked.
+ * Returns 0, FX_ENOENT when the job is no longer running, FX_EIO/FX_EBUSY.
+ */
+int store_progress(struct store *st, const char *id, int step, bool *cancel);
+
+/*
+ * Marks a running job claimed by worker completed and stores its PNG, in one transaction.
+ * Returns 0, FX_ENOENT when it is not running under this worker (it was re-queued or
+ * failed meanwhile: the image is dropped), FX_EIO/FX_EBUSY.
+ */
+int store_complete(struct store *st, const char *id, const char *worker, const void *png,
+                   size_t png_len, int64_t now_ms);
+
+/*
+ * Ends a running job as failed (state STORE_FAILED) or cancelled (STORE_CANCELLED) with an
+ * error code (fx_errcode) and message.  Same returns as store_complete.
+ */
+int store_finish(struct store *st, const char *id, const char *worker, enum store_state state,
+                 const char *code, const char *message, int64_t now_ms);
+
+/*
+ * Puts a running job of worker back in the queue (a graceful drain): its place is kept, and
+ * the attempt does not count.  Returns 0, FX_ENOENT, FX_EIO/FX_EBUSY.
+ */
+int store_requeue(struct store *st, const char *id, const char *worker);
+
+/*
+ * Cancels a job: a queued one becomes cancelled at once (*state = STORE_CANCELLED); a
+ * running one gets its cancel flag (*state = STORE_RUNNING; the worker stops between steps).
+ * Returns 0, FX_ENOENT (unknown id), FX_EFINISHED (already in a terminal state; *state is
+ * that state), FX_EIO/FX_EBUSY.
+ */
+int store_cancel(struct store *st, const char *id, int64_t now_ms, enum store_state *state);
+
+/* Reads one job (with its queue position).  Returns 0, FX_ENOENT, FX_EIO/FX_EBUSY. */
+int store_get(struct store *st, const char *id, struct store_job *job);
+
+/*
+ * Copies the PNG of a completed job into *png (malloc'd, caller frees) and sets *len.
+ * Returns 0, FX_ENOENT when there is no image, FX_ENOMEM, FX_EIO/FX_EBUSY.
+ */
+int store_result(struct store *st, const char *id, uint8_t **png, size_t *len);
+
+/* Counts jobs by state: counts[STORE_NSTATES].  Returns 0, FX_EIO/FX_EBUSY. */
+int store_counts(struct store *st, long counts[STORE_NSTATES]);
+
+/*
+ * Restart recovery for worker: each job it left running is queued again in its old place,
+ * unless it has been started max_attempts times already, then it fails with code
+ * "interrupted".  Jobs of other workers are left alone (they may be alive).  Sets the
+ * counts (may be NULL).  Returns 0, FX_EIO/FX_EBUSY.
+ */
+int store_recover(struct store *st, const char *worker, int max_attempts, int64_t now_ms,
+                  long *requeued, long *failed);
+
+/*
+ * Retention: deletes the images of jobs completed before before_ms and marks them expired.
+ * Sets *n (may be NULL) to the number expired.  Returns 0, FX_EIO/FX_EBUSY.
+ */
+int store_expire(struct store *st, int64_t before_ms, int64_t now_ms, long *n);
+
+/*
+ * Mean run time in ms of the last (up to 20) completed jobs, 0 when there are none.
+ * Returns 0, FX_EIO/FX_EBUSY.
+ */
+int store_mean_run_ms(struct store *st, double *ms);
+
+#endif

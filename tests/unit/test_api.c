@@ -1,0 +1,447 @@
+/* The HTTP API as request struct -> response struct, over a temp store with the real schema
+ * and no worker: routing, ids, request parsing, every status code of the contract. */
+#include <json-c/json.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "../../core/err.h"
+#include "../../core/jobid.h"
+#include "../../core/manifest.h"
+#include "../../fcgi/api.h"
+#include "unit.h"
+
+static struct api_ctx ctx;
+static struct fx_config cfg;
+static atomic_int readiness;
+static struct store *st;
+
+static struct api_response call(const char *method, const char *uri, const char *body)
+{
+    struct api_request rq = {method, uri, body, body ? strlen(body) : 0, false};
+    struct api_response rs;
+    api_handle(&ctx, st, &rq, &rs);
+    return rs;
+}
+
+static const char *header(const struct api_response *rs, const char *name)
+{
+    for (int i = 0; i < rs->n_headers; i++)
+        if (strcmp(rs->headers[i].name, name) == 0)
+            return rs->headers[i].value;
+    return NULL;
+}
+
+/* The body as JSON (caller puts); NULL when it is not JSON. */
+static json_object *body_json(const struct api_response *rs)
+{
+    char *s = strndup(rs->body ? rs->body : "", rs->body_len);
+    json_object *o = json_tokener_parse(s);
+    free(s);
+    return o;
+}
+
+static const char *jstr(json_object *o, const char *a, const char *b)
+{
+    json_object *v;
+    if (!json_object_object_get_ex(o, a, &v))
+        return NULL;
+    if (b && !json_object_object_get_ex(v, b, &v))
+        return NULL;
+    return json_object_get_string(v);
+}
+
+/* Checks status, JSON content type and error code of a call. */
+static void expect_error(const char *method, const char *uri, const char *body, int status,
+                         const char *code)
+{
+    struct api_response rs = call(method, uri, body);
+    json_object *o = body_json(&rs);
+    if (rs.status != status || o == NULL || jstr(o, "error", "code") == NULL ||
+        strcmp(jstr(o, "error", "code"), code) != 0 || jstr(o, "error", "message") == NULL ||
+        strcmp(rs.content_type, "application/json") != 0) {
+        unit_failed++;
+        fprintf(stderr, "FAIL %s %s %.80s: got %d %.*s, want %d %s\n", method, uri,
+                body ? body : "", rs.status, (int)rs.body_len, rs.body, status, code);
+    } else {
+        unit_passed++;
+    }
+    json_object_put(o);
+    api_response_release(&rs);
+}
+
+static void test_ids(void)
+{
+    char a[JOBID_LEN + 1], b[JOBID_LEN + 1];
+    CHECK_INT(jobid_new(a), 0);
+    CHECK_INT(jobid_new(b), 0);
+    CHECK(strcmp(a, b) != 0);
+    CHECK(jobid_valid(a, strlen(a)));
+    CHECK(jobid_valid("0123456789abcdef0123456789abcdef", 32));
+    CHECK(!jobid_valid("0123456789ABCDEF0123456789abcdef", 32));
+    CHECK(!jobid_valid("0123456789abcdef0123456789abcde", 31));
+    CHECK(!jobid_valid("0123456789abcdef0123456789abcdef0", 33));
+    CHECK(!jobid_valid("0123456789abcdef0123456789abcdeg", 32));
+    CHECK(!jobid_valid("0123456789abcdef\0"
+                       "123456789abcdef",
+                       32));
+    CHECK(!jobid_valid("../../../../etc/passwd..........", 32));
+    CHECK(!jobid_valid(NULL, 32));
+    CHECK(!jobid_valid("", 0));
+}
+
+static void test_status_map(void)
+{
+    CHECK_INT(api_http_status(0), 200);
+    CHECK_INT(api_http_status(FX_EFORMAT), 400);
+    CHECK_INT(api_http_status(FX_EUTF8), 400);
+    CHECK_INT(api_http_status(FX_EBADID), 400);
+    CHECK_INT(api_http_status(FX_ENOENT), 404);
+    CHECK_INT(api_http_status(FX_EMETHOD), 405);
+    CHECK_INT(api_http_status(FX_EPENDING), 409);
+    CHECK_INT(api_http_status(FX_EEXPIRED), 410);
+    CHECK_INT(api_http_status(FX_ETOOBIG), 413);
+    CHECK_INT(api_http_status(FX_EINVAL), 422);
+    CHECK_INT(api_http_status(FX_ERANGE), 422);
+    CHECK_INT(api_http_status(FX_EFULL), 429);
+    CHECK_INT(api_http_status(FX_ERUNTIME), 500);
+    CHECK_INT(api_http_status(FX_ENOTREADY), 503);
+    CHECK_INT(api_http_status(FX_ETIMEDOUT), 504);
+    CHECK_INT(api_http_status(-12345), 500);
+}
+
+struct parse_case {
+    const char *body;
+    int rc;
+    const char *field;
+};
+
+static void test_parse(void)
+{
+    static const struct parse_case cases[] = {
+        {"{\"prompt\":\"a cat\"}", 0, NULL},
+        {"{\"prompt\":\"a cat\",\"seed\":null}", 0, NULL},
+        {"  {\"prompt\":\"a\",\"width\":128,\"height\":64,\"seed\":7,\"guidance_scale\":0}\n", 0,
+         NULL},
+        {"{\"prompt\":\"a\",\"guidance_scale\":3}", 0, NULL},
+        {"", FX_EFORMAT, NULL},
+        {"{", FX_EFORMAT, NULL},
+        {"{\"prompt\":\"a\",}", FX_EFORMAT, NULL},
+        {"{\"prompt\":'a'}", FX_EFORMAT, NULL},
+        {"{\"prompt\":\"a\"} x", FX_EFORMAT, NULL},
+        {"{\"prompt\":\"a\"}{}", FX_EFORMAT, NULL},
+        {"{\"prompt\":\"\xff\"}", FX_EFORMAT, NULL},
+        {"{\"prompt\":\"\xc0\x80\"}", FX_EUTF8, "prompt"},
+        {"{\"prompt\":\"\xed\xa0\x80\"}", FX_EUTF8, "prompt"},
+        {"{\"prompt\":\"\xf4\x90\x80\x80\"}", FX_EUTF8, "prompt"},
+        {"{\"prompt\":\"caf\xc3\xa9 \xf0\x9f\x98\x80 \\ud83d\\ude00\"}", 0, NULL},
+        {"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]"
+         "]]]]"
+         "]]]]]]",
+         FX_EFORMAT, NULL},
+        {"[]", FX_EINVAL, NULL},
+        {"\"a cat\"", FX_EINVAL, NULL},
+        {"null", FX_EINVAL, NULL},
+        {"42", FX_EINVAL, NULL},
+        {"4 2", FX_EFORMAT, NULL},
+        {"nul", FX_EFORMAT, NULL},
+        {"{}", FX_EINVAL, "prompt"},
+        {"{\"prompt\":\"\"}", FX_EINVAL, "prompt"},
+        {"{\"prompt\":7}", FX_EINVAL, "prompt"},
+        {"{\"prompt\":null}", FX_EINVAL, "prompt"},
+        {"{\"prompt\":\"a\\u0000b\"}", FX_EINVAL, "prompt"},
+        {"{\"prompt\":\"a\",\"colour\":1}", FX_EINVAL, "body"},
+        {"{\"prompt\":\"a\",\"width\":64.0}", FX_EINVAL, "width"},
+        {"{\"prompt\":\"a\",\"width\":\"64\"}", FX_EINVAL, "width"},
+        {"{\"prompt\":\"a\",\"width\":-64}", FX_ERANGE, "width"},
+        {"{\"prompt\":\"a\",\"width\":100}", FX_ERANGE, "width"},
+        {"{\"prompt\":\"a\",\"width\":99999999999999999999}", FX_ERANGE, "width"},
+        {"{\"prompt\":\"a\",\"height\":0}", FX_ERANGE, "height"},
+        {"{\"prompt\":\"a\",\"num_inference_steps\":0}", FX_ERANGE, "num_inference_steps"},
+        {"{\"prompt\":\"a\",\"num_inference_steps\":100000}", FX_ERANGE, "num_inference_steps"},
+        {"{\"prompt\":\"a\",\"num_inference_steps\":1e2}", FX_EINVAL, "num_inference_steps"},
+        {"{\"prompt\":\"a\",\"num_inference_steps\":true}", FX_EINVAL, "num_inference_steps"},
+        {"{\"prompt\":\"a\",\"guidance_scale\":NaN}", FX_ERANGE, "guidance_scale"},
+        {"{\"prompt\":\"a\",\"guidance_scale\":Infinity}", FX_ERANGE, "guidance_scale"},
+        {"{\"prompt\":\"a\",\"guidance_scale\":1e400}", FX_ERANGE, "guidance_scale"},
+        {"{\"prompt\":\"a\",\"guidance_scale\":-1}", FX_ERANGE, "guidance_scale"},
+        {"{\"prompt\":\"a\",\"guidance_scale\":\"3.5\"}", FX_EINVAL, "guidance_scale"},
+        {"{\"prompt\":\"a\",\"seed\":-1}", FX_ERANGE, "seed"},
+        {"{\"prompt\":\"a\",\"seed\":9007199254740992}", FX_ERANGE, "seed"},
+        {"{\"prompt\":\"a\",\"seed\":1.5}", FX_EINVAL, "seed"},
+        {"{\"prompt\":\"a\",\"seed\":\"1\"}", FX_EINVAL, "seed"},
+        {"{\"prompt\":\"a\",\"seed\":[1]}", FX_EINVAL, "seed"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct fx_request r;
+        char *prompt = NULL, msg[512] = "";
+        const char *field = "unset";
+        int rc = api_parse_generate(&ctx, cases[i].body, strlen(cases[i].body), &r, &prompt, &field,
+                                    msg, sizeof(msg));
+        bool ok = rc == cases[i].rc &&
+                  ((field == NULL && cases[i].field == NULL) ||
+                   (field && cases[i].field && strcmp(field, cases[i].field) == 0)) &&
+                  (rc == 0 || msg[0] != '\0') && (rc != 0 || prompt != NULL);
+        if (ok) {
+            unit_passed++;
+        } else {
+            unit_failed++;
+            fprintf(stderr, "FAIL parse case %zu %.60s: got %s field %s (%s), want %s field %s\n",
+                    i, cases[i].body, fx_errname(rc), field ? field : "(null)", msg,
+                    fx_errname(cases[i].rc), cases[i].field ? cases[i].field : "(null)");
+        }
+        if (rc == 0 && i == 0) {
+            CHECK_INT(r.width, 64);
+            CHECK_INT(r.steps, 2);
+            CHECK(!r.has_seed);
+            CHECK(r.guidance == 3.5);
+        }
+        if (rc == 0 && i == 2) {
+            CHECK_INT(r.width, 128);
+            CHECK(r.has_seed && r.seed == 7);
+            CHECK(r.guidance == 0);
+        }
+        /* a field error names the field first */
+        if (rc && cases[i].field && strcmp(cases[i].field, "body") != 0)
+            CHECK(strncmp(msg, cases[i].field, strlen(cases[i].field)) == 0);
+        free(prompt);
+    }
+    /* a NUL byte in the raw body */
+    struct fx_request r;
+    char *prompt = NULL, msg[256];
+    const char *field;
+    CHECK_INT(
+        api_parse_generate(&ctx, "{\"prompt\":\"a\0\"}", 15, &r, &prompt, &field, msg, sizeof(msg)),
+        FX_EFORMAT);
+}
+
+static void test_routes(void)
+{
+    struct api_response rs;
+    json_object *o;
+    char uri[128], id[64], id2[64];
+
+    /* loading: /ping says so, generation is 503, the store still answers */
+    atomic_store(&readiness, WORKER_LOADING);
+    rs = call("GET", "/ping", NULL);
+    o = body_json(&rs);
+    CHECK_INT(rs.status, 200);
+    CHECK_STR(jstr(o, "status", NULL), "loading");
+    CHECK_STR(jstr(o, "ready", NULL), "false");
+    json_object_put(o);
+    api_response_release(&rs);
+    rs = call("POST", "/generate/queue", "{\"prompt\":\"a\"}");
+    CHECK_INT(rs.status, 503);
+    CHECK(header(&rs, "Retry-After") != NULL);
+    api_response_release(&rs);
+    expect_error("POST", "/generate", "{\"prompt\":\"a\"}", 503, "not_ready");
+    rs = call("GET", "/queue/status", NULL);
+    CHECK_INT(rs.status, 200);
+    api_response_release(&rs);
+
+    atomic_store(&readiness, WORKER_READY);
+    rs = call("GET", "/ping", NULL);
+    o = body_json(&rs);
+    CHECK_STR(jstr(o, "status", NULL), "ok");
+    CHECK_STR(jstr(o, "model", NULL), "unit-model");
+    json_object_put(o);
+    api_response_release(&rs);
+    rs = call("HEAD", "/ping", NULL);
+    CHECK_INT(rs.status, 200);
+    api_response_release(&rs);
+
+    /* queue a job */
+    rs = call("POST", "/generate/queue?x=1", "{\"prompt\":\"a cat\",\"seed\":42}");
+    CHECK_INT(rs.status, 202);
+    o = body_json(&rs);
+    snprintf(id, sizeof(id), "%s", jstr(o, "request_id", NULL) ? jstr(o, "request_id", NULL) : "");
+    CHECK(jobid_valid(id, strlen(id)));
+    CHECK_STR(jstr(o, "status", NULL), "queued");
+    CHECK_STR(jstr(o, "position", NULL), "1");
+    CHECK_STR(jstr(o, "seed", NULL), "42");
+    CHECK_STR(jstr(o, "progress", "steps"), "2");
+    snprintf(uri, sizeof(uri), "/queue/status/%s", id);
+    CHECK_STR(header(&rs, "Location"), uri);
+    json_object_put(o);
+    api_response_release(&rs);
+
+    /* a second one without a seed gets a random one */
+    rs = call("POST", "/generate/queue", "{\"prompt\":\"a dog\"}");
+    CHECK_INT(rs.status, 202);
+    o = body_json(&rs);
+    snprintf(id2, sizeof(id2), "%s", jstr(o, "request_id", NULL));
+    CHECK_STR(jstr(o, "position", NULL), "2");
+    CHECK(jstr(o, "seed", NULL) != NULL);
+    json_object_put(o);
+    api_response_release(&rs);
+
+    /* status by id */
+    rs = call("GET", uri, NULL);
+    CHECK_INT(rs.status, 200);
+    o = body_json(&rs);
+    CHECK_STR(jstr(o, "request_id", NULL), id);
+    CHECK_STR(jstr(o, "status", NULL), "queued");
+    CHECK_STR(jstr(o, "progress", "step"), "0");
+    CHECK(jstr(o, "created_at", NULL) != NULL && strlen(jstr(o, "created_at", NULL)) == 24);
+    CHECK(jstr(o, "error", NULL) == NULL);
+    json_object_put(o);
+    api_response_release(&rs);
+
+    /* counts */
+    rs = call("GET", "/queue/status", NULL);
+    o = body_json(&rs);
+    CHECK_STR(jstr(o, "queued", NULL), "2");
+    CHECK_STR(jstr(o, "capacity", NULL), "3");
+    json_object_put(o);
+    api_response_release(&rs);
+
+    /* not finished: 409 with the status */
+    snprintf(uri, sizeof(uri), "/result/%s", id);
+    rs = call("GET", uri, NULL);
+    CHECK_INT(rs.status, 409);
+    o = body_json(&rs);
+    CHECK_STR(jstr(o, "error", "code"), "not_finished");
+    CHECK_STR(jstr(o, "status", NULL), "queued");
+    json_object_put(o);
+    api_response_release(&rs);
+
+    /* queue full (capacity 3) */
+    rs = call("POST", "/generate/queue", "{\"prompt\":\"3\"}");
+    CHECK_INT(rs.status, 202);
+    api_response_release(&rs);
+    rs = call("POST", "/generate/queue", "{\"prompt\":\"4\"}");
+    CHECK_INT(rs.status, 429);
+    CHECK(header(&rs, "Retry-After") != NULL && atoi(header(&rs, "Retry-After")) >= 1);
+    o = body_json(&rs);
+    CHECK_STR(jstr(o, "error", "code"), "queue_full");
+    json_object_put(o);
+    api_response_release(&rs);
+
+    /* cancel a queued job: 200 cancelled; again: 409; its result: 409 cancelled */
+    snprintf(uri, sizeof(uri), "/queue/%s", id);
+    rs = call("DELETE", uri, NULL);
+    CHECK_INT(rs.status, 200);
+    o = body_json(&rs);
+    CHECK_STR(jstr(o, "status", NULL), "cancelled");
+    json_object_put(o);
+    api_response_release(&rs);
+    expect_error("DELETE", uri, NULL, 409, "already_finished");
+    snprintf(uri, sizeof(uri), "/result/%s", id);
+    expect_error("GET", uri, NULL, 409, "cancelled");
+
+    /* a job that completed long ago reads as expired (before the sweep) and 410 */
+    struct store_job j;
+    static const uint8_t png[] = {1, 2, 3};
+    CHECK_INT(store_claim(st, "unit", 1000, &j), 0);
+    CHECK_STR(j.id, id2);
+    store_job_release(&j);
+    CHECK_INT(store_complete(st, id2, "unit", png, sizeof(png), 2000), 0);
+    snprintf(uri, sizeof(uri), "/result/%s", id2);
+    expect_error("GET", uri, NULL, 410, "expired");
+    snprintf(uri, sizeof(uri), "/queue/status/%s", id2);
+    rs = call("GET", uri, NULL);
+    o = body_json(&rs);
+    CHECK_STR(jstr(o, "status", NULL), "expired");
+    json_object_put(o);
+    api_response_release(&rs);
+
+    /* a fresh completed job gives its PNG with the headers */
+    CHECK_INT(store_claim(st, "unit", 1000, &j), 0);
+    snprintf(id2, sizeof(id2), "%s", j.id);
+    store_job_release(&j);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    CHECK_INT(store_complete(st, id2, "unit", png, sizeof(png), (int64_t)ts.tv_sec * 1000), 0);
+    snprintf(uri, sizeof(uri), "/result/%s", id2);
+    rs = call("GET", uri, NULL);
+    CHECK_INT(rs.status, 200);
+    CHECK_STR(rs.content_type, "image/png");
+    CHECK_INT(rs.body_len, 3);
+    CHECK_STR(header(&rs, "X-Request-Id"), id2);
+    CHECK(header(&rs, "X-Seed") != NULL);
+    api_response_release(&rs);
+    snprintf(uri, sizeof(uri), "/queue/%s", id2);
+    expect_error("DELETE", uri, NULL, 409, "already_finished");
+
+    /* metrics */
+    rs = call("GET", "/metrics", NULL);
+    CHECK_INT(rs.status, 200);
+    CHECK(rs.body && strstr(rs.body, "fluxcgi_queue_depth 0") != NULL);
+    CHECK(rs.body && strstr(rs.body, "fluxcgi_jobs{state=\"cancelled\"} 1") != NULL);
+    CHECK(rs.body && strstr(rs.body, "fluxcgi_step_seconds_bucket{le=\"+Inf\"}") != NULL);
+    api_response_release(&rs);
+
+    /* errors */
+    expect_error("GET", "/queue/status/0123456789abcdef0123456789abcdef", NULL, 404, "not_found");
+    expect_error("GET", "/queue/status/0123456789ABCDEF0123456789abcdef", NULL, 400, "invalid_id");
+    expect_error("GET", "/queue/status/", NULL, 400, "invalid_id");
+    expect_error("GET", "/queue/status/..%2f..%2fetc%2fpasswd", NULL, 400, "invalid_id");
+    expect_error("GET", "/result/'%20OR%201=1--", NULL, 400, "invalid_id");
+    expect_error("GET", "/result/0123456789abcdef0123456789abcdef/x", NULL, 400, "invalid_id");
+    expect_error("DELETE", "/queue/xyz", NULL, 400, "invalid_id");
+    expect_error("GET", "/nope", NULL, 404, "not_found");
+    expect_error("GET", "/", NULL, 404, "not_found");
+    expect_error("GET", "/ping/", NULL, 404, "not_found");
+    expect_error("GET", "/generate", NULL, 405, "method_not_allowed");
+    expect_error("POST", "/ping", "{}", 405, "method_not_allowed");
+    expect_error("PUT", "/queue/status", NULL, 405, "method_not_allowed");
+    expect_error("GE", "/ping", NULL, 405, "method_not_allowed");
+    expect_error("", "/ping", NULL, 405, "method_not_allowed");
+    expect_error("GET", "/queue/0123456789abcdef0123456789abcdef", NULL, 405, "method_not_allowed");
+    expect_error("POST", "/generate/queue", "{\"prompt\":\"a\",\"width\":65}", 422, "out_of_range");
+    expect_error("POST", "/generate/queue", "{\"prompt\":\"a\",\"bogus\":1}", 422,
+                 "invalid_argument");
+    expect_error("POST", "/generate/queue", "not json", 400, "malformed");
+    rs = call("GET", "/generate", NULL);
+    CHECK_STR(header(&rs, "Allow"), "POST");
+    api_response_release(&rs);
+
+    /* a body over max_body */
+    struct api_request big = {"POST", "/generate/queue", NULL, 0, true};
+    api_handle(&ctx, st, &big, &rs);
+    CHECK_INT(rs.status, 413);
+    api_response_release(&rs);
+}
+
+int main(int argc, char **argv)
+{
+    char dir[] = "/tmp/fx-api-XXXXXX", path[256], msg[512] = "";
+    struct fx_manifest m = {0};
+
+    unit_parse_args(argc, argv);
+    test_ids();
+    test_status_map();
+    if (mkdtemp(dir) == NULL)
+        return 1;
+    snprintf(path, sizeof(path), "%s/jobs.db", dir);
+    CHECK_INT(store_open(path, 5000, &st, msg, sizeof(msg)), 0);
+    config_defaults(&cfg);
+    cfg.queue_size = 3;
+    cfg.default_steps = 2;
+    cfg.default_width = 64;
+    cfg.default_height = 64;
+    m.default_steps = 28;
+    m.default_width = m.default_height = 1024;
+    m.default_guidance = 3.5;
+    m.min_size = 64;
+    m.max_size = 2048;
+    m.multiple_of = 16;
+    CHECK_INT(api_ctx_limits(&ctx, &m, &cfg, msg, sizeof(msg)), 0);
+    ctx.cfg = &cfg;
+    ctx.model_name = "unit-model";
+    ctx.readiness = &readiness;
+    test_parse();
+    test_routes();
+
+    /* a configured default outside the bounds is refused */
+    struct api_ctx bad;
+    cfg.default_width = 100;
+    CHECK_INT(api_ctx_limits(&bad, &m, &cfg, msg, sizeof(msg)), FX_ERANGE);
+    CHECK(strstr(msg, "width") != NULL);
+
+    store_close(st);
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cannot remove %s\n", dir);
+    return unit_done();
+}
