@@ -365,8 +365,74 @@ run: deps $(FLUXCGI) $(if $(MODEL),,tiny-model)
 bench: bench-service
 
 # ---------------------------------------------------------------------------
+# Install: PREFIX (default /usr/local) and DESTDIR as usual.  The programs find their
+# plugins in PREFIX/lib/fluxcgi (beside the binary, ../lib/fluxcgi).  The config in
+# SYSCONFDIR/fluxcgi/ is written only when absent; the site files are regenerated.
 
-test: format-check test-c test-export test-pipeline test-service
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+PKGLIBDIR  ?= $(PREFIX)/lib/fluxcgi
+SHAREDIR   ?= $(PREFIX)/share/fluxcgi
+SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+# what the installed config and site files point at (the unit's runtime/state/log folders)
+SOCKET_PATH ?= /run/fluxcgi/fluxcgi.sock
+STATE_DIR  ?= /var/lib/fluxcgi
+LOG_FILE   ?= /var/log/fluxcgi/fluxcgi.log
+SITE_LISTEN ?= 80
+D          := $(DESTDIR)
+CONF_FILES := fluxcgi.conf nginx.conf fluxcgi-site.conf lighttpd.conf lighttpd-site.conf
+FILL_SITE   = sed -e 's|@LISTEN@|$(SITE_LISTEN)|g' -e 's|@SOCKET@|$(SOCKET_PATH)|g' \
+                  -e 's|@CONF@|$(SHAREDIR)/conf|g'
+
+.PHONY: install uninstall test-deploy
+
+install: $(FLUXGEN) $(FLUXCGI) $(PLUGINS)
+	@echo "  INSTALL $(D)$(PREFIX)"
+	$(Q)install -d $(D)$(BINDIR) $(D)$(PKGLIBDIR)/python/fluxexport $(D)$(PKGLIBDIR)/python/data \
+		$(D)$(SHAREDIR)/conf/errors $(D)$(SYSCONFDIR)/fluxcgi $(D)$(UNITDIR) $(D)$(SYSUSERSDIR)
+	$(Q)install -m 0755 $(FLUXCGI) $(FLUXGEN) $(D)$(BINDIR)/
+	$(Q)install -m 0644 $(PLUGINS) $(D)$(PKGLIBDIR)/
+	$(Q)install -m 0644 export/fluxexport/*.py $(D)$(PKGLIBDIR)/python/fluxexport/
+	$(Q)install -m 0644 export/data/tiny_corpus.txt $(D)$(PKGLIBDIR)/python/data/
+	$(Q)printf '#!/bin/sh\n# fluxexport: FLUX checkpoints -> fluxcgi model dirs (README.md)\nPYTHONPATH=%s$${PYTHONPATH:+:$$PYTHONPATH} exec "$${PYTHON:-%s}" -m fluxexport "$$@"\n' \
+		'$(PKGLIBDIR)/python' '$(PYTHON)' > $(D)$(BINDIR)/fluxexport
+	$(Q)chmod 0755 $(D)$(BINDIR)/fluxexport
+	$(Q)install -m 0644 $(addprefix conf/,$(CONF_FILES)) $(D)$(SHAREDIR)/conf/
+	$(Q)install -m 0644 conf/errors/* $(D)$(SHAREDIR)/conf/errors/
+	$(Q)install -m 0644 sql/schema.sql README.md $(D)$(SHAREDIR)/
+	$(Q)sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+		-e 's|@SHAREDIR@|$(SHAREDIR)|g' conf/fluxcgi.service.in > $(D)$(UNITDIR)/fluxcgi.service
+	$(Q)install -m 0644 conf/fluxcgi.sysusers $(D)$(SYSUSERSDIR)/fluxcgi.conf
+	$(Q)$(FILL_SITE) conf/fluxcgi-site.conf > $(D)$(SYSCONFDIR)/fluxcgi/nginx-site.conf
+	$(Q)$(FILL_SITE) conf/lighttpd-site.conf > $(D)$(SYSCONFDIR)/fluxcgi/lighttpd-site.conf
+	$(Q)if [ ! -e $(D)$(SYSCONFDIR)/fluxcgi/fluxcgi.conf ]; then \
+		sed -e 's|@SOCKET@|$(SOCKET_PATH)|' -e 's|@DB@|$(STATE_DIR)/jobs.db|' \
+		    -e 's|@MODEL@|$(STATE_DIR)/model|' -e 's|@LOG@|$(LOG_FILE)|' \
+		    -e 's|^device = @DEVICE@ *|# device = cuda    |' \
+		    conf/fluxcgi.conf > $(D)$(SYSCONFDIR)/fluxcgi/fluxcgi.conf; \
+	else echo "  KEEP    $(D)$(SYSCONFDIR)/fluxcgi/fluxcgi.conf (exists)"; fi
+
+uninstall:
+	@echo "  UNINSTALL $(D)$(PREFIX)"
+	$(Q)rm -f $(D)$(BINDIR)/fluxcgi $(D)$(BINDIR)/fluxgen $(D)$(BINDIR)/fluxexport \
+		$(D)$(UNITDIR)/fluxcgi.service $(D)$(SYSUSERSDIR)/fluxcgi.conf \
+		$(D)$(SYSCONFDIR)/fluxcgi/nginx-site.conf $(D)$(SYSCONFDIR)/fluxcgi/lighttpd-site.conf
+	$(Q)rm -rf $(D)$(PKGLIBDIR) $(D)$(SHAREDIR)
+	$(Q)if [ -e $(D)$(SYSCONFDIR)/fluxcgi/fluxcgi.conf ]; then \
+		echo "  KEEP    $(D)$(SYSCONFDIR)/fluxcgi/fluxcgi.conf (remove it by hand)"; \
+	else rmdir $(D)$(SYSCONFDIR)/fluxcgi 2>/dev/null || true; fi
+
+# make install into temp prefixes; the installed fluxcgi behind nginx; the unit verified.
+test-deploy: $(FLUXGEN) $(FLUXCGI) $(PLUGINS) tiny-model
+	@echo "  TEST    deploy (make install, installed fluxcgi behind nginx, systemd unit)"
+	$(Q)FLUX_MODEL=$(CURDIR)/$(TINY_DIR) $(PYTHON) -m unittest discover -s tests/deploy -t . \
+		$(if $(V),-v,)
+
+# ---------------------------------------------------------------------------
+
+test: format-check test-c test-export test-pipeline test-service test-deploy
 
 clean:
 	rm -rf $(BUILD)

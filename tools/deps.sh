@@ -1,18 +1,42 @@
 #!/bin/sh
 # Installs the Debian 12 packages fluxcgi needs, skipping those already present.
-# Used by `make deps` and by the container images, so CI exercises the same steps.
-# Usage: tools/deps.sh [--print]   (--print lists the packages and exits)
+# Used by `make deps` (profile all) and by the container images (docker/), so CI runs the
+# same script that builds the images.
+#
+# Usage: tools/deps.sh [--print] [--profile all|cpu-image|cuda-image|web-image]
+#   all         everything: build, run, export, tests, benchmarks (make deps)
+#   cpu-image   build and run on the CPU with Debian's libtorch, export the tiny model
+#   cuda-image  build and run with a pip PyTorch (installed by the image itself)
+#   web-image   the nginx front end
+#   --print     lists the packages of the profile and exits
 set -eu
 
-PKGS="build-essential pkg-config ca-certificates
-python3 python3-torch python3-numpy python3-regex python3-sentencepiece python3-pil
-sentencepiece libsentencepiece-dev
-libtorch-dev libfcgi-dev libjson-c-dev libpng-dev libsqlite3-dev sqlite3 libutf8proc-dev
-clang-format
-nginx-light lighttpd curl spawn-fcgi
-wrk python3-fastapi python3-uvicorn"
+BUILD="build-essential pkg-config ca-certificates make
+libfcgi-dev libjson-c-dev libpng-dev libsqlite3-dev sqlite3 libutf8proc-dev libsentencepiece-dev"
+PYTHON="python3 python3-numpy python3-pil"
+DEBIAN_TORCH="python3-torch libtorch-dev"
+TOKENIZERS="sentencepiece python3-sentencepiece python3-regex"
+WEB="nginx-light lighttpd curl spawn-fcgi"
+TESTS="clang-format wrk python3-fastapi python3-uvicorn systemd"
 
-if [ "${1:-}" = "--print" ]; then
+profile=all
+print=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --print) print=1; shift ;;
+        --profile) profile=${2:-}; shift 2 ;;
+        *) echo "deps: unknown argument '$1'" >&2; exit 2 ;;
+    esac
+done
+case "$profile" in
+    all) PKGS="$BUILD $PYTHON $DEBIAN_TORCH $TOKENIZERS $WEB $TESTS" ;;
+    cpu-image) PKGS="$BUILD $PYTHON $DEBIAN_TORCH $TOKENIZERS curl" ;;
+    cuda-image) PKGS="$BUILD $PYTHON $TOKENIZERS python3-venv python3-pip curl" ;;
+    web-image) PKGS="nginx-light curl" ;;
+    *) echo "deps: unknown profile '$profile'" >&2; exit 2 ;;
+esac
+
+if [ "$print" = 1 ]; then
     echo $PKGS
     exit 0
 fi

@@ -6,7 +6,8 @@ web server in the foreground (daemon off / -D) and kills both on stop().  A miss
 server is an error, not a skip.
 
 Environment: FLUXCGI (the binary), FLUX_MODEL (a model dir), SVC_TEST_DIR (where prefixes
-go; default a temp dir).
+go; default a temp dir), FLUXCGI_CONF (the templates' folder; default conf/, an installed
+PREFIX/share/fluxcgi/conf in the install test).
 """
 import http.client
 import json
@@ -20,7 +21,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONF = os.path.join(ROOT, "conf")
+CONF = os.environ.get("FLUXCGI_CONF", os.path.join(ROOT, "conf"))
 FLUXCGI = os.environ.get("FLUXCGI", os.path.join(ROOT, "build", "fluxcgi"))
 MODEL = os.environ.get("FLUX_MODEL", os.path.join(ROOT, "build", "models", "tiny"))
 TEST_DIR = os.environ.get("SVC_TEST_DIR") or tempfile.mkdtemp(prefix="fluxcgi-test-")
