@@ -404,6 +404,8 @@ install: $(FLUXGEN) $(FLUXCGI) $(PLUGINS)
 	$(Q)install -m 0644 sql/schema.sql README.md $(D)$(SHAREDIR)/
 	$(Q)sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
 		-e 's|@SHAREDIR@|$(SHAREDIR)|g' conf/fluxcgi.service.in > $(D)$(UNITDIR)/fluxcgi.service
+	$(Q)sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+		-e 's|@SHAREDIR@|$(SHAREDIR)|g' conf/fluxcgi@.service.in > $(D)$(UNITDIR)/fluxcgi@.service
 	$(Q)install -m 0644 conf/fluxcgi.sysusers $(D)$(SYSUSERSDIR)/fluxcgi.conf
 	$(Q)$(FILL_SITE) conf/fluxcgi-site.conf > $(D)$(SYSCONFDIR)/fluxcgi/nginx-site.conf
 	$(Q)$(FILL_SITE) conf/lighttpd-site.conf > $(D)$(SYSCONFDIR)/fluxcgi/lighttpd-site.conf
@@ -417,7 +419,8 @@ install: $(FLUXGEN) $(FLUXCGI) $(PLUGINS)
 uninstall:
 	@echo "  UNINSTALL $(D)$(PREFIX)"
 	$(Q)rm -f $(D)$(BINDIR)/fluxcgi $(D)$(BINDIR)/fluxgen $(D)$(BINDIR)/fluxexport \
-		$(D)$(UNITDIR)/fluxcgi.service $(D)$(SYSUSERSDIR)/fluxcgi.conf \
+		$(D)$(UNITDIR)/fluxcgi.service $(D)$(UNITDIR)/fluxcgi@.service \
+		$(D)$(SYSUSERSDIR)/fluxcgi.conf \
 		$(D)$(SYSCONFDIR)/fluxcgi/nginx-site.conf $(D)$(SYSCONFDIR)/fluxcgi/lighttpd-site.conf
 	$(Q)rm -rf $(D)$(PKGLIBDIR) $(D)$(SHAREDIR)
 	$(Q)if [ -e $(D)$(SYSCONFDIR)/fluxcgi/fluxcgi.conf ]; then \

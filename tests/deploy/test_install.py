@@ -144,6 +144,14 @@ class PrefixInstall(unittest.TestCase):
         for line in ("User=fluxcgi", "StateDirectory=fluxcgi", "Restart=on-failure",
                      "KillSignal=SIGTERM", "ExecReload=/bin/kill -HUP $MAINPID"):
             self.assertIn(line, unit)
+        # the per-GPU template, as instance 1
+        tmpl = os.path.join(self.prefix, "lib", "systemd", "system", "fluxcgi@.service")
+        inst = os.path.join(self.prefix, "fluxcgi@1.service")
+        shutil.copyfile(tmpl, inst)
+        res = self.verify(inst)
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+        with open(inst) as f:
+            self.assertIn(f"--config {self.prefix}/etc/fluxcgi/gpu%i.conf", f.read())
 
     def test_verify_catches_a_broken_unit(self):
         broken = os.path.join(self.prefix, "broken.service")
