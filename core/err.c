@@ -1,6 +1,9 @@
 /* err.c - messages for the error list in err.h. */
 #include "err.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
 #include <string.h>
 
 const char *fx_strerror(int code)
@@ -58,4 +61,15 @@ int fx_errcode_parse(const char *s)
         if (strcmp(fx_errcode(all[i]), s) == 0)
             return all[i];
     return FX_EINTERNAL;
+}
+
+int fx_fail(char *msg, size_t msg_len, int code, const char *fmt, ...)
+{
+    if (msg && msg_len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, msg_len, fmt, ap);
+        va_end(ap);
+    }
+    return code;
 }

@@ -13,6 +13,8 @@
 #ifndef FX_ERR_H
 #define FX_ERR_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -72,6 +74,15 @@ const char *fx_errcode(int code);
 /* The inverse of fx_errcode: the code whose external name is s, or FX_EINTERNAL when none
  * is (s may be NULL).  Thread-safe. */
 int fx_errcode_parse(const char *s);
+
+/*
+ * Writes a printf-style one-line reason into msg[0..msg_len) (nothing when msg is NULL or
+ * msg_len is 0) and returns code, so that an error path reads
+ *     return fx_fail(msg, msg_len, FX_EFORMAT, "'%s': bad header", path);
+ * Thread-safe.
+ */
+int fx_fail(char *msg, size_t msg_len, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 #ifdef __cplusplus
 }

@@ -13,18 +13,6 @@
 
 #define MANIFEST_MAX_BYTES (1 << 20)
 
-__attribute__((format(printf, 4, 5))) static int fail(char *msg, size_t len, int rc,
-                                                      const char *fmt, ...)
-{
-    if (msg && len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(msg, len, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 static int read_file(const char *path, char **out, size_t *out_len, char *msg, size_t len)
 {
     FILE *f = fopen(path, "rb");
@@ -32,8 +20,8 @@ static int read_file(const char *path, char **out, size_t *out_len, char *msg, s
     size_t n;
     *out = NULL;
     if (f == NULL)
-        return fail(msg, len, errno == ENOENT ? FX_ENOENT : FX_EIO, "cannot open '%s': %s", path,
-                    strerror(errno));
+        return fx_fail(msg, len, errno == ENOENT ? FX_ENOENT : FX_EIO, "cannot open '%s': %s", path,
+                       strerror(errno));
     buf = malloc(MANIFEST_MAX_BYTES + 1);
     if (buf == NULL) {
         fclose(f);
@@ -44,8 +32,8 @@ static int read_file(const char *path, char **out, size_t *out_len, char *msg, s
         int too_big = !ferror(f);
         fclose(f);
         free(buf);
-        return fail(msg, len, too_big ? FX_EFORMAT : FX_EIO, "'%s': %s", path,
-                    too_big ? "larger than 1 MiB" : "read error");
+        return fx_fail(msg, len, too_big ? FX_EFORMAT : FX_EIO, "'%s': %s", path,
+                       too_big ? "larger than 1 MiB" : "read error");
     }
     fclose(f);
     buf[n] = '\0';
@@ -77,10 +65,10 @@ static int get_int(json_object *root, const char *path, long lo, long hi, int *o
 {
     json_object *o = at(root, path);
     if (o == NULL || !json_object_is_type(o, json_type_int))
-        return fail(msg, len, FX_EFORMAT, "manifest.json: '%s' must be an integer", path);
+        return fx_fail(msg, len, FX_EFORMAT, "manifest.json: '%s' must be an integer", path);
     int64_t v = json_object_get_int64(o);
     if (v < lo || v > hi)
-        return fail(msg, len, FX_EFORMAT, "manifest.json: '%s' is out of range", path);
+        return fx_fail(msg, len, FX_EFORMAT, "manifest.json: '%s' is out of range", path);
     *out = (int)v;
     return 0;
 }
@@ -91,7 +79,7 @@ static int get_num(json_object *root, const char *path, double *out, char *msg, 
     if (o == NULL ||
         !(json_object_is_type(o, json_type_int) || json_object_is_type(o, json_type_double)) ||
         !isfinite(json_object_get_double(o)))
-        return fail(msg, len, FX_EFORMAT, "manifest.json: '%s' must be a finite number", path);
+        return fx_fail(msg, len, FX_EFORMAT, "manifest.json: '%s' must be a finite number", path);
     *out = json_object_get_double(o);
     return 0;
 }
@@ -101,10 +89,10 @@ static int get_str(json_object *root, const char *path, char *dst, size_t cap, c
 {
     json_object *o = at(root, path);
     if (o == NULL || !json_object_is_type(o, json_type_string))
-        return fail(msg, len, FX_EFORMAT, "manifest.json: '%s' must be a string", path);
+        return fx_fail(msg, len, FX_EFORMAT, "manifest.json: '%s' must be a string", path);
     const char *s = json_object_get_string(o);
     if (strlen(s) == 0 || strlen(s) >= cap)
-        return fail(msg, len, FX_EFORMAT, "manifest.json: '%s' is empty or too long", path);
+        return fx_fail(msg, len, FX_EFORMAT, "manifest.json: '%s' is empty or too long", path);
     strcpy(dst, s);
     return 0;
 }
@@ -118,12 +106,12 @@ static int get_path(json_object *root, const char *path, const char *dir, char *
     if (rc)
         return rc;
     if (rel[0] == '/' || strstr(rel, "..") != NULL || strchr(rel, '\\') != NULL)
-        return fail(msg, len, FX_EFORMAT,
-                    "manifest.json: '%s' must be a file inside the model "
-                    "dir, got '%s'",
-                    path, rel);
+        return fx_fail(msg, len, FX_EFORMAT,
+                       "manifest.json: '%s' must be a file inside the model "
+                       "dir, got '%s'",
+                       path, rel);
     if ((size_t)snprintf(dst, MANIFEST_PATH_MAX, "%s/%s", dir, rel) >= MANIFEST_PATH_MAX)
-        return fail(msg, len, FX_EFORMAT, "manifest.json: '%s' makes a path too long", path);
+        return fx_fail(msg, len, FX_EFORMAT, "manifest.json: '%s' makes a path too long", path);
     return 0;
 }
 
@@ -134,22 +122,23 @@ static int parse(json_object *j, const char *dir, struct fx_manifest *m, char *m
     if ((rc = get_str(j, "format", fmt, sizeof(fmt), msg, len)))
         return rc;
     if (strcmp(fmt, MANIFEST_FORMAT) != 0)
-        return fail(msg, len, FX_EFORMAT, "manifest.json: format '%s' is not '%s'", fmt,
-                    MANIFEST_FORMAT);
+        return fx_fail(msg, len, FX_EFORMAT, "manifest.json: format '%s' is not '%s'", fmt,
+                       MANIFEST_FORMAT);
     if ((rc = get_int(j, "format_version", 0, 1 << 30, &v, msg, len)))
         return rc;
     if (v != MANIFEST_VERSION) {
-        return fail(msg, len, FX_EFORMAT,
-                    "manifest.json: format_version %d; this build reads version %d (export the "
-                    "model again with this version's exporter)",
-                    v, MANIFEST_VERSION);
+        return fx_fail(msg, len, FX_EFORMAT,
+                       "manifest.json: format_version %d; this build reads version %d (export the "
+                       "model again with this version's exporter)",
+                       v, MANIFEST_VERSION);
     }
     if ((rc = get_str(j, "name", m->name, sizeof(m->name), msg, len)) ||
         (rc = get_str(j, "dtype", dtype, sizeof(dtype), msg, len)) ||
         (rc = get_str(j, "device", m->device, sizeof(m->device), msg, len)))
         return rc;
     if (strcmp(dtype, "fp32") != 0 && strcmp(dtype, "bf16") != 0)
-        return fail(msg, len, FX_EFORMAT, "manifest.json: dtype '%s' is not fp32 or bf16", dtype);
+        return fx_fail(msg, len, FX_EFORMAT, "manifest.json: dtype '%s' is not fp32 or bf16",
+                       dtype);
     m->bf16 = strcmp(dtype, "bf16") == 0;
     if ((rc = get_path(j, "modules.clip_text.file", dir, m->clip_path, msg, len)) ||
         (rc = get_path(j, "modules.t5_encoder.file", dir, m->t5_path, msg, len)) ||
@@ -191,16 +180,16 @@ static int parse(json_object *j, const char *dir, struct fx_manifest *m, char *m
     m->t5_eos = t5eos;
     m->t5_pad = t5pad;
     if (m->in_channels != 4 * m->latent_channels)
-        return fail(msg, len, FX_EFORMAT,
-                    "manifest.json: transformer in_channels is not 4 x "
-                    "the latent channels");
+        return fx_fail(msg, len, FX_EFORMAT,
+                       "manifest.json: transformer in_channels is not 4 x "
+                       "the latent channels");
     if (m->context_dim != t5_model_dim || m->vec_dim != clip_hidden)
-        return fail(msg, len, FX_EFORMAT,
-                    "manifest.json: the text encoders' widths do not match "
-                    "the transformer's inputs");
+        return fx_fail(msg, len, FX_EFORMAT,
+                       "manifest.json: the text encoders' widths do not match "
+                       "the transformer's inputs");
     if (m->multiple_of % 16 || m->min_size % m->multiple_of || m->max_size % m->multiple_of ||
         m->min_size > m->max_size)
-        return fail(msg, len, FX_EFORMAT, "manifest.json: inconsistent size limits");
+        return fx_fail(msg, len, FX_EFORMAT, "manifest.json: inconsistent size limits");
     return 0;
 }
 
@@ -218,7 +207,7 @@ int manifest_load(const char *dir, struct fx_manifest **out, char *msg, size_t m
     *out = NULL;
     if (dir == NULL ||
         (size_t)snprintf(path, sizeof(path), "%s/manifest.json", dir) >= sizeof(path) - 512)
-        return fail(msg, msg_len, FX_EINVAL, "model dir path is too long");
+        return fx_fail(msg, msg_len, FX_EINVAL, "model dir path is too long");
     rc = read_file(path, &text, &n, msg, msg_len);
     if (rc)
         goto out;
@@ -231,8 +220,8 @@ int manifest_load(const char *dir, struct fx_manifest **out, char *msg, size_t m
     if (j == NULL || json_tokener_get_error(tok) != json_tokener_success ||
         text[json_tokener_get_parse_end(tok) +
              strspn(text + json_tokener_get_parse_end(tok), " \t\r\n")] != '\0') {
-        rc = fail(msg, msg_len, FX_EFORMAT, "'%s': not valid JSON (%s)", path,
-                  json_tokener_error_desc(json_tokener_get_error(tok)));
+        rc = fx_fail(msg, msg_len, FX_EFORMAT, "'%s': not valid JSON (%s)", path,
+                     json_tokener_error_desc(json_tokener_get_error(tok)));
         goto out;
     }
     rc = parse(j, dir, m, msg, msg_len);

@@ -31,18 +31,6 @@ struct fx_pipeline {
     shim_dtype dtype;
 };
 
-__attribute__((format(printf, 4, 5))) static int fail(char *msg, size_t len, int rc,
-                                                      const char *fmt, ...)
-{
-    if (msg && len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(msg, len, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 static int from_shim(shim_status st)
 {
     switch (st) {
@@ -92,8 +80,8 @@ static int check_size(const char *name, int v, const struct fx_limits *l, const 
 {
     if (v % l->multiple_of != 0 || v < l->min_size || v > l->max_size) {
         *field = name;
-        return fail(msg, len, FX_ERANGE, "%s: must be a multiple of %d from %d to %d, got %d", name,
-                    l->multiple_of, l->min_size, l->max_size, v);
+        return fx_fail(msg, len, FX_ERANGE, "%s: must be a multiple of %d from %d to %d, got %d",
+                       name, l->multiple_of, l->min_size, l->max_size, v);
     }
     return 0;
 }
@@ -110,29 +98,30 @@ int fx_request_validate(const struct fx_request *r, const struct fx_limits *l, c
         return FX_EINVAL;
     if (r->prompt == NULL || r->prompt_len == 0) {
         *field = "prompt";
-        return fail(msg, msg_len, FX_EINVAL, "prompt: must be a non-empty string");
+        return fx_fail(msg, msg_len, FX_EINVAL, "prompt: must be a non-empty string");
     }
     if (r->prompt_len > l->max_prompt_bytes) {
         *field = "prompt";
-        return fail(msg, msg_len, FX_ERANGE, "prompt: longer than %zu bytes", l->max_prompt_bytes);
+        return fx_fail(msg, msg_len, FX_ERANGE, "prompt: longer than %zu bytes",
+                       l->max_prompt_bytes);
     }
     if ((rc = check_size("width", r->width, l, field, msg, msg_len)) ||
         (rc = check_size("height", r->height, l, field, msg, msg_len)))
         return rc;
     if (r->steps < 1 || r->steps > l->max_steps) {
         *field = "num_inference_steps";
-        return fail(msg, msg_len, FX_ERANGE, "num_inference_steps: must be from 1 to %d, got %d",
-                    l->max_steps, r->steps);
+        return fx_fail(msg, msg_len, FX_ERANGE, "num_inference_steps: must be from 1 to %d, got %d",
+                       l->max_steps, r->steps);
     }
     if (!isfinite(r->guidance) || r->guidance < l->min_guidance || r->guidance > l->max_guidance) {
         *field = "guidance_scale";
-        return fail(msg, msg_len, FX_ERANGE, "guidance_scale: must be a number from %g to %g",
-                    l->min_guidance, l->max_guidance);
+        return fx_fail(msg, msg_len, FX_ERANGE, "guidance_scale: must be a number from %g to %g",
+                       l->min_guidance, l->max_guidance);
     }
     if (r->has_seed && r->seed > FX_SEED_MAX) {
         *field = "seed";
-        return fail(msg, msg_len, FX_ERANGE, "seed: must be from 0 to %llu",
-                    (unsigned long long)FX_SEED_MAX);
+        return fx_fail(msg, msg_len, FX_ERANGE, "seed: must be from 0 to %llu",
+                       (unsigned long long)FX_SEED_MAX);
     }
     return 0;
 }
@@ -163,7 +152,7 @@ int fx_pipeline_load(const struct fx_pipeline_params *pp, struct fx_pipeline **o
         return FX_EINVAL;
     *out = NULL;
     if (pp == NULL || pp->model_dir == NULL)
-        return fail(msg, msg_len, FX_EINVAL, "no model dir");
+        return fx_fail(msg, msg_len, FX_EINVAL, "no model dir");
     p = calloc(1, sizeof(*p));
     if (p == NULL)
         return FX_ENOMEM;
@@ -172,19 +161,19 @@ int fx_pipeline_load(const struct fx_pipeline_params *pp, struct fx_pipeline **o
         goto out;
     rc = tok_clip_load_files(p->man->clip_vocab, p->man->clip_merges, &p->clip, sub, sizeof(sub));
     if (rc) {
-        fail(msg, msg_len, rc, "CLIP tokenizer: %s", sub);
+        fx_fail(msg, msg_len, rc, "CLIP tokenizer: %s", sub);
         goto out;
     }
     if (tok_clip_bos(p->clip) != p->man->clip_bos || tok_clip_eos(p->clip) != p->man->clip_eos) {
-        rc = fail(msg, msg_len, FX_EFORMAT,
-                  "CLIP tokenizer: bos/eos %d/%d differ from the manifest's %d/%d",
-                  (int)tok_clip_bos(p->clip), (int)tok_clip_eos(p->clip), (int)p->man->clip_bos,
-                  (int)p->man->clip_eos);
+        rc = fx_fail(msg, msg_len, FX_EFORMAT,
+                     "CLIP tokenizer: bos/eos %d/%d differ from the manifest's %d/%d",
+                     (int)tok_clip_bos(p->clip), (int)tok_clip_eos(p->clip), (int)p->man->clip_bos,
+                     (int)p->man->clip_eos);
         goto out;
     }
     rc = tok_t5_load(p->man->t5_model, &p->t5, sub, sizeof(sub));
     if (rc) {
-        fail(msg, msg_len, rc, "T5 tokenizer: %s", sub);
+        fx_fail(msg, msg_len, rc, "T5 tokenizer: %s", sub);
         goto out;
     }
     shim_params_default(&sp);
@@ -272,7 +261,7 @@ static int dump(const struct fx_hooks *h, int k, const shim_tensor *x, float *ho
         return rc;
     snprintf(path, sizeof(path), "%s/step_%03d.npy", h->dump_dir, k);
     if (npy_write_f32(path, host, shape, 3) != 0)
-        return fail(msg, len, FX_EIO, "cannot write '%s': %s", path, strerror(errno));
+        return fx_fail(msg, len, FX_EIO, "cannot write '%s': %s", path, strerror(errno));
     return 0;
 }
 
@@ -359,7 +348,7 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
     const size_t npix = (size_t)r->width * (size_t)r->height;
     if (r->width <= 0 || r->height <= 0 || r->width % 16 || r->height % 16 || r->steps < 1 ||
         r->prompt == NULL)
-        return fail(msg, msg_len, FX_EINVAL, "request not validated");
+        return fx_fail(msg, msg_len, FX_EINVAL, "request not validated");
     out->seed = r->has_seed ? r->seed : fx_random_seed();
     int64_t mem_now, mem_peak;
     rc = from_shim(shim_memory_stats(p->model, &mem_now, &mem_peak, true, msg, msg_len));
@@ -372,7 +361,7 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
     if (rc == 0)
         rc = tok_t5_encode(p->t5, r->prompt, r->prompt_len, t5_ids, &out->t5_tokens);
     if (rc) {
-        fail(msg, msg_len, rc, "tokenizing the prompt: %s", fx_strerror(rc));
+        fx_fail(msg, msg_len, rc, "tokenizing the prompt: %s", fx_strerror(rc));
         goto out;
     }
     out->t_tokenize = now() - t0;
@@ -445,8 +434,8 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
     /* denoise */
     for (int i = 0; i < r->steps; i++) {
         if (hooks && hooks->cancel && atomic_load(hooks->cancel)) {
-            rc =
-                fail(msg, msg_len, FX_ECANCELED, "cancelled before step %d of %d", i + 1, r->steps);
+            rc = fx_fail(msg, msg_len, FX_ECANCELED, "cancelled before step %d of %d", i + 1,
+                         r->steps);
             goto out;
         }
         rc = from_shim(shim_tensor_full(p->model, (double)sig[i], 1, p->dtype, &t.t, msg, msg_len));
@@ -483,8 +472,8 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
     if (rc)
         goto out;
     if (shim_tensor_numel(t.rgb) != (int64_t)(3 * npix)) {
-        rc = fail(msg, msg_len, FX_ERUNTIME, "the decoder returned %lld values, expected %zu",
-                  (long long)shim_tensor_numel(t.rgb), 3 * npix);
+        rc = fx_fail(msg, msg_len, FX_ERUNTIME, "the decoder returned %lld values, expected %zu",
+                     (long long)shim_tensor_numel(t.rgb), 3 * npix);
         goto out;
     }
     rc = from_shim(shim_tensor_to_host(t.rgb, host, 3 * npix, msg, msg_len));
@@ -512,7 +501,7 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
     struct pngw_text text = {"parameters", params};
     rc = pngw_encode(rgb8, r->width, r->height, &text, 1, &out->png, &out->png_len);
     if (rc) {
-        fail(msg, msg_len, rc, "encoding the PNG: %s", fx_strerror(rc));
+        fx_fail(msg, msg_len, rc, "encoding the PNG: %s", fx_strerror(rc));
         goto out;
     }
     out->t_png = now() - t0;

@@ -108,18 +108,6 @@ static enum store_state state_parse(const unsigned char *s)
     return STORE_FAILED; /* the CHECK constraint makes this unreachable */
 }
 
-__attribute__((format(printf, 4, 5))) static int fail(char *msg, size_t len, int rc,
-                                                      const char *fmt, ...)
-{
-    if (msg && len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(msg, len, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 /* SQLite result code -> our list. */
 static int from_sqlite(int rc)
 {
@@ -171,7 +159,7 @@ static int migrate(struct store *st, const char *path, char *msg, size_t msg_len
     if (sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
         rc = from_sqlite(sqlite3_errcode(st->db));
         pthread_mutex_unlock(&write_turn);
-        return fail(msg, msg_len, rc, "database '%s': %s", path, sqlite3_errmsg(st->db));
+        return fx_fail(msg, msg_len, rc, "database '%s': %s", path, sqlite3_errmsg(st->db));
     }
     rc = sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &q, NULL);
     if (rc == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
@@ -180,13 +168,13 @@ static int migrate(struct store *st, const char *path, char *msg, size_t msg_len
         rc = SQLITE_ERROR;
     sqlite3_finalize(q);
     if (rc != SQLITE_OK) {
-        rc = fail(msg, msg_len, FX_EIO, "database '%s': %s", path, sqlite3_errmsg(st->db));
+        rc = fx_fail(msg, msg_len, FX_EIO, "database '%s': %s", path, sqlite3_errmsg(st->db));
         goto out;
     }
     if (version > STORE_SCHEMA_VERSION) {
-        rc = fail(msg, msg_len, FX_EFORMAT,
-                  "database '%s': schema version %d is newer than this program's (%d)", path,
-                  version, STORE_SCHEMA_VERSION);
+        rc = fx_fail(msg, msg_len, FX_EFORMAT,
+                     "database '%s': schema version %d is newer than this program's (%d)", path,
+                     version, STORE_SCHEMA_VERSION);
         goto out;
     }
     for (; version < STORE_SCHEMA_VERSION; version++) {
@@ -194,8 +182,8 @@ static int migrate(struct store *st, const char *path, char *msg, size_t msg_len
         snprintf(pragma, sizeof(pragma), "PRAGMA user_version = %d", version + 1);
         if (sqlite3_exec(st->db, migrations[version], NULL, NULL, &err) != SQLITE_OK ||
             sqlite3_exec(st->db, pragma, NULL, NULL, &err) != SQLITE_OK) {
-            rc = fail(msg, msg_len, FX_EIO, "database '%s': migration %d: %s", path, version + 1,
-                      err ? err : sqlite3_errmsg(st->db));
+            rc = fx_fail(msg, msg_len, FX_EIO, "database '%s': migration %d: %s", path, version + 1,
+                         err ? err : sqlite3_errmsg(st->db));
             goto out;
         }
     }
@@ -203,7 +191,8 @@ static int migrate(struct store *st, const char *path, char *msg, size_t msg_len
 out:
     sqlite3_free(err);
     if (sqlite3_exec(st->db, rc ? "ROLLBACK" : "COMMIT", NULL, NULL, NULL) != SQLITE_OK && !rc)
-        rc = fail(msg, msg_len, FX_EIO, "database '%s': commit: %s", path, sqlite3_errmsg(st->db));
+        rc = fx_fail(msg, msg_len, FX_EIO, "database '%s': commit: %s", path,
+                     sqlite3_errmsg(st->db));
     pthread_mutex_unlock(&write_turn);
     return rc;
 }
@@ -217,12 +206,12 @@ int store_open(const char *path, int busy_ms, struct store **out, char *msg, siz
     *out = NULL;
     st = calloc(1, sizeof(*st));
     if (st == NULL)
-        return fail(msg, msg_len, FX_ENOMEM, "database '%s': out of memory", path);
+        return fx_fail(msg, msg_len, FX_ENOMEM, "database '%s': out of memory", path);
     rc = sqlite3_open_v2(path, &st->db,
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
-        rc = fail(msg, msg_len, rc == SQLITE_NOMEM ? FX_ENOMEM : FX_EIO, "database '%s': %s", path,
-                  st->db ? sqlite3_errmsg(st->db) : "cannot open");
+        rc = fx_fail(msg, msg_len, rc == SQLITE_NOMEM ? FX_ENOMEM : FX_EIO, "database '%s': %s",
+                     path, st->db ? sqlite3_errmsg(st->db) : "cannot open");
         goto out;
     }
     sqlite3_busy_timeout(st->db, busy_ms);
@@ -233,8 +222,8 @@ int store_open(const char *path, int busy_ms, struct store **out, char *msg, siz
                      "PRAGMA foreign_keys = ON",
                      NULL, NULL, &err) != SQLITE_OK) {
         rc = from_sqlite(sqlite3_errcode(st->db));
-        rc = fail(msg, msg_len, rc ? rc : FX_EIO, "database '%s': %s", path,
-                  err ? err : sqlite3_errmsg(st->db));
+        rc = fx_fail(msg, msg_len, rc ? rc : FX_EIO, "database '%s': %s", path,
+                     err ? err : sqlite3_errmsg(st->db));
         goto out;
     }
     rc = migrate(st, path, msg, msg_len);
@@ -243,8 +232,8 @@ int store_open(const char *path, int busy_ms, struct store **out, char *msg, siz
     for (int i = 0; i < ST_COUNT; i++) {
         if (sqlite3_prepare_v3(st->db, statement_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->st[i],
                                NULL) != SQLITE_OK) {
-            rc = fail(msg, msg_len, FX_EIO, "database '%s': preparing statement %d: %s", path, i,
-                      sqlite3_errmsg(st->db));
+            rc = fx_fail(msg, msg_len, FX_EIO, "database '%s': preparing statement %d: %s", path, i,
+                         sqlite3_errmsg(st->db));
             goto out;
         }
     }
