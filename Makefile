@@ -382,7 +382,8 @@ STATE_DIR  ?= /var/lib/fluxcgi
 LOG_FILE   ?= /var/log/fluxcgi/fluxcgi.log
 SITE_LISTEN ?= 80
 D          := $(DESTDIR)
-CONF_FILES := fluxcgi.conf nginx.conf fluxcgi-site.conf lighttpd.conf lighttpd-site.conf
+CONF_FILES := fluxcgi.conf nginx.conf fluxcgi-site.conf fluxcgi-hosts-site.conf lighttpd.conf \
+              lighttpd-site.conf
 FILL_SITE   = sed -e 's|@LISTEN@|$(SITE_LISTEN)|g' -e 's|@SOCKET@|$(SOCKET_PATH)|g' \
                   -e 's|@CONF@|$(SHAREDIR)/conf|g'
 

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "jobid.h"
 
 void config_defaults(struct fx_config *c)
 {
@@ -195,7 +196,8 @@ enum kind {
     K_NAME,
     K_DOUBLE,
     K_MODE,
-    K_LONG
+    K_LONG,
+    K_IDPREFIX
 };
 
 struct key {
@@ -223,6 +225,7 @@ static const struct key keys[] = {
     {"busy_timeout", K_DURATION, OFF(busy_timeout_ms), 1, 600000},
     {"log", K_PATH_OPT, OFF(log), 0, 0},
     {"worker_name", K_NAME, OFF(worker_name), 0, 0},
+    {"id_prefix", K_IDPREFIX, OFF(id_prefix), 0, 0},
     {"warmup_steps", K_INT, OFF(warmup_steps), 0, 100},
     {"default_steps", K_INT, OFF(default_steps), 1, 1000},
     {"default_width", K_INT, OFF(default_width), 16, 65536},
@@ -279,6 +282,11 @@ static int set_value(struct ctx *x, const struct key *k, const char *v, const ch
         return parse_double(x, v, (double)k->lo, (double)k->hi, (double *)(void *)f);
     case K_MODE:
         return parse_mode(x, v, (int *)(void *)f);
+    case K_IDPREFIX:
+        if (!jobid_prefix_valid(v))
+            return bad(x, "'%s' is not 1 to %d characters from [a-z0-9]", v, JOBID_PREFIX_MAX);
+        snprintf(c->id_prefix, sizeof(c->id_prefix), "%s", v);
+        return 0;
     }
     return FX_EINTERNAL;
 }

@@ -40,6 +40,7 @@ struct fx_config {
     int64_t busy_timeout_ms;     /* SQLite busy timeout, default 5 s */
     char log[CONFIG_PATH_MAX];   /* log file (reopened on SIGHUP); empty: stderr */
     char worker_name[64];        /* owner of claimed jobs; empty: "HOST/DEVICE" */
+    char id_prefix[17];          /* host part of new job ids ([a-z0-9]{1,16}); empty: none */
     int warmup_steps;            /* steps of the warm-up generation, default 1; 0: none */
     /* request defaults and bounds; 0 means the model manifest's value */
     int default_steps, default_width, default_height;

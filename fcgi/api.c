@@ -15,6 +15,8 @@
 #include "../core/jobid.h"
 #include "../core/manifest.h"
 
+_Static_assert(STORE_ID_LEN >= JOBID_MAX, "the store must hold the longest job id");
+
 #define JSON_MAX_DEPTH 16
 
 static const char CT_JSON[] = "application/json";
@@ -555,7 +557,7 @@ static void not_ready(const struct api_ctx *ctx, struct api_response *rs)
 /* Validates the body and queues it; on success fills id/seed/position and returns 0, else
  * has answered already and returns the error. */
 static int enqueue(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
-                   struct api_response *rs, bool sync, char id[JOBID_LEN + 1], uint64_t *seed,
+                   struct api_response *rs, bool sync, char id[JOBID_MAX + 1], uint64_t *seed,
                    long *position, int *steps)
 {
     struct fx_request req;
@@ -584,7 +586,7 @@ static int enqueue(const struct api_ctx *ctx, struct store *st, const struct api
         req.has_seed = true;
     }
     params = job_params_encode(&req);
-    if (params == NULL || (rc = jobid_new(id)) != 0) {
+    if (params == NULL || (rc = jobid_new(ctx->cfg->id_prefix, id)) != 0) {
         rc = params ? rc : FX_ENOMEM;
         send_error(rs, rc, "cannot create the job");
         goto out;
@@ -616,7 +618,7 @@ out:
 static void h_generate_queue(const struct api_ctx *ctx, struct store *st,
                              const struct api_request *rq, struct api_response *rs)
 {
-    char id[JOBID_LEN + 1], url[64];
+    char id[JOBID_MAX + 1], url[96];
     uint64_t seed = 0;
     long position = 0;
     int steps = 0;
@@ -649,7 +651,7 @@ static bool terminal(enum store_state s)
 static void h_generate(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
                        struct api_response *rs)
 {
-    char id[JOBID_LEN + 1];
+    char id[JOBID_MAX + 1];
     uint64_t seed = 0, seen = 0;
     long position = 0;
     int steps = 0, rc;
@@ -712,14 +714,17 @@ static void h_queue_status(const struct api_ctx *ctx, struct store *st, struct a
 static int load_job(struct store *st, const char *id, size_t id_len, struct api_response *rs,
                     struct store_job *j)
 {
-    char key[JOBID_LEN + 1];
+    char key[JOBID_MAX + 1];
     int rc;
     if (!jobid_valid(id, id_len)) {
-        send_error(rs, FX_EBADID, "request id: must be %d lower-case hex digits", JOBID_LEN);
+        send_error(rs, FX_EBADID,
+                   "request id: must be %d lower-case hex digits, after an optional host part "
+                   "of 1 to %d characters from [a-z0-9] and a '-'",
+                   JOBID_LEN, JOBID_PREFIX_MAX);
         return FX_EBADID;
     }
-    memcpy(key, id, JOBID_LEN);
-    key[JOBID_LEN] = '\0';
+    memcpy(key, id, id_len);
+    key[id_len] = '\0';
     rc = store_get(st, key, j);
     if (rc == FX_ENOENT)
         send_error(rs, rc, "no job '%s'", key);

@@ -9,8 +9,13 @@
 
 CREATE TABLE jobs (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,  -- queue order, never reused
-    id            TEXT NOT NULL UNIQUE                 -- 32 lower-case hex digits (128 bits)
-                  CHECK (length(id) = 32 AND id NOT GLOB '*[^0-9a-f]*'),
+    id            TEXT NOT NULL UNIQUE      -- 32 lower-case hex digits (128 bits), after an
+                                            -- optional host part "[a-z0-9]{1,16}-"
+                  CHECK (length(id) BETWEEN 32 AND 49
+                         AND substr(id, -32) NOT GLOB '*[^0-9a-f]*'
+                         AND (length(id) = 32
+                              OR (length(id) >= 34 AND substr(id, -33, 1) = '-'
+                                  AND substr(id, 1, length(id) - 33) NOT GLOB '*[^0-9a-z]*'))),
     kind          TEXT NOT NULL CHECK (kind IN ('sync', 'queue')),
     state         TEXT NOT NULL CHECK (state IN ('queued', 'running', 'completed', 'failed',
                                                  'cancelled', 'expired')),

@@ -36,7 +36,7 @@ struct store;
 /* The schema version this program writes (the number of migrations). */
 #define STORE_SCHEMA_VERSION 1
 
-#define STORE_ID_LEN 32 /* hex digits of a job id */
+#define STORE_ID_LEN 49 /* longest job id: host part, "-", 32 hex digits (jobid.h) */
 
 enum store_state {
     STORE_QUEUED,

@@ -71,9 +71,28 @@ static void expect_error(const char *method, const char *uri, const char *body, 
 
 static void test_ids(void)
 {
-    char a[JOBID_LEN + 1], b[JOBID_LEN + 1];
-    CHECK_INT(jobid_new(a), 0);
-    CHECK_INT(jobid_new(b), 0);
+    char a[JOBID_MAX + 1], b[JOBID_MAX + 1], c[JOBID_MAX + 1];
+    CHECK_INT(jobid_new(NULL, a), 0);
+    CHECK_INT(jobid_new("", b), 0);
+    CHECK_INT(strlen(b), JOBID_LEN);
+    CHECK_INT(jobid_new("gpu3", c), 0);
+    CHECK(strncmp(c, "gpu3-", 5) == 0);
+    CHECK_INT(strlen(c), 5 + JOBID_LEN);
+    CHECK(jobid_valid(c, strlen(c)));
+    CHECK_INT(jobid_new("GPU3", c), FX_EINVAL);
+    CHECK_INT(jobid_new("a-b", c), FX_EINVAL);
+    CHECK_INT(jobid_new("abcdefghijklmnopq", c), FX_EINVAL); /* 17 characters */
+    CHECK(jobid_prefix_valid("abcdefghijklmnop"));
+    CHECK(!jobid_prefix_valid(""));
+    CHECK(!jobid_prefix_valid(NULL));
+    CHECK(jobid_valid("h1-0123456789abcdef0123456789abcdef", 35));
+    CHECK(jobid_valid("abcdefghijklmnop-0123456789abcdef0123456789abcdef", 49));
+    CHECK(!jobid_valid("abcdefghijklmnopq-0123456789abcdef0123456789abcdef", 50));
+    CHECK(!jobid_valid("-0123456789abcdef0123456789abcdef", 33));
+    CHECK(!jobid_valid("H1-0123456789abcdef0123456789abcdef", 35));
+    CHECK(!jobid_valid("h1_0123456789abcdef0123456789abcdef", 35));
+    CHECK(!jobid_valid("h/-0123456789abcdef0123456789abcdef", 35));
+    CHECK(!jobid_valid("h1-0123456789abcdef0123456789abcdeF", 35));
     CHECK(strcmp(a, b) != 0);
     CHECK(jobid_valid(a, strlen(a)));
     CHECK(jobid_valid("0123456789abcdef0123456789abcdef", 32));

@@ -73,6 +73,33 @@ static void test_schema(void)
     CHECK_INT(query_int("PRAGMA user_version"), STORE_SCHEMA_VERSION);
 }
 
+/* The schema's CHECK on ids matches jobid_valid: host part optional, 32 hex digits. */
+static void test_id_check(void)
+{
+    static const char *const good[] = {"0123456789abcdef0123456789abcdef",
+                                       "h1-0123456789abcdef0123456789abcdef",
+                                       "abcdefghijklmnop-0123456789abcdef0123456789abcdef"};
+    static const char *const bad[] = {"0123456789abcdef0123456789abcde",
+                                      "H1-0123456789abcdef0123456789abcdef",
+                                      "-0123456789abcdef0123456789abcdef",
+                                      "h1_0123456789abcdef0123456789abcdef",
+                                      "h1-0123456789abcdef0123456789abcdeF",
+                                      "abcdefghijklmnopq-0123456789abcdef0123456789abcdef"};
+    struct store *st = open_store();
+    struct store_job j;
+    long pos;
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        CHECK_INT(store_enqueue(st, good[i], false, "{\"prompt\":\"p\"}", 1, 4, 5, 100, &pos), 0);
+        CHECK_INT(store_get(st, good[i], &j), 0);
+        CHECK_STR(j.id, good[i]);
+        store_job_release(&j);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CHECK(store_enqueue(st, bad[i], false, "{\"prompt\":\"p\"}", 1, 4, 5, 100, &pos) != 0);
+    store_close(st);
+    remove(path);
+}
+
 static void test_queue(void)
 {
     struct store *st = open_store();
@@ -382,6 +409,7 @@ int main(int argc, char **argv)
     CHECK_STR(store_state_name(STORE_EXPIRED), "expired");
     CHECK(store_state_name(STORE_NSTATES) == NULL);
     test_schema();
+    test_id_check();
     test_queue();
     test_recover();
     test_race();
