@@ -265,6 +265,18 @@ static int dump(const struct fx_hooks *h, int k, const shim_tensor *x, float *ho
     return 0;
 }
 
+/* Token ids (1, n) as an int64 tensor on the model's device. */
+static int ids_tensor(struct fx_pipeline *p, const int32_t *ids, int n, shim_tensor **out,
+                      char *msg, size_t msg_len)
+{
+    int64_t wide[TOK_T5_LEN > TOK_CLIP_LEN ? TOK_T5_LEN : TOK_CLIP_LEN];
+    int64_t shape[2] = {1, n};
+    for (int i = 0; i < n; i++)
+        wide[i] = ids[i];
+    return from_shim(
+        shim_tensor_from_host(p->model, wide, SHIM_I64, shape, 2, SHIM_I64, out, msg, msg_len));
+}
+
 /* A copy of s[0..n) as valid UTF-8 (invalid sequences become U+FFFD), NUL-terminated. */
 static char *valid_utf8(const char *s, size_t n)
 {
@@ -329,7 +341,6 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
 {
     struct run t = {0};
     int32_t clip_ids[TOK_CLIP_LEN], t5_ids[TOK_T5_LEN];
-    int64_t ids64[TOK_T5_LEN];
     float *sig = NULL, *host = NULL, *pos = NULL;
     uint8_t *rgb8 = NULL;
     char *params = NULL;
@@ -368,20 +379,13 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
 
     /* encode */
     t0 = now();
-    int64_t clip_shape[2] = {1, TOK_CLIP_LEN}, t5_shape[2] = {1, TOK_T5_LEN};
-    for (int i = 0; i < TOK_CLIP_LEN; i++)
-        ids64[i] = clip_ids[i];
-    rc = from_shim(shim_tensor_from_host(p->model, ids64, SHIM_I64, clip_shape, 2, SHIM_I64, &t.ids,
-                                         msg, msg_len));
+    rc = ids_tensor(p, clip_ids, TOK_CLIP_LEN, &t.ids, msg, msg_len);
     if (rc == 0)
         rc = from_shim(shim_run_clip(p->model, t.ids, &t.y, msg, msg_len));
     if (rc)
         goto out;
     drop(&t.ids);
-    for (int i = 0; i < TOK_T5_LEN; i++)
-        ids64[i] = t5_ids[i];
-    rc = from_shim(shim_tensor_from_host(p->model, ids64, SHIM_I64, t5_shape, 2, SHIM_I64, &t.ids,
-                                         msg, msg_len));
+    rc = ids_tensor(p, t5_ids, TOK_T5_LEN, &t.ids, msg, msg_len);
     if (rc == 0)
         rc = from_shim(shim_run_t5(p->model, t.ids, &t.txt, msg, msg_len));
     if (rc == 0)
