@@ -336,6 +336,17 @@ static int position(struct store *st, const char *id, long *pos)
 
 /* ---- the queue ---------------------------------------------------------------------------- */
 
+/* Steps a one-row write (INSERT ... SELECT or UPDATE) inside the caller's transaction;
+ * FX_ENOENT when it changed nothing. */
+static int update1(struct store *st, sqlite3_stmt *s)
+{
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE)
+        return from_sqlite(rc);
+    return sqlite3_changes(st->db) ? 0 : FX_ENOENT;
+}
+
 int store_enqueue(struct store *st, const char *id, bool sync, const char *params, uint64_t seed,
                   int steps, int64_t now_ms, long max_queued, long *pos)
 {
@@ -352,16 +363,11 @@ int store_enqueue(struct store *st, const char *id, bool sync, const char *param
     sqlite3_bind_int(s, 5, steps);
     sqlite3_bind_int64(s, 6, now_ms);
     sqlite3_bind_int64(s, 7, max_queued);
-    rc = sqlite3_step(s);
-    sqlite3_reset(s);
-    if (rc != SQLITE_DONE) {
-        rc = from_sqlite(rc);
-        goto out;
-    }
-    if (sqlite3_changes(st->db) == 0) {
+    rc = update1(st, s);
+    if (rc == FX_ENOENT) /* the INSERT's WHERE found the queue full */
         rc = FX_EFULL;
+    if (rc)
         goto out;
-    }
     rc = position(st, id, &p);
 out:
     rc = tx_end(st, rc);
@@ -435,16 +441,9 @@ int store_complete(struct store *st, const char *id, const char *worker, const v
     sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, worker, -1, SQLITE_STATIC);
     sqlite3_bind_blob64(s, 3, png, png_len, SQLITE_STATIC);
-    rc = sqlite3_step(s);
-    sqlite3_reset(s);
-    if (rc != SQLITE_DONE) {
-        rc = from_sqlite(rc);
+    rc = update1(st, s);
+    if (rc)
         goto out;
-    }
-    if (sqlite3_changes(st->db) == 0) {
-        rc = FX_ENOENT;
-        goto out;
-    }
     s = stmt(st, ST_COMPLETE);
     sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, worker, -1, SQLITE_STATIC);
@@ -455,16 +454,6 @@ int store_complete(struct store *st, const char *id, const char *worker, const v
     rc = rc == SQLITE_DONE ? 0 : from_sqlite(rc);
 out:
     return tx_end(st, rc);
-}
-
-/* Runs a one-row UPDATE in its own transaction; FX_ENOENT when it changed nothing. */
-static int update1(struct store *st, sqlite3_stmt *s)
-{
-    int rc = sqlite3_step(s);
-    sqlite3_reset(s);
-    if (rc != SQLITE_DONE)
-        return from_sqlite(rc);
-    return sqlite3_changes(st->db) ? 0 : FX_ENOENT;
 }
 
 int store_finish(struct store *st, const char *id, const char *worker, enum store_state state,
