@@ -280,13 +280,14 @@ format-check:
 -include $(shell find $(BUILD)/obj $(BUILD)/san $(BUILD)/pic -name '*.d' 2>/dev/null)
 
 # ---------------------------------------------------------------------------
-# Service: sql/ (the job store), core/ (config, worker, metrics, log, ids), fcgi/ (the
+# Service: sql/ (the job store), fcgi/ (config, worker, metrics, log, ids, routes, the
 # FastCGI program), conf/ (templates), tests/service/ (through real nginx and lighttpd).
 # The service's C code is a second static library linked before $(CORE_LIB); like fluxgen,
 # fluxcgi is plain C and opens the two C++ plugins at run time.
 
-SVC_C      := sql/store.c core/config.c core/jobid.c core/log.c core/metrics.c core/job.c \
-              core/worker.c fcgi/api.c
+SVC_C      := sql/store.c fcgi/config.c fcgi/jobid.c fcgi/log.c fcgi/metrics.c fcgi/job.c \
+              fcgi/worker.c fcgi/api.c fcgi/reply.c fcgi/parse.c fcgi/routes_generate.c \
+              fcgi/routes_queue.c fcgi/routes_ops.c
 SVC_GEN    := $(BUILD)/gen/sql/schema_sql.c
 SVC_OBJ    := $(SVC_C:%.c=$(BUILD)/obj/%.o) $(SVC_GEN:%.c=$(BUILD)/obj/%.o)
 SAN_SVC_OBJ := $(SVC_C:%.c=$(BUILD)/san/%.o) $(SVC_GEN:%.c=$(BUILD)/san/%.o)

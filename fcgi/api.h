@@ -33,11 +33,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "../core/config.h"
-#include "../core/metrics.h"
 #include "../core/pipeline.h"
-#include "../core/worker.h"
 #include "../sql/store.h"
+#include "config.h"
+#include "metrics.h"
+#include "worker.h"
 
 /* What every handler shares (read-only). */
 struct api_ctx {

@@ -5,7 +5,7 @@
  * or HOST:PORT), or on fd 0 when the config names none, which is how spawn-fcgi and
  * lighttpd's bin-path hand a socket over.  N acceptor threads share it through
  * FCGX_Accept_r, each with its own SQLite connection; they parse, validate and answer from
- * the store (fcgi/api.h) and never touch the model.  The worker thread (core/worker.h) owns
+ * the store (fcgi/api.h) and never touch the model.  The worker thread (fcgi/worker.h) owns
  * the model.
  *
  * Signals: SIGTERM or SIGINT drain (stop accepting, put the running job back in the queue,
@@ -26,15 +26,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../core/config.h"
 #include "../core/err.h"
-#include "../core/log.h"
 #include "../core/manifest.h"
-#include "../core/metrics.h"
 #include "../core/version.h"
-#include "../core/worker.h"
 #include "../sql/store.h"
 #include "api.h"
+#include "config.h"
+#include "log.h"
+#include "metrics.h"
+#include "worker.h"
 
 /* Bodies over max_body are read and dropped up to this much (so the web server sees a
  * clean answer), then the connection is cut. */

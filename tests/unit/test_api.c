@@ -5,9 +5,9 @@
 #include <unistd.h>
 
 #include "../../core/err.h"
-#include "../../core/jobid.h"
 #include "../../core/manifest.h"
 #include "../../fcgi/api.h"
+#include "../../fcgi/jobid.h"
 #include "unit.h"
 
 static struct api_ctx ctx;

@@ -3,8 +3,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "../../core/config.h"
 #include "../../core/err.h"
+#include "../../fcgi/config.h"
 #include "unit.h"
 
 static int parse(const char *text, struct fx_config *c, char *msg, size_t len)

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
+#include "../core/err.h"
 #include "jobid.h"
 
 void config_defaults(struct fx_config *c)

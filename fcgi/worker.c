@@ -10,8 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../core/err.h"
 #include "../sql/store.h"
-#include "err.h"
 #include "job.h"
 #include "log.h"
 

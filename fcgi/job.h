@@ -11,7 +11,7 @@
 #ifndef FX_JOB_H
 #define FX_JOB_H
 
-#include "pipeline.h"
+#include "../core/pipeline.h"
 
 /* Encodes r (prompt valid UTF-8 without NUL, has_seed set).  Returns malloc'd text, or
  * NULL when out of memory. */

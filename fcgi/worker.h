@@ -24,9 +24,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../core/pipeline.h"
 #include "config.h"
 #include "metrics.h"
-#include "pipeline.h"
 
 struct worker;
 

@@ -9,7 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "err.h"
+#include "../core/err.h"
 
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static int log_fd = -1; /* -1: stderr */

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <sys/random.h>
 
-#include "err.h"
+#include "../core/err.h"
 
 static bool prefix_chars(const char *s, size_t n)
 {

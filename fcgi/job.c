@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
+#include "../core/err.h"
 
 char *job_params_encode(const struct fx_request *r)
 {

@@ -1,0 +1,65 @@
+/*
+ * api_int.h - what the route files of the HTTP API share (not part of the API itself).
+ *
+ * fcgi/api.c routes a request to one handler; the handlers live one file per family of
+ * routes: routes_generate.c (POST /generate, /generate/queue), routes_queue.c (status,
+ * result, cancel), routes_ops.c (/ping, /metrics).  reply.c builds answers (JSON, errors,
+ * the status view of a job, images) and parse.c reads generation requests.
+ */
+#ifndef FX_API_INT_H
+#define FX_API_INT_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "api.h"
+#include "jobid.h"
+
+static const char CT_JSON[] = "application/json";
+static const char CT_PNG[] = "image/png";
+static const char CT_PROM[] = "text/plain; version=0.0.4; charset=utf-8";
+
+/* Wall-clock time (Unix epoch milliseconds) for the timestamps stored in job rows. */
+int64_t api_now_ms(void);
+
+/* ---- reply.c ---- */
+void api_add_header(struct api_response *rs, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Takes ownership of o (may be NULL: then a fixed out-of-memory body). */
+void api_send_json(struct api_response *rs, int status, json_object *o);
+json_object *api_error_object(int code, const char *message);
+/* Adds the error under "error" to o (a status object) and sends it. */
+void api_send_error_in(struct api_response *rs, int code, json_object *o, const char *message);
+void api_send_error(struct api_response *rs, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void api_send_store_error(struct api_response *rs, int rc, struct store *st);
+enum store_state api_visible_state(const struct api_ctx *ctx, const struct store_job *j);
+/* The status JSON of a job (GET /queue/status/{id}). */
+json_object *api_job_status(const struct api_ctx *ctx, const struct store_job *j);
+/* Answers with the image of a job, or why there is none. */
+void api_answer_result(const struct api_ctx *ctx, struct store *st, struct api_response *rs,
+                       const struct store_job *j);
+bool api_terminal(enum store_state s);
+/* Reads the job named by a path segment; answers and returns non-zero when it cannot. */
+int api_load_job(struct store *st, const char *id, size_t id_len, struct api_response *rs,
+                 struct store_job *j);
+bool api_ready(const struct api_ctx *ctx);
+void api_not_ready(const struct api_ctx *ctx, struct api_response *rs);
+
+/* ---- the handlers ---- */
+void route_ping(const struct api_ctx *ctx, struct api_response *rs);
+void route_metrics(const struct api_ctx *ctx, struct store *st, struct api_response *rs);
+void route_generate(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
+                    struct api_response *rs);
+void route_generate_queue(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
+                          struct api_response *rs);
+void route_queue_status(const struct api_ctx *ctx, struct store *st, struct api_response *rs);
+void route_job_status(const struct api_ctx *ctx, struct store *st, const char *id, size_t id_len,
+                      struct api_response *rs);
+void route_result(const struct api_ctx *ctx, struct store *st, const char *id, size_t id_len,
+                  struct api_response *rs);
+void route_cancel(const struct api_ctx *ctx, struct store *st, const char *id, size_t id_len,
+                  struct api_response *rs);
+
+#endif

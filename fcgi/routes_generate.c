@@ -1,0 +1,146 @@
+/* routes_generate.c - POST /generate (waits for its job) and POST /generate/queue. */
+#include <json-c/json.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../core/err.h"
+#include "api_int.h"
+#include "job.h"
+
+/* Validates the body and queues it; on success fills id/seed/position and returns 0, else
+ * has answered already and returns the error. */
+static int enqueue(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
+                   struct api_response *rs, bool sync, char id[JOBID_MAX + 1], uint64_t *seed,
+                   long *position, int *steps)
+{
+    struct fx_request req;
+    char *prompt = NULL, *params = NULL, msg[512] = "";
+    const char *field = NULL;
+    int rc;
+
+    if (rq->body_too_large) {
+        api_send_error(rs, FX_ETOOBIG, "the body is larger than %zu bytes", ctx->cfg->max_body);
+        return FX_ETOOBIG;
+    }
+    rc = api_parse_generate(ctx, rq->body, rq->body_len, &req, &prompt, &field, msg, sizeof(msg));
+    if (rc) {
+        if (rc == FX_ENOMEM)
+            snprintf(msg, sizeof(msg), "out of memory");
+        api_send_error(rs, rc, "%s", msg);
+        goto out;
+    }
+    if (!api_ready(ctx)) {
+        api_not_ready(ctx, rs);
+        rc = FX_ENOTREADY;
+        goto out;
+    }
+    if (!req.has_seed) {
+        req.seed = fx_random_seed();
+        req.has_seed = true;
+    }
+    params = job_params_encode(&req);
+    if (params == NULL || (rc = jobid_new(ctx->cfg->id_prefix, id)) != 0) {
+        rc = params ? rc : FX_ENOMEM;
+        api_send_error(rs, rc, "cannot create the job");
+        goto out;
+    }
+    rc = store_enqueue(st, id, sync, params, req.seed, req.steps, api_now_ms(),
+                       ctx->cfg->queue_size, position);
+    if (rc == FX_EFULL) {
+        double mean = 0;
+        store_mean_run_ms(st, &mean);
+        long after = (long)ceil(mean / 1000.0);
+        api_add_header(rs, "Retry-After", "%ld", after < 1 ? 1 : after > 3600 ? 3600 : after);
+        api_send_error(rs, FX_EFULL, "the queue is full (%ld jobs); try again later",
+                       ctx->cfg->queue_size);
+        goto out;
+    }
+    if (rc) {
+        api_send_store_error(rs, rc, st);
+        goto out;
+    }
+    *seed = req.seed;
+    *steps = req.steps;
+    worker_notify(ctx->worker);
+out:
+    free(params);
+    free(prompt);
+    return rc;
+}
+
+void route_generate_queue(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
+                          struct api_response *rs)
+{
+    char id[JOBID_MAX + 1], url[96];
+    uint64_t seed = 0;
+    long position = 0;
+    int steps = 0;
+    json_object *o, *p;
+
+    if (enqueue(ctx, st, rq, rs, false, id, &seed, &position, &steps))
+        return;
+    o = json_object_new_object();
+    p = json_object_new_object();
+    json_object_object_add(o, "request_id", json_object_new_string(id));
+    json_object_object_add(o, "status", json_object_new_string("queued"));
+    json_object_object_add(o, "position", json_object_new_int64(position));
+    json_object_object_add(p, "step", json_object_new_int(0));
+    json_object_object_add(p, "steps", json_object_new_int(steps));
+    json_object_object_add(o, "progress", p);
+    json_object_object_add(o, "seed", json_object_new_int64((int64_t)seed));
+    snprintf(url, sizeof(url), "/queue/status/%s", id);
+    json_object_object_add(o, "status_url", json_object_new_string(url));
+    api_add_header(rs, "Location", "%s", url);
+    snprintf(url, sizeof(url), "/result/%s", id);
+    json_object_object_add(o, "result_url", json_object_new_string(url));
+    api_send_json(rs, 202, o);
+}
+
+void route_generate(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
+                    struct api_response *rs)
+{
+    char id[JOBID_MAX + 1];
+    uint64_t seed = 0, seen = 0;
+    long position = 0;
+    int steps = 0, rc;
+    int64_t deadline;
+    struct store_job j = {0};
+
+    if (enqueue(ctx, st, rq, rs, true, id, &seed, &position, &steps))
+        return;
+    deadline = api_now_ms() + ctx->cfg->sync_timeout_ms;
+    for (;;) {
+        int64_t left;
+        store_job_release(&j);
+        rc = store_get(st, id, &j);
+        if (rc) {
+            api_send_store_error(rs, rc, st);
+            break;
+        }
+        if (api_terminal(j.state)) {
+            api_answer_result(ctx, st, rs, &j);
+            break;
+        }
+        left = deadline - api_now_ms();
+        if (left <= 0) {
+            api_send_error(rs, FX_ETIMEDOUT,
+                           "not finished after %lld ms; the job goes on as '%s' (GET /result/%s)",
+                           (long long)ctx->cfg->sync_timeout_ms, id, id);
+            break;
+        }
+        if (worker_wait(ctx->worker, &seen, left < 1000 ? (int)left : 1000) == FX_ESHUTDOWN) {
+            api_send_error(rs, FX_ESHUTDOWN,
+                           "the service is stopping; the job stays queued as '%s' (GET /result/%s)",
+                           id, id);
+            break;
+        }
+    }
+    store_job_release(&j);
+    if (rs->status != 200)
+        api_add_header(rs, "X-Request-Id", "%s", id);
+}
