@@ -48,6 +48,9 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {store_schema_sql};
     X(ST_CANCEL_QUEUED, "UPDATE jobs SET state = 'cancelled', error_code = 'cancelled', "          \
                         "error_message = 'cancelled while queued', finished_ms = ?2 "              \
                         "WHERE id = ?1 AND state = 'queued'")                                      \
+    X(ST_CANCEL_GONE, "UPDATE jobs SET state = 'cancelled', error_code = 'cancelled', "            \
+                      "error_message = 'the client went away before the job started', "            \
+                      "finished_ms = ?2 WHERE id = ?1 AND state = 'queued'")                       \
     X(ST_CANCEL_RUNNING, "UPDATE jobs SET cancel = 1 WHERE id = ?1 AND state = 'running'")         \
     X(ST_STATE, "SELECT state FROM jobs WHERE id = ?1")                                            \
     X(ST_GET, "SELECT " JOB_COLS " FROM jobs WHERE id = ?1")                                       \
@@ -527,6 +530,27 @@ out:
     rc = tx_end(st, rc);
     if (rc == 0)
         *state = cur;
+    return rc;
+}
+
+int store_cancel_queued(struct store *st, const char *id, int64_t now_ms, bool *cancelled)
+{
+    sqlite3_stmt *s;
+    enum store_state cur = STORE_QUEUED;
+    bool done = false;
+    int rc = tx_begin(st);
+    if (rc)
+        return rc;
+    if ((rc = read_state(st, id, &cur)) == 0 && cur == STORE_QUEUED) {
+        s = stmt(st, ST_CANCEL_GONE);
+        sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, now_ms);
+        rc = update1(st, s);
+        done = rc == 0;
+    }
+    rc = tx_end(st, rc);
+    if (cancelled)
+        *cancelled = rc == 0 && done;
     return rc;
 }
 

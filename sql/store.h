@@ -134,6 +134,15 @@ int store_requeue(struct store *st, const char *id, const char *worker);
  */
 int store_cancel(struct store *st, const char *id, int64_t now_ms, enum store_state *state);
 
+/*
+ * Cancels a job only while it is still queued: it becomes cancelled with error code
+ * "cancelled" and the message "the client went away before the job started" (a synchronous
+ * client that hung up).  A running or finished job is left untouched.  Sets *cancelled to
+ * whether this call cancelled it.  Returns 0, FX_ENOENT (no such job), FX_EIO/FX_EBUSY.
+ * Thread-safe as every call here: one connection per thread.
+ */
+int store_cancel_queued(struct store *st, const char *id, int64_t now_ms, bool *cancelled);
+
 /* Reads one job (with its queue position).  Returns 0, FX_ENOENT, FX_EIO/FX_EBUSY. */
 int store_get(struct store *st, const char *id, struct store_job *job);
 

@@ -287,6 +287,63 @@ static void test_recover(void)
     store_close(st);
 }
 
+/* A synchronous client that went away: only a job still queued is cancelled. */
+static void test_cancel_queued(void)
+{
+    struct store *st = open_store();
+    struct store_job j;
+    bool done = true;
+    char id[33], run_id[33];
+
+    CHECK_INT(store_cancel_queued(st, "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee", 1, &done), FX_ENOENT);
+    CHECK(!done);
+    /* empty the queue left by the earlier tests, then one to run and one to stay queued */
+    while (store_claim(st, "sweeper", 1, &j) == 0) {
+        store_finish(st, j.id, "sweeper", STORE_FAILED, "internal", "cleanup", 1);
+        store_job_release(&j);
+    }
+    CHECK_INT(enqueue(st, 20, 100, NULL), 0);
+    CHECK_INT(enqueue(st, 21, 100, NULL), 0);
+    CHECK_INT(store_claim(st, "gpu0", 100, &j), 0);
+    id_of(20, run_id);
+    CHECK_STR(j.id, run_id);
+    store_job_release(&j);
+
+    id_of(21, id);
+    CHECK_INT(store_cancel_queued(st, id, 200, &done), 0);
+    CHECK(done);
+    CHECK_INT(store_get(st, id, &j), 0);
+    CHECK_INT(j.state, STORE_CANCELLED);
+    CHECK_STR(j.error_code, "cancelled");
+    CHECK_STR(j.error_message, "the client went away before the job started");
+    CHECK_INT(j.finished_ms, 200);
+    store_job_release(&j);
+    /* already cancelled: left alone */
+    CHECK_INT(store_cancel_queued(st, id, 300, &done), 0);
+    CHECK(!done);
+    CHECK_INT(store_get(st, id, &j), 0);
+    CHECK_INT(j.finished_ms, 200);
+    store_job_release(&j);
+
+    /* running: untouched, not even flagged */
+    CHECK_INT(store_cancel_queued(st, run_id, 300, &done), 0);
+    CHECK(!done);
+    CHECK_INT(store_get(st, run_id, &j), 0);
+    CHECK_INT(j.state, STORE_RUNNING);
+    CHECK(!j.cancel);
+    store_job_release(&j);
+
+    /* finished: untouched */
+    CHECK_INT(store_finish(st, run_id, "gpu0", STORE_FAILED, "internal", "x", 400), 0);
+    CHECK_INT(store_cancel_queued(st, run_id, 500, &done), 0);
+    CHECK(!done);
+    CHECK_INT(store_get(st, run_id, &j), 0);
+    CHECK_INT(j.state, STORE_FAILED);
+    CHECK_STR(j.error_code, "internal");
+    store_job_release(&j);
+    store_close(st);
+}
+
 /* ---- two connections racing to claim ------------------------------------------------------ */
 
 /* Two processes, so that nothing in this process (the store's write mutex) orders them:
@@ -412,6 +469,7 @@ int main(int argc, char **argv)
     test_id_check();
     test_queue();
     test_recover();
+    test_cancel_queued();
     test_race();
     test_bad_files();
     char cmd[300];
