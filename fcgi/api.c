@@ -137,6 +137,11 @@ void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_re
         api_send_error(rs, FX_ENOENT, "no such endpoint");
         return;
     }
+    if (rq->bad_length) {
+        api_send_error(rs, FX_EFORMAT,
+                       "the body's length does not match its Content-Length (a body cut short?)");
+        return;
+    }
     if (!method_allowed(allow, as)) {
         api_add_header(rs, "Allow", "%s", allow);
         api_send_error(rs, FX_EMETHOD, "method %.16s%s is not allowed here (allowed: %s)", m,

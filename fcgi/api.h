@@ -9,7 +9,8 @@
  * lighttpd; HEAD is answered like GET):
  *   GET    /ping                 liveness + readiness: {"status":"ok"|"loading"|"failed",...}
  *   POST   /generate             a queued job the request waits for: 200 image/png with
- *                                X-Request-Id and X-Seed
+ *                                X-Request-Id and X-Seed (the handler queues the job and
+ *                                parks the request: api_generate_poll answers it)
  *   POST   /generate/queue       202 {"request_id","status":"queued","position",...},
  *                                Location: /queue/status/{id}
  *   GET    /queue/status         200 counts by state and capacity
@@ -65,6 +66,7 @@ struct api_request {
     const char *body;   /* may contain NUL bytes; NULL when body_len is 0 */
     size_t body_len;
     bool body_too_large; /* the body was over cfg->max_body and not read */
+    bool bad_length;     /* the body's length is not the declared CONTENT_LENGTH */
 };
 
 #define API_MAX_HEADERS 4
@@ -81,6 +83,10 @@ struct api_response {
     int n_headers;
     char *body; /* malloc'd, body_len bytes; released by api_response_release */
     size_t body_len;
+    /* POST /generate: no answer yet (status 0); the job park_id was queued and the front
+     * end answers the request with api_generate_poll once it ends */
+    bool park;
+    char park_id[STORE_ID_LEN + 1];
 };
 
 /* Answers one request.  *rs is overwritten; release it with api_response_release. */
@@ -88,6 +94,21 @@ void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_re
                 struct api_response *rs);
 
 void api_response_release(struct api_response *rs);
+
+enum api_poll {
+    API_POLL_CHECK,   /* has the job ended? */
+    API_POLL_TIMEOUT, /* sync_timeout ran out: answer 504 unless it ended */
+    API_POLL_STOPPING /* the service is draining: answer 503 unless it ended */
+};
+
+/*
+ * The answer to a parked POST /generate for job id: the image (200, X-Request-Id, X-Seed)
+ * or the job's error once it has ended, else for API_POLL_TIMEOUT a 504 and for
+ * API_POLL_STOPPING a 503 that name the job (it goes on, or stays queued).  Returns true
+ * with *rs filled (release it), or false (nothing to answer yet; *rs is empty).
+ */
+bool api_generate_poll(const struct api_ctx *ctx, struct store *st, const char *id,
+                       enum api_poll why, struct api_response *rs);
 
 /* The one map from an error code (core/err.h) to an HTTP status; 0 gives 200. */
 int api_http_status(int code);

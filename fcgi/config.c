@@ -18,7 +18,11 @@ void config_defaults(struct fx_config *c)
 {
     memset(c, 0, sizeof(*c));
     c->socket_mode = 0660;
-    c->backlog = 128;
+    c->backlog = 1024;
+    c->max_conns = 4096;
+    c->idle_timeout_ms = 75 * 1000;
+    c->request_timeout_ms = 30 * 1000;
+    c->write_timeout_ms = 30 * 1000;
     c->threads = 4;
     c->max_body = 64 * 1024;
     c->queue_size = 10;
@@ -212,6 +216,10 @@ static const struct key keys[] = {
     {"socket", K_SOCKET, OFF(socket), 0, 0},
     {"socket_mode", K_MODE, OFF(socket_mode), 0, 0},
     {"backlog", K_INT, OFF(backlog), 1, 65535},
+    {"max_conns", K_INT, OFF(max_conns), 1, 1000000},
+    {"idle_timeout", K_DURATION, OFF(idle_timeout_ms), 1000, 24L * 3600 * 1000},
+    {"request_timeout", K_DURATION, OFF(request_timeout_ms), 100, 3600L * 1000},
+    {"write_timeout", K_DURATION, OFF(write_timeout_ms), 100, 3600L * 1000},
     {"db", K_PATH, OFF(db), 0, 0},
     {"model", K_PATH, OFF(model), 0, 0},
     {"device", K_DEVICE, OFF(device), 0, 0},

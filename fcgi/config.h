@@ -25,13 +25,17 @@ struct fx_config {
     /* where to listen: a unix socket path, ":PORT" / "HOST:PORT" for TCP, or empty (the
      * default) for the socket on fd 0 that spawn-fcgi or lighttpd hands over */
     char socket[CONFIG_PATH_MAX];
-    int socket_mode;          /* permissions of a unix socket (octal in the file), default 0660 */
-    int backlog;              /* listen backlog, default 128 */
-    char db[CONFIG_PATH_MAX]; /* SQLite file, required */
+    int socket_mode;            /* permissions of a unix socket (octal in the file), default 0660 */
+    int backlog;                /* listen backlog, default 1024 (the kernel caps it at somaxconn) */
+    int max_conns;              /* open FastCGI connections at most, default 4096 */
+    int64_t idle_timeout_ms;    /* a connection idle between requests is closed, default 75 s */
+    int64_t request_timeout_ms; /* a request must arrive whole within this, default 30 s */
+    int64_t write_timeout_ms;   /* an answer that makes no progress for this is cut, 30 s */
+    char db[CONFIG_PATH_MAX];   /* SQLite file, required */
     char model[CONFIG_PATH_MAX]; /* model dir, required */
     char device[32];             /* "cpu", "cuda", "cuda:N"; empty: the manifest's */
     int cpu_threads;             /* libtorch intra-op threads, 0: its default */
-    int threads;                 /* FastCGI acceptor threads, default 4 */
+    int threads;                 /* handler threads (answer requests from the store), default 4 */
     size_t max_body;             /* largest request body, default 64k */
     long queue_size;             /* most queued jobs, default 10 */
     int64_t retention_ms;        /* result lifetime, default 10 min */

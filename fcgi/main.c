@@ -3,18 +3,22 @@
  *
  * One process per GPU.  It listens on the config's socket (a unix socket it binds itself,
  * or HOST:PORT), or on fd 0 when the config names none, which is how spawn-fcgi and
- * lighttpd's bin-path hand a socket over.  N acceptor threads share it through
- * FCGX_Accept_r, each with its own SQLite connection; they parse, validate and answer from
- * the store (fcgi/api.h) and never touch the model.  The worker thread (fcgi/worker.h) owns
- * the model.
+ * lighttpd's bin-path hand a socket over.  The front end (fcgi/server.h) multiplexes every
+ * connection in one event loop and hands complete requests to handler threads, each with its
+ * own SQLite connection; they parse, validate and answer from the store (fcgi/api.h) and
+ * never touch the model.  The worker thread (fcgi/worker.h) owns the model.
  *
  * Signals: SIGTERM or SIGINT drain (stop accepting, put the running job back in the queue,
- * answer waiting POST /generate requests with 503, exit 0); SIGHUP reopens the log file.
- * Exit status: 0 after a drain, 1 when the model cannot be loaded or the store cannot be
- * opened, 2 for a bad command line or config.
+ * answer waiting POST /generate requests with 503, exit 0); SIGHUP reopens the log file;
+ * SIGUSR1 and SIGUSR2 drain too but exit 1, so that a supervisor restarts the process (no
+ * signal leaves it running without accepting).
+ * Exit status: 0 after a drain; 1 when it cannot start or run (the model cannot be loaded,
+ * the store cannot be opened, the address cannot be listened on, the device keeps failing)
+ * or after SIGUSR1/SIGUSR2; 2 for a bad command line or config.
  */
 #include <errno.h>
-#include <fcgiapp.h>
+#include <libgen.h>
+#include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -22,8 +26,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "../core/err.h"
@@ -34,11 +40,8 @@
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
+#include "server.h"
 #include "worker.h"
-
-/* Bodies over max_body are read and dropped up to this much (so the web server sees a
- * clean answer), then the connection is cut. */
-#define DRAIN_MAX (64L * 1024 * 1024)
 
 struct service {
     struct fx_config cfg;
@@ -46,9 +49,8 @@ struct service {
     struct fx_metrics metrics;
     struct api_ctx api;
     struct worker *worker;
+    struct server *server;
     int listen_fd;
-    pthread_mutex_t accept_lock;
-    atomic_int stopping;
 };
 
 static atomic_int fatal_exit;
@@ -59,175 +61,171 @@ static void on_fatal(void)
     kill(getpid(), SIGTERM);
 }
 
-static const char *reason(int status)
+/* A unix socket at path: a stale socket file (left by a crash) is replaced, anything else
+ * at that path is an error. */
+static int listen_unix(const char *path, int backlog, int mode, char *msg, size_t len)
 {
-    switch (status) {
-    case 200:
-        return "OK";
-    case 202:
-        return "Accepted";
-    case 400:
-        return "Bad Request";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 409:
-        return "Conflict";
-    case 410:
-        return "Gone";
-    case 413:
-        return "Payload Too Large";
-    case 422:
-        return "Unprocessable Entity";
-    case 429:
-        return "Too Many Requests";
-    case 500:
-        return "Internal Server Error";
-    case 501:
-        return "Not Implemented";
-    case 503:
-        return "Service Unavailable";
-    case 504:
-        return "Gateway Timeout";
-    default:
-        return "Unknown";
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct stat sb;
+    int fd;
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        snprintf(msg, len, "cannot listen on '%s': the path is longer than %zu bytes", path,
+                 sizeof(sa.sun_path) - 1);
+        return -1;
     }
-}
-
-/* CONTENT_LENGTH as a number; -1 when absent or malformed. */
-static long content_length(const char *s)
-{
-    long n = 0;
-    if (s == NULL || *s == '\0')
-        return 0;
-    for (; *s; s++) {
-        if (*s < '0' || *s > '9' || n > DRAIN_MAX * 16)
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    if (lstat(path, &sb) == 0) {
+        if (!S_ISSOCK(sb.st_mode)) {
+            snprintf(msg, len, "cannot listen on '%s': it exists and is not a socket", path);
             return -1;
-        n = n * 10 + (*s - '0');
+        }
+        /* a socket someone still answers on is another fluxcgi: do not steal it */
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+            close(fd);
+            snprintf(msg, len, "cannot listen on '%s': another process is serving on it", path);
+            return -1;
+        }
+        if (fd >= 0)
+            close(fd);
+        unlink(path);
     }
-    return n;
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(fd, backlog) != 0) {
+        snprintf(msg, len, "cannot listen on '%s': %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    if (chmod(path, (mode_t)mode) != 0) {
+        snprintf(msg, len, "cannot chmod '%s': %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
-static void serve(struct service *svc, struct store *st, FCGX_Request *req)
+/* HOST:PORT or :PORT (all addresses). */
+static int listen_tcp(const char *spec, int backlog, char *msg, size_t len)
 {
-    struct api_request rq = {0};
-    struct api_response rs = {0};
-    char *body = NULL;
-    long len = content_length(FCGX_GetParam("CONTENT_LENGTH", req->envp));
-
-    rq.method = FCGX_GetParam("REQUEST_METHOD", req->envp);
-    rq.uri = FCGX_GetParam("REQUEST_URI", req->envp);
-    if (len < 0 || len > (long)svc->cfg.max_body) {
-        /* read what the client sent and drop it */
-        char sink[16384];
-        long left = len < 0 ? DRAIN_MAX : len;
-        while (left > 0) {
-            int n = FCGX_GetStr(sink, left < (long)sizeof(sink) ? (int)left : (int)sizeof(sink),
-                                req->in);
-            if (n <= 0)
-                break;
-            left -= n;
+    char host[256];
+    const char *colon = strrchr(spec, ':');
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    int fd = -1, rc, err = 0, one = 1;
+    size_t hl = colon ? (size_t)(colon - spec) : 0;
+    if (colon == NULL || colon[1] == '\0' || hl >= sizeof(host)) {
+        snprintf(msg, len, "cannot listen on '%s': not HOST:PORT or :PORT", spec);
+        return -1;
+    }
+    memcpy(host, spec, hl);
+    host[hl] = '\0';
+    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') { /* [v6]:port */
+        memmove(host, host + 1, hl - 2);
+        host[hl - 2] = '\0';
+    }
+    rc = getaddrinfo(host[0] ? host : NULL, colon + 1, &hints, &res);
+    if (rc) {
+        snprintf(msg, len, "cannot listen on '%s': %s", spec, gai_strerror(rc));
+        return -1;
+    }
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) {
+            err = errno;
+            continue;
         }
-        rq.body_too_large = true;
-    } else if (len > 0) {
-        body = malloc((size_t)len);
-        if (body) {
-            int n = FCGX_GetStr(body, (int)len, req->in);
-            rq.body = body;
-            rq.body_len = n > 0 ? (size_t)n : 0;
-        }
-    }
-    if (len > 0 && body == NULL && !rq.body_too_large) {
-        rs.status = 500;
-        rs.content_type = "application/json";
-        rs.body = strdup("{\"error\":{\"code\":\"out_of_memory\",\"message\":\"out of memory\"}}");
-        rs.body_len = rs.body ? strlen(rs.body) : 0;
-    } else {
-        api_handle(&svc->api, st, &rq, &rs);
-    }
-    /* libfcgi's FCGX_FPrintF has its own printf without %zu: format here */
-    char head[1024];
-    int n =
-        snprintf(head, sizeof(head), "Status: %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n",
-                 rs.status, reason(rs.status), rs.content_type ? rs.content_type : "text/plain",
-                 rs.body_len);
-    for (int i = 0; i < rs.n_headers && n > 0 && (size_t)n < sizeof(head); i++)
-        n += snprintf(head + n, sizeof(head) - (size_t)n, "%s: %s\r\n", rs.headers[i].name,
-                      rs.headers[i].value);
-    if (rs.content_type && strcmp(rs.content_type, "application/json") == 0 && n > 0 &&
-        (size_t)n < sizeof(head))
-        n += snprintf(head + n, sizeof(head) - (size_t)n, "Cache-Control: no-store\r\n");
-    FCGX_PutS(head, req->out);
-    FCGX_PutS("\r\n", req->out);
-    if (rs.body_len)
-        FCGX_PutStr(rs.body, (int)rs.body_len, req->out);
-    metrics_count_http(&svc->metrics, rs.status);
-    if (rs.status >= 500)
-        log_printf("warn", "%s %.200s -> %d %.300s", rq.method ? rq.method : "-",
-                   rq.uri ? rq.uri : "-", rs.status,
-                   rs.content_type && rs.content_type[0] == 'a' ? rs.body : "");
-    api_response_release(&rs);
-    free(body);
-}
-
-static void *acceptor(void *arg)
-{
-    struct service *svc = arg;
-    struct store *st = NULL;
-    FCGX_Request req;
-    char msg[512];
-
-    if (store_open(svc->cfg.db, (int)svc->cfg.busy_timeout_ms, &st, msg, sizeof(msg))) {
-        log_printf("error", "acceptor: %s", msg);
-        kill(getpid(), SIGTERM);
-        return NULL;
-    }
-    FCGX_InitRequest(&req, svc->listen_fd, FCGI_FAIL_ACCEPT_ON_INTR);
-    for (;;) {
-        int rc;
-        pthread_mutex_lock(&svc->accept_lock);
-        rc = atomic_load(&svc->stopping) ? -1 : FCGX_Accept_r(&req);
-        pthread_mutex_unlock(&svc->accept_lock);
-        if (rc < 0)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, backlog) == 0)
             break;
-        serve(svc, st, &req);
-        FCGX_Finish_r(&req);
+        err = errno;
+        close(fd);
+        fd = -1;
     }
-    FCGX_Free(&req, 0);
-    store_close(st);
-    return NULL;
+    freeaddrinfo(res);
+    if (fd < 0)
+        snprintf(msg, len, "cannot listen on '%s': %s", spec, strerror(err));
+    return fd;
 }
 
 static int open_listener(struct service *svc, char *msg, size_t len)
 {
     const char *s = svc->cfg.socket;
-    bool unix_path = s[0] && strchr(s, '/') != NULL;
     if (s[0] == '\0') {
-        svc->listen_fd = 0; /* handed over by spawn-fcgi / lighttpd */
+        int on = 0;
+        socklen_t ol = sizeof(on);
+        /* handed over by spawn-fcgi / lighttpd */
+        if (getsockopt(0, SOL_SOCKET, SO_ACCEPTCONN, &on, &ol) != 0 || !on) {
+            snprintf(msg, len,
+                     "the config names no socket and fd 0 is not a listening socket: set "
+                     "`socket = PATH` (or HOST:PORT), or start fluxcgi under spawn-fcgi or "
+                     "lighttpd");
+            return FX_EINVAL;
+        }
+        svc->listen_fd = 0;
         return 0;
     }
-    if (unix_path) {
-        struct stat sb;
-        if (lstat(s, &sb) == 0 && S_ISSOCK(sb.st_mode))
-            unlink(s); /* left by a crash */
+    svc->listen_fd = strchr(s, '/')
+                         ? listen_unix(s, svc->cfg.backlog, svc->cfg.socket_mode, msg, len)
+                         : listen_tcp(s, svc->cfg.backlog, msg, len);
+    return svc->listen_fd < 0 ? FX_EIO : 0;
+}
+
+/* --check: the folders the service will write to must exist and be writable. */
+static int check_dir_of(const char *what, const char *path, char *msg, size_t len)
+{
+    char copy[CONFIG_PATH_MAX];
+    struct stat sb;
+    const char *dir;
+    snprintf(copy, sizeof(copy), "%s", path);
+    dir = dirname(copy);
+    if (stat(dir, &sb) != 0) {
+        snprintf(msg, len, "%s '%s': the folder '%s' does not exist", what, path, dir);
+        return FX_ENOENT;
     }
-    svc->listen_fd = FCGX_OpenSocket(s, svc->cfg.backlog);
-    if (svc->listen_fd < 0) {
-        snprintf(msg, len, "cannot listen on '%s': %s", s, strerror(errno));
-        return FX_EIO;
+    if (!S_ISDIR(sb.st_mode)) {
+        snprintf(msg, len, "%s '%s': '%s' is not a folder", what, path, dir);
+        return FX_ENOENT;
     }
-    if (unix_path && chmod(s, (mode_t)svc->cfg.socket_mode) != 0) {
-        snprintf(msg, len, "cannot chmod '%s': %s", s, strerror(errno));
+    if (access(dir, W_OK | X_OK) != 0) {
+        snprintf(msg, len, "%s '%s': the folder '%s' is not writable by this user", what, path,
+                 dir);
         return FX_EIO;
     }
     return 0;
 }
 
+/* Raises the open-file limit toward what max_conns needs; lowers max_conns if it cannot. */
+static void fit_open_files(struct fx_config *cfg)
+{
+    struct rlimit rl;
+    rlim_t need = (rlim_t)cfg->max_conns + 64;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < need) {
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur < need) {
+        int fit = rl.rlim_cur > 128 ? (int)(rl.rlim_cur - 64) : 64;
+        log_printf("warn", "max_conns %d lowered to %d: the open-file limit is %llu",
+                   cfg->max_conns, fit, (unsigned long long)rl.rlim_cur);
+        cfg->max_conns = fit;
+    }
+}
+
 static void usage(FILE *f)
 {
     fputs("usage: fluxcgi --config FILE [--check]\n"
-          "       --check  read the config and the model manifest, then exit\n",
+          "       fluxcgi --help | --version\n"
+          "  --config FILE  the service's config (conf/fluxcgi.conf is the commented example)\n"
+          "  --check        check the config, the model manifest and the folders of the db,\n"
+          "                 the socket and the log, then exit (0: ok)\n"
+          "exit status: 0 after a drain (SIGTERM/SIGINT); 1 cannot start or run (model, store,\n"
+          "address, device), or after SIGUSR1/SIGUSR2; 2 bad command line or config\n",
           f);
 }
 
@@ -236,8 +234,7 @@ int main(int argc, char **argv)
     static struct service svc;
     const char *config = NULL;
     bool check = false;
-    pthread_t *threads = NULL;
-    int n_threads = 0, status = 1, rc, sig;
+    int status = 1, rc, sig = 0;
     sigset_t sigs;
     char msg[2048] = "";
 
@@ -253,11 +250,16 @@ int main(int argc, char **argv)
             puts("fluxcgi " FX_VERSION);
             return 0;
         } else {
+            if (strcmp(argv[i], "--config") == 0)
+                fprintf(stderr, "fluxcgi: --config needs a FILE\n");
+            else
+                fprintf(stderr, "fluxcgi: unknown argument '%s'\n", argv[i]);
             usage(stderr);
             return 2;
         }
     }
     if (config == NULL) {
+        fprintf(stderr, "fluxcgi: --config FILE is required\n");
         usage(stderr);
         return 2;
     }
@@ -278,6 +280,16 @@ int main(int argc, char **argv)
         return 2;
     }
     if (check) {
+        const char *paths[3][2] = {{"db", svc.cfg.db},
+                                   {"socket", strchr(svc.cfg.socket, '/') ? svc.cfg.socket : ""},
+                                   {"log", svc.cfg.log}};
+        for (int i = 0; i < 3; i++) {
+            if (paths[i][1][0] && check_dir_of(paths[i][0], paths[i][1], msg, sizeof(msg))) {
+                fprintf(stderr, "fluxcgi: %s: %s\n", config, msg);
+                manifest_free(svc.man);
+                return 2;
+            }
+        }
         printf("fluxcgi: %s: ok (model '%s', defaults %dx%d, %d steps)\n", config, svc.man->name,
                svc.api.defaults.width, svc.api.defaults.height, svc.api.defaults.steps);
         manifest_free(svc.man);
@@ -291,16 +303,14 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGHUP);
+    sigaddset(&sigs, SIGUSR1);
+    sigaddset(&sigs, SIGUSR2);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     metrics_init(&svc.metrics);
-    pthread_mutex_init(&svc.accept_lock, NULL);
     svc.listen_fd = -1;
-    if (FCGX_Init() != 0) {
-        log_printf("error", "FCGX_Init failed");
-        goto out;
-    }
+    fit_open_files(&svc.cfg);
     if (open_listener(&svc, msg, sizeof(msg))) {
         log_printf("error", "%s", msg);
         goto out;
@@ -322,18 +332,33 @@ int main(int argc, char **argv)
     svc.api.worker = svc.worker;
     svc.api.readiness = worker_readiness(svc.worker);
     svc.api.metrics = &svc.metrics;
-    log_printf("info", "fluxcgi %s: listening on %s, %d threads, db '%s', model '%s'", FX_VERSION,
-               svc.cfg.socket[0] ? svc.cfg.socket : "fd 0", svc.cfg.threads, svc.cfg.db,
-               svc.cfg.model);
-
-    threads = calloc((size_t)svc.cfg.threads, sizeof(*threads));
-    for (int i = 0; threads && i < svc.cfg.threads; i++)
-        if (pthread_create(&threads[i], NULL, acceptor, &svc) == 0)
-            n_threads++;
-    if (n_threads == 0) {
-        log_printf("error", "cannot start the acceptor threads");
+    {
+        struct server_params sp = {
+            .listen_fd = svc.listen_fd,
+            .handlers = svc.cfg.threads,
+            .max_conns = svc.cfg.max_conns,
+            .idle_timeout_ms = svc.cfg.idle_timeout_ms,
+            .request_timeout_ms = svc.cfg.request_timeout_ms,
+            .write_timeout_ms = svc.cfg.write_timeout_ms,
+            .max_body = svc.cfg.max_body,
+            .max_params = 128 * 1024,
+            .sync_timeout_ms = svc.cfg.sync_timeout_ms,
+            .db = svc.cfg.db,
+            .busy_ms = (int)svc.cfg.busy_timeout_ms,
+            .allowed_peers = getenv("FCGI_WEB_SERVER_ADDRS"),
+            .on_fatal = on_fatal,
+        };
+        rc = server_start(&sp, &svc.api, &svc.server, msg, sizeof(msg));
+    }
+    if (rc) {
+        log_printf("error", "%s", msg);
         goto out;
     }
+    log_printf("info",
+               "fluxcgi %s: listening on %s, %d threads, %d connections at most, db '%s', "
+               "model '%s'",
+               FX_VERSION, svc.cfg.socket[0] ? svc.cfg.socket : "fd 0", svc.cfg.threads,
+               svc.cfg.max_conns, svc.cfg.db, svc.cfg.model);
 
     for (;;) {
         if (sigwait(&sigs, &sig) != 0)
@@ -347,26 +372,25 @@ int main(int argc, char **argv)
         }
         break;
     }
-    log_printf("info", "signal %d: draining", sig);
-    status = atomic_load(&fatal_exit) ? 1 : 0;
+    if (sig == SIGUSR1 || sig == SIGUSR2) {
+        log_printf("warn", "signal %d: draining, then exit status 1 (to be restarted)", sig);
+        status = 1;
+    } else {
+        log_printf("info", "signal %d: draining", sig);
+        status = atomic_load(&fatal_exit) ? 1 : 0;
+    }
 out:
-    /* stop accepting: a shut-down listening socket makes accept() fail in every thread */
-    atomic_store(&svc.stopping, 1);
-    if (svc.listen_fd >= 0)
-        shutdown(svc.listen_fd, SHUT_RDWR);
     worker_stop(svc.worker); /* re-queues the running job, wakes POST /generate waiters */
-    for (int i = 0; i < n_threads; i++)
-        pthread_join(threads[i], NULL);
+    server_stop(svc.server); /* stops accepting, answers what is waiting, closes */
     if (svc.listen_fd > 0) {
         close(svc.listen_fd);
         if (svc.cfg.socket[0] && strchr(svc.cfg.socket, '/'))
             unlink(svc.cfg.socket);
     }
+    server_free(svc.server);
     worker_free(svc.worker);
-    free(threads);
     log_printf("info", "stopped");
     metrics_release(&svc.metrics);
-    pthread_mutex_destroy(&svc.accept_lock);
     manifest_free(svc.man);
     log_close();
     return status;

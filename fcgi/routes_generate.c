@@ -101,46 +101,49 @@ void route_generate_queue(const struct api_ctx *ctx, struct store *st, const str
     api_send_json(rs, 202, o);
 }
 
+/* The job is queued; the request is parked (the front end answers it through
+ * api_generate_poll when the job ends, the wait runs out or the service stops), so waiting
+ * holds no thread. */
 void route_generate(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
                     struct api_response *rs)
 {
     char id[JOBID_MAX + 1];
-    uint64_t seed = 0, seen = 0;
+    uint64_t seed = 0;
     long position = 0;
-    int steps = 0, rc;
-    int64_t deadline;
-    struct store_job j = {0};
+    int steps = 0;
 
     if (enqueue(ctx, st, rq, rs, true, id, &seed, &position, &steps))
         return;
-    deadline = api_now_ms() + ctx->cfg->sync_timeout_ms;
-    for (;;) {
-        int64_t left;
+    rs->park = true;
+    snprintf(rs->park_id, sizeof(rs->park_id), "%s", id);
+}
+
+bool api_generate_poll(const struct api_ctx *ctx, struct store *st, const char *id,
+                       enum api_poll why, struct api_response *rs)
+{
+    struct store_job j = {0};
+    int rc;
+
+    memset(rs, 0, sizeof(*rs));
+    rc = store_get(st, id, &j);
+    if (rc == 0 && api_terminal(j.state)) {
+        api_answer_result(ctx, st, rs, &j);
+    } else if (rc && rc != FX_EBUSY) {
+        api_send_store_error(rs, rc, st);
+    } else if (why == API_POLL_TIMEOUT) {
+        api_send_error(rs, FX_ETIMEDOUT,
+                       "not finished after %lld ms; the job goes on as '%s' (GET /result/%s)",
+                       (long long)ctx->cfg->sync_timeout_ms, id, id);
+    } else if (why == API_POLL_STOPPING) {
+        api_send_error(rs, FX_ESHUTDOWN,
+                       "the service is stopping; the job stays queued as '%s' (GET /result/%s)", id,
+                       id);
+    } else {
         store_job_release(&j);
-        rc = store_get(st, id, &j);
-        if (rc) {
-            api_send_store_error(rs, rc, st);
-            break;
-        }
-        if (api_terminal(j.state)) {
-            api_answer_result(ctx, st, rs, &j);
-            break;
-        }
-        left = deadline - api_now_ms();
-        if (left <= 0) {
-            api_send_error(rs, FX_ETIMEDOUT,
-                           "not finished after %lld ms; the job goes on as '%s' (GET /result/%s)",
-                           (long long)ctx->cfg->sync_timeout_ms, id, id);
-            break;
-        }
-        if (worker_wait(ctx->worker, &seen, left < 1000 ? (int)left : 1000) == FX_ESHUTDOWN) {
-            api_send_error(rs, FX_ESHUTDOWN,
-                           "the service is stopping; the job stays queued as '%s' (GET /result/%s)",
-                           id, id);
-            break;
-        }
+        return false; /* still queued or running (or the store is busy): keep waiting */
     }
     store_job_release(&j);
     if (rs->status != 200)
         api_add_header(rs, "X-Request-Id", "%s", id);
+    return true;
 }
