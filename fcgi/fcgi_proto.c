@@ -363,6 +363,11 @@ enum fcgi_event fcgi_in_next(struct fcgi_in *in, const struct fcgi_limits *lim)
         total = FCGI_HEADER_LEN + clen + h[6];
         if (in->len < total)
             return FCGI_EV_NONE;
+        /* while the application answers, later records wait in the buffer (a pipelined
+         * request is taken after this one), except an abort of this request */
+        if (in->state == FCGI_HANDLING &&
+            !(h[1] == FCGI_ABORT_REQUEST && (uint16_t)(h[2] << 8 | h[3]) == in->id))
+            return FCGI_EV_NONE;
         ev = record(in, lim, h[1], (uint16_t)(h[2] << 8 | h[3]), h + FCGI_HEADER_LEN, clen);
         memmove(in->buf, in->buf + total, in->len - total);
         in->len -= total;

@@ -11,8 +11,9 @@
  * One struct fcgi_in is the incoming side of one connection.  The caller appends the bytes
  * it read (fcgi_in_append) and calls fcgi_in_next until it returns FCGI_EV_NONE; each event
  * says what the records so far completed.  One request at a time per connection (the web
- * servers fluxcgi sits behind never multiplex; a second BEGIN_REQUEST while one is open is
- * refused with FCGI_CANT_MPX_CONN), role RESPONDER only.  Everything is bounded by struct
+ * servers fluxcgi sits behind never multiplex; a second BEGIN_REQUEST while one is being
+ * read is refused with FCGI_CANT_MPX_CONN; one that comes while the first is answered waits
+ * its turn), role RESPONDER only.  Everything is bounded by struct
  * fcgi_limits: a peer that breaks the protocol gets FCGI_EV_ERROR and the caller closes the
  * connection.
  *

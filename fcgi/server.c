@@ -28,6 +28,7 @@
 #define READ_CHUNK 65536
 #define READ_BUDGET (4 * READ_CHUNK) /* per connection and wake-up, so one peer cannot hog */
 #define DRAIN_FLUSH_MS 2000
+#define PIPELINE_MAX (1 << 20) /* bytes a peer may send ahead while its request is answered */
 
 struct conn {
     int fd;
@@ -581,8 +582,8 @@ static void on_readable(struct server *s, uint32_t slot)
         ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
         if (n > 0) {
             c->last_activity = mono_ms();
-            if (fcgi_in_append(&c->in, buf, (size_t)n)) {
-                close_conn(s, slot);
+            if (fcgi_in_append(&c->in, buf, (size_t)n) || (c->busy && c->in.len > PIPELINE_MAX)) {
+                close_conn(s, slot); /* out of memory, or a peer that floods while it waits */
                 return;
             }
             if (!parse(s, slot))

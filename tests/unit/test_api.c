@@ -7,6 +7,7 @@
 #include "../../core/err.h"
 #include "../../core/manifest.h"
 #include "../../fcgi/api.h"
+#include "../../fcgi/api_int.h"
 #include "../../fcgi/jobid.h"
 #include "unit.h"
 
@@ -17,7 +18,7 @@ static struct store *st;
 
 static struct api_response call(const char *method, const char *uri, const char *body)
 {
-    struct api_request rq = {method, uri, body, body ? strlen(body) : 0, false};
+    struct api_request rq = {method, uri, body, body ? strlen(body) : 0, false, false};
     struct api_response rs;
     api_handle(&ctx, st, &rq, &rs);
     return rs;
@@ -415,9 +416,78 @@ static void test_routes(void)
     api_response_release(&rs);
 
     /* a body over max_body */
-    struct api_request big = {"POST", "/generate/queue", NULL, 0, true};
+    struct api_request big = {"POST", "/generate/queue", NULL, 0, true, false};
     api_handle(&ctx, st, &big, &rs);
     CHECK_INT(rs.status, 413);
+    api_response_release(&rs);
+}
+
+/* POST /generate parks its request; api_generate_poll answers it. */
+static void test_sync(void)
+{
+    struct api_response rs, pr;
+    struct store_job j;
+    char id[STORE_ID_LEN + 1];
+    static const unsigned char png[] = {0x89, 'P', 'N', 'G', 1, 2, 3};
+
+    /* an empty queue first, so the queue bound does not interfere */
+    while (store_claim(st, "unit", 1, &j) == 0) {
+        store_finish(st, j.id, "unit", STORE_FAILED, "internal", "cleared by the test", 2);
+        store_job_release(&j);
+    }
+    rs = call("POST", "/generate", "{\"prompt\":\"sync\",\"seed\":5}");
+    CHECK_INT(rs.status, 0);
+    CHECK(rs.park);
+    CHECK(jobid_valid(rs.park_id, strlen(rs.park_id)));
+    snprintf(id, sizeof(id), "%s", rs.park_id);
+    api_response_release(&rs);
+    CHECK_INT(store_get(st, id, &j), 0);
+    CHECK_INT(j.state, STORE_QUEUED);
+    CHECK(j.sync);
+    store_job_release(&j);
+
+    /* still queued: nothing to answer; out of time: 504; stopping: 503; both name the job */
+    CHECK(!api_generate_poll(&ctx, st, id, API_POLL_CHECK, &pr));
+    CHECK(api_generate_poll(&ctx, st, id, API_POLL_TIMEOUT, &pr));
+    CHECK_INT(pr.status, 504);
+    CHECK_STR(header(&pr, "X-Request-Id"), id);
+    api_response_release(&pr);
+    CHECK(api_generate_poll(&ctx, st, id, API_POLL_STOPPING, &pr));
+    CHECK_INT(pr.status, 503);
+    CHECK(strstr(pr.body, "stays queued") != NULL);
+    api_response_release(&pr);
+
+    /* done: the image, whatever the reason of the poll */
+    CHECK_INT(store_claim(st, "unit", 3, &j), 0);
+    CHECK_STR(j.id, id);
+    store_job_release(&j);
+    CHECK(!api_generate_poll(&ctx, st, id, API_POLL_CHECK, &pr));
+    CHECK_INT(store_complete(st, id, "unit", png, sizeof(png), api_now_ms()), 0);
+    CHECK(api_generate_poll(&ctx, st, id, API_POLL_TIMEOUT, &pr));
+    CHECK_INT(pr.status, 200);
+    CHECK_STR(pr.content_type, "image/png");
+    CHECK_INT(pr.body_len, sizeof(png));
+    CHECK_STR(header(&pr, "X-Request-Id"), id);
+    CHECK_STR(header(&pr, "X-Seed"), "5");
+    api_response_release(&pr);
+
+    /* the queue bound applies to POST /generate too */
+    for (int i = 0; i < 3; i++) {
+        rs = call("POST", "/generate", "{\"prompt\":\"fill\"}");
+        CHECK(rs.park);
+        api_response_release(&rs);
+    }
+    rs = call("POST", "/generate", "{\"prompt\":\"one too many\"}");
+    CHECK_INT(rs.status, 429);
+    CHECK(!rs.park);
+    CHECK(header(&rs, "Retry-After") != NULL);
+    api_response_release(&rs);
+
+    /* a body cut short of its Content-Length */
+    struct api_request cut = {"POST", "/generate/queue", "{\"pro", 5, false, true};
+    api_handle(&ctx, st, &cut, &rs);
+    CHECK_INT(rs.status, 400);
+    CHECK(strstr(rs.body, "malformed") != NULL);
     api_response_release(&rs);
 }
 
@@ -450,6 +520,7 @@ int main(int argc, char **argv)
     ctx.readiness = &readiness;
     test_parse();
     test_routes();
+    test_sync();
 
     /* a configured default outside the bounds is refused */
     struct api_ctx bad;
