@@ -399,12 +399,14 @@ install: $(FLUXGEN) $(FLUXCGI) $(PLUGINS)
 	$(Q)install -m 0644 $(PLUGINS) $(D)$(PKGLIBDIR)/
 	$(Q)install -m 0644 export/fluxexport/*.py $(D)$(PKGLIBDIR)/python/fluxexport/
 	$(Q)install -m 0644 export/data/tiny_corpus.txt $(D)$(PKGLIBDIR)/python/data/
-	$(Q)printf '#!/bin/sh\n# fluxexport: FLUX checkpoints -> fluxcgi model dirs (README.md)\nPYTHONPATH=%s$${PYTHONPATH:+:$$PYTHONPATH} exec "$${PYTHON:-%s}" -m fluxexport "$$@"\n' \
+	$(Q)printf '#!/bin/sh\n# fluxexport: FLUX checkpoints -> fluxcgi model dirs (docs/operations.md)\nPYTHONPATH=%s$${PYTHONPATH:+:$$PYTHONPATH} exec "$${PYTHON:-%s}" -m fluxexport "$$@"\n' \
 		'$(PKGLIBDIR)/python' '$(PYTHON)' > $(D)$(BINDIR)/fluxexport
 	$(Q)chmod 0755 $(D)$(BINDIR)/fluxexport
 	$(Q)install -m 0644 $(addprefix conf/,$(CONF_FILES)) $(D)$(SHAREDIR)/conf/
 	$(Q)install -m 0644 conf/errors/* $(D)$(SHAREDIR)/conf/errors/
 	$(Q)install -m 0644 sql/schema.sql README.md $(D)$(SHAREDIR)/
+	$(Q)install -d $(D)$(SHAREDIR)/docs
+	$(Q)install -m 0644 docs/*.md $(D)$(SHAREDIR)/docs/
 	$(Q)sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
 		-e 's|@SHAREDIR@|$(SHAREDIR)|g' conf/fluxcgi.service.in > $(D)$(UNITDIR)/fluxcgi.service
 	$(Q)sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
