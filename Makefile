@@ -118,12 +118,13 @@ BENCH_BIN := $(BUILD)/bench/bench_tok
 C_SRC_ALL := $(wildcard core/*.c core/*.h core/*.cc shim/*.h shim/*.c shim/*.cc cli/*.c cli/*.h \
                tests/unit/*.c tests/unit/*.h tests/bench/*.c)
 
-# Tokenizer data for the tests: the tiny files always, the real ones when present.
+# Tokenizer data for the tests: the tiny files (written by the exporter) and the real
+# vocabularies kept in tests/data/ (see tests/data/README.md).
 TOK_TINY  := $(BUILD)/tok-tiny
-REAL_CLIP := $(wildcard ../shared/data/clip/vocab.json)
-REAL_T5   := $(wildcard ../shared/data/t5/spiece.model)
-BENCH_CLIP := $(if $(REAL_CLIP),../shared/data/clip,$(TOK_TINY)/tokenizer)
-BENCH_T5   := $(if $(REAL_T5),../shared/data/t5/spiece.model,$(TOK_TINY)/tokenizer_2/spiece.model)
+REAL_CLIP := tests/data/clip
+REAL_T5   := tests/data/t5/spiece.model
+BENCH_CLIP := $(REAL_CLIP)
+BENCH_T5   := $(REAL_T5)
 
 .PHONY: c test-c test-unit test-tok test-san test-pipeline bench bench-tok bench-pipeline \
 	format-check
@@ -221,8 +222,8 @@ $(TOK_TINY)/.stamp: $(EXPORT_PY) | deps
 	$(Q)touch $@
 
 # Unit tests get the tokenizer files as arguments: CLIP folders, then T5 models.
-UNIT_ARGS = --clip $(TOK_TINY)/tokenizer $(if $(REAL_CLIP),--clip ../shared/data/clip) \
-            --t5 $(TOK_TINY)/tokenizer_2/spiece.model $(if $(REAL_T5),--t5 $(REAL_T5)) \
+UNIT_ARGS = --clip $(TOK_TINY)/tokenizer --clip $(REAL_CLIP) \
+            --t5 $(TOK_TINY)/tokenizer_2/spiece.model --t5 $(REAL_T5) \
             --model $(TINY_DIR)
 
 test-unit: $(UNIT_BIN) $(TOK_TINY)/.stamp tiny-model
@@ -231,13 +232,13 @@ test-unit: $(UNIT_BIN) $(TOK_TINY)/.stamp tiny-model
 test-tok: $(FLUXGEN) $(TOK_TINY)/.stamp
 	@echo "  TEST    CLIP tokenizer vs tests/tok/clip_ref.py"
 	$(Q)$(PYTHON) tests/tok/check_clip.py --fluxgen $(FLUXGEN) --tiny $(TOK_TINY)/tokenizer \
-		$(if $(REAL_CLIP),--real ../shared/data/clip)
+		--real $(REAL_CLIP)
 	@echo "  TEST    T5 tokenizer vs python3-sentencepiece"
 	$(Q)$(PYTHON) tests/tok/check_t5.py --fluxgen $(FLUXGEN) --work $(BUILD)/tok-t5 \
-		--tiny $(TOK_TINY)/tokenizer_2/spiece.model $(if $(REAL_T5),--real $(REAL_T5))
+		--tiny $(TOK_TINY)/tokenizer_2/spiece.model --real $(REAL_T5)
 	@echo "  TEST    bad input through fluxgen"
 	$(Q)$(PYTHON) tests/tok/check_bad.py --fluxgen $(FLUXGEN) --model $(TOK_TINY) \
-		$(if $(and $(REAL_CLIP),$(REAL_T5)),--clip ../shared/data/clip --t5 $(REAL_T5))
+		--clip $(REAL_CLIP) --t5 $(REAL_T5)
 
 # ASan + UBSan: the unit tests and the bad-input run, leaks included (LeakSanitizer).
 test-san: $(SAN_UNIT_BIN) $(SAN_FLUXGEN) $(TOK_TINY)/.stamp tiny-model
@@ -247,7 +248,7 @@ test-san: $(SAN_UNIT_BIN) $(SAN_FLUXGEN) $(TOK_TINY)/.stamp tiny-model
 	@echo "  TEST san bad input through $(SAN_FLUXGEN)"
 	$(Q)ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		$(PYTHON) tests/tok/check_bad.py --fluxgen $(SAN_FLUXGEN) --model $(TOK_TINY) \
-		$(if $(and $(REAL_CLIP),$(REAL_T5)),--clip ../shared/data/clip --t5 $(REAL_T5))
+		--clip $(REAL_CLIP) --t5 $(REAL_T5)
 	@echo "  TEST san generation and its error exits through $(SAN_FLUXGEN)"
 	$(Q)ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		FLUXGEN=$(SAN_FLUXGEN) FLUX_MODEL=$(TINY_DIR) $(PYTHON) -m unittest \
@@ -398,12 +399,14 @@ install: $(FLUXGEN) $(FLUXCGI) $(PLUGINS)
 	$(Q)install -m 0644 $(PLUGINS) $(D)$(PKGLIBDIR)/
 	$(Q)install -m 0644 export/fluxexport/*.py $(D)$(PKGLIBDIR)/python/fluxexport/
 	$(Q)install -m 0644 export/data/tiny_corpus.txt $(D)$(PKGLIBDIR)/python/data/
-	$(Q)printf '#!/bin/sh\n# fluxexport: FLUX checkpoints -> fluxcgi model dirs (README.md)\nPYTHONPATH=%s$${PYTHONPATH:+:$$PYTHONPATH} exec "$${PYTHON:-%s}" -m fluxexport "$$@"\n' \
+	$(Q)printf '#!/bin/sh\n# fluxexport: FLUX checkpoints -> fluxcgi model dirs (docs/operations.md)\nPYTHONPATH=%s$${PYTHONPATH:+:$$PYTHONPATH} exec "$${PYTHON:-%s}" -m fluxexport "$$@"\n' \
 		'$(PKGLIBDIR)/python' '$(PYTHON)' > $(D)$(BINDIR)/fluxexport
 	$(Q)chmod 0755 $(D)$(BINDIR)/fluxexport
 	$(Q)install -m 0644 $(addprefix conf/,$(CONF_FILES)) $(D)$(SHAREDIR)/conf/
 	$(Q)install -m 0644 conf/errors/* $(D)$(SHAREDIR)/conf/errors/
 	$(Q)install -m 0644 sql/schema.sql README.md $(D)$(SHAREDIR)/
+	$(Q)install -d $(D)$(SHAREDIR)/docs
+	$(Q)install -m 0644 docs/*.md $(D)$(SHAREDIR)/docs/
 	$(Q)sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
 		-e 's|@SHAREDIR@|$(SHAREDIR)|g' conf/fluxcgi.service.in > $(D)$(UNITDIR)/fluxcgi.service
 	$(Q)sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \

@@ -1,7 +1,7 @@
 /*
  * pipeline.h - FLUX.1 text-to-image in C: tokenize -> encode -> seeded noise -> shifted
  * schedule -> Euler steps -> decode -> uint8 -> PNG, driving the TorchScript modules of a
- * model dir through the shim (DESIGN.md section 2).
+ * model dir through the shim (docs/architecture.md, docs/numerics.md).
  *
  * The math is the Python reference's (export/fluxexport/reference.py), step for step: noise
  * drawn on the CPU in the model dtype with libtorch's generator, packed latents kept in

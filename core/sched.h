@@ -1,5 +1,5 @@
 /*
- * sched.h - the FLUX.1 dev sampling schedule (FLUX-SPEC.md 4.3).
+ * sched.h - the FLUX.1 dev sampling schedule (docs/numerics.md, "Schedule").
  *
  * N + 1 sigmas from 1 to 0, as diffusers computes them: t = float64 linspace(1, 1/N, N) rounded
  * to float32, sigma = e^mu / (e^mu + (1 / t - 1)) in float32 with mu linear in the number of

@@ -22,7 +22,7 @@
  *
  * Differences from Hugging Face's slow CLIPTokenizer when ftfy is not installed (its
  * BasicTokenizer path): HF does not unescape HTML, drops control characters, and splits CJK
- * ideographs into one word each; we follow OpenAI here (as the FLUX spec describes).  ftfy's
+ * ideographs into one word each; we follow OpenAI here (docs/numerics.md).  ftfy's
  * repairs (mojibake, quotes, NFC) are not applied.
  *
  * Cost: linear in the prompt apart from a heap per pre-token (O(w log w) for a w-byte word),

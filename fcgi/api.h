@@ -1,5 +1,5 @@
 /*
- * api.h - the HTTP API of fluxcgi (DESIGN.md section 4), independent of FastCGI.
+ * api.h - the HTTP API of fluxcgi (docs/api.md), independent of FastCGI.
  *
  * A handler takes a request struct (method, URI, body) and fills a response struct (status,
  * content type, headers, body), so every route is unit-tested without a web server;

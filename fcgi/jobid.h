@@ -5,7 +5,7 @@
  * Ids are unguessable (knowing one id tells nothing about another), so an id is the
  * capability to read or cancel its job.  The host part (config `id_prefix`, 1..16 characters
  * from [a-z0-9]) names the fluxcgi that took the job, so that a front nginx can route
- * /queue/status/{id} and /result/{id} across hosts by it (DESIGN.md section 1).  Input ids
+ * /queue/status/{id} and /result/{id} across hosts by it (docs/operations.md).  Input ids
  * are checked strictly before they reach SQL or a log: an optional well-formed host part,
  * then exactly 32 characters from [0-9a-f], nothing else.  Thread-safe.
  */

@@ -1,5 +1,5 @@
 /*
- * worker.h - the one thread per process that owns the pipeline (DESIGN.md section 1).
+ * worker.h - the one thread per process that owns the pipeline (docs/architecture.md).
  *
  * The worker loads the model, runs one warm-up generation, and only then reports ready.
  * Then it loops: claim the oldest queued job in SQLite, generate it with a progress hook

@@ -46,7 +46,7 @@ CREATE TABLE results (
     png     BLOB NOT NULL
 );
 
--- ---- audit views (see README "Auditing the job store") ----------------------------------
+-- ---- audit views (docs/operations.md, "Auditing") ----------------------------------
 
 -- Every job, newest first, with its phases in seconds.
 CREATE VIEW recent_jobs AS

@@ -1,7 +1,7 @@
 /*
  * store.h - the durable job queue and result store of fluxcgi: one SQLite file.
  *
- * SQLite is the source of truth (DESIGN.md section 1).  Every SQL statement of the program is
+ * SQLite is the source of truth (docs/architecture.md).  Every SQL statement of the program is
  * in sql/: the schema and its views in schema.sql (migration 1, embedded at build time), the
  * statements in store.c, each prepared once per connection.  Migrations are keyed on
  * PRAGMA user_version and applied by store_open inside an IMMEDIATE transaction.

@@ -1,4 +1,4 @@
-"""The FLUX autoencoder's decoder (FLUX-SPEC.md section 2), with diffusers parameter names
+"""The FLUX autoencoder's decoder, with diffusers parameter names
 (``decoder.up_blocks.k`` runs k-th, i.e. BFL's ``decoder.up.{n-1-k}``); the checkpoint readers
 map BFL ``ae.safetensors`` names onto these.
 

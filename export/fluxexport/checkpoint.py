@@ -1,6 +1,6 @@
 """Reading FLUX checkpoints in the layouts users download, with strict key accounting.
 
-Layouts (FLUX-SPEC.md, DESIGN.md section 3):
+Layouts (docs/architecture.md, "Model dirs"):
   bfl        flux1-*.safetensors (keys optionally prefixed 'model.diffusion_model.') and
              ae.safetensors, with the text encoders and tokenizers from the diffusers-style
              sub-folders (text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/) that the

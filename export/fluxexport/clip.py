@@ -1,4 +1,4 @@
-"""The CLIP-L text encoder (Hugging Face CLIPTextModel parameter names; FLUX-SPEC.md 3.1).
+"""The CLIP-L text encoder (Hugging Face CLIPTextModel parameter names).
 
 Forward contract (clip_text.pt): input_ids (B, 77) int64 -> pooled output (B, hidden), the
 final-LayerNorm state at the first position holding the largest id (the eos, as in the

@@ -1,4 +1,4 @@
-"""The exporter: a checkpoint in either layout -> a model dir (DESIGN.md section 3).
+"""The exporter: a checkpoint in either layout -> a model dir (docs/architecture.md, "Model dirs").
 
     python3 -m fluxexport export --source DIR -o OUT [--layout auto|bfl|diffusers]
         [--transformer FILE] [--ae FILE] [--device cpu|cuda|cuda:N] [--dtype fp32|bf16]

@@ -1,4 +1,4 @@
-"""The FLUX.1 rectified-flow transformer (BFL parameter names; FLUX-SPEC.md section 1).
+"""The FLUX.1 rectified-flow transformer (BFL parameter names).
 
 Forward contract (what the exported transformer.pt takes):
   img (B, L, in_channels) model dtype     packed latent tokens

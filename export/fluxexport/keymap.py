@@ -3,7 +3,7 @@
 A layout is a list of Rules, one per canonical parameter: which source tensors make it and how.
 The same rules serve both directions: `build` makes a canonical tensor from source tensors
 (reading), `split` makes the source tensors from a canonical one (writing the tiny
-checkpoints). Operations (FLUX-SPEC.md 1.8 and 2.4):
+checkpoints). Operations:
   copy     one source, unchanged
   cat      sources concatenated along dim 0 (diffusers' separate q/k/v -> BFL's fused qkv;
            single-block to_q/to_k/to_v/proj_mlp -> linear1)

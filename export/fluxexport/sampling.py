@@ -1,4 +1,4 @@
-"""Sampling facts of FLUX.1 dev (FLUX-SPEC.md section 4): noise, packing, ids, schedule.
+"""Sampling facts of FLUX.1 dev (docs/numerics.md): noise, packing, ids, schedule.
 
 These are the definitions the C pipeline mirrors; the reference pipeline uses them as is.
 """

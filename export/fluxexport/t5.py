@@ -1,4 +1,4 @@
-"""The T5 v1.1 encoder (Hugging Face T5EncoderModel parameter names; FLUX-SPEC.md 3.2).
+"""The T5 v1.1 encoder (Hugging Face T5EncoderModel parameter names).
 
 Forward contract (t5_encoder.pt): input_ids (B, L) int64 -> last hidden state (B, L, d_model)
 in the model dtype. No attention mask (pads are attended, as in the reference).

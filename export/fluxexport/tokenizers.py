@@ -18,7 +18,7 @@ import regex
 
 CLIP_BOS = "<|startoftext|>"
 CLIP_EOS = "<|endoftext|>"
-# The CLIP pre-token pattern (a fact of the format, see FLUX-SPEC.md 3.1).
+# The CLIP pre-token pattern (a fact of the format, see docs/numerics.md).
 CLIP_PATTERN = regex.compile(
     r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
     regex.IGNORECASE,

@@ -1,6 +1,6 @@
-"""Checkpoints holding every real FLUX.1-dev key (names and ranks from FLUX-SPEC.md, tiny
+"""Checkpoints holding every real FLUX.1-dev key (names and ranks of the published checkpoints, tiny
 sizes, the real block counts) load with zero missing and zero unexpected keys; a renamed, an
-extra or a missing key is reported by name. The key lists are written out here from the spec,
+extra or a missing key is reported by name. The key lists are written out here by hand,
 independently of the modules and the key maps under test."""
 
 import json
@@ -254,7 +254,7 @@ class FullKeySets(unittest.TestCase):
         shutil.rmtree(cls.tmp)
 
     def test_counts_match_the_spec(self):
-        # 11,901,408,320 parameters at full size (FLUX-SPEC.md 1.1): check the formula that
+        # 11,901,408,320 parameters at full size: check the formula that
         # the key list implies at the real dimensions.
         h, m, d = 3072, 12288, 128
         top = (h * 64 + h) + 2 * (256 * h + h + h * h + h) + (768 * h + h + h * h + h) \

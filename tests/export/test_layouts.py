@@ -67,7 +67,7 @@ class LayoutParity(unittest.TestCase):
 
 
 class SpecFacts(unittest.TestCase):
-    """What the diffusers files must hold relative to the BFL files (FLUX-SPEC.md 1.8, 2.4)."""
+    """What the diffusers files must hold relative to the BFL files."""
 
     @classmethod
     def setUpClass(cls):

@@ -1,4 +1,4 @@
-"""Sampling facts from FLUX-SPEC.md section 4 and the model math's small pieces."""
+"""Sampling facts (docs/numerics.md) and the model math's small pieces."""
 
 import math
 import unittest
@@ -82,7 +82,7 @@ class ModelMath(unittest.TestCase):
         self.assertAlmostEqual(e[0, 1].item(), math.cos(250.0 * f1), places=4)
 
     def test_timestep_embedding_bf16_rounds_1000t(self):
-        # guidance 3.5 becomes 3504 after the bf16 multiply (FLUX-SPEC.md 1.3)
+        # guidance 3.5 becomes 3504 after the bf16 multiply (docs/numerics.md)
         e = flux.timestep_embedding(torch.tensor([3.5], dtype=torch.bfloat16), 256)
         self.assertEqual(e.dtype, torch.bfloat16)
         f = math.exp(-math.log(10000.0) * 127 / 128)

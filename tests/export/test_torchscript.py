@@ -92,7 +92,7 @@ class TorchScriptParity(unittest.TestCase):
         ref = self.scripted("transformer")
         args = list(helpers.transformer_inputs(self.params[0], 256, 256))
         # t = 0.5 and guidance 4 make 1000 t and 1000 g exact in bf16, so both runs embed the
-        # same times (other values round, FLUX-SPEC.md 1.3); inputs are rounded to bf16 first.
+        # same times (other values round, docs/numerics.md); inputs are rounded to bf16 first.
         args[4], args[6] = torch.tensor([0.5]), torch.tensor([4.0])
         bargs = [a.to(torch.bfloat16) if i not in (1, 3) else a for i, a in enumerate(args)]
         args = [a.float() for a in bargs]

@@ -1,4 +1,4 @@
-"""Every endpoint of DESIGN.md section 4, happy paths and errors, through real nginx and real
+"""Every endpoint of docs/api.md, happy paths and errors, through real nginx and real
 lighttpd (and once through spawn-fcgi handing fluxcgi its socket on fd 0)."""
 import json
 import re

@@ -1,4 +1,4 @@
-"""Jobs across hosts (DESIGN.md section 1): two fluxcgi, each with its own SQLite file and
+"""Jobs across hosts (docs/operations.md): two fluxcgi, each with its own SQLite file and
 its own id_prefix, behind one real nginx filled from conf/fluxcgi-hosts-site.conf, which
 routes status, result and cancel requests by the host part of the id."""
 import json

@@ -84,14 +84,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--fluxgen", required=True)
     ap.add_argument("--tiny", required=True, help="tiny CLIP tokenizer folder")
-    ap.add_argument("--real", help="real CLIP folder (../shared/data/clip), when present")
+    ap.add_argument("--real", help="real CLIP folder (tests/data/clip)")
     args = ap.parse_args()
     p = f = 0
     if args.real:
         a, b = check(args.fluxgen, args.real, "real vocab " + args.real, True)
         p, f = p + a, f + b
     else:
-        print("  real CLIP vocabulary not present (../shared/data/clip): tiny vocabulary only")
+        print("  real CLIP vocabulary not given (--real): tiny vocabulary only")
     a, b = check(args.fluxgen, args.tiny, "tiny vocab", False)
     p, f = p + a, f + b
     print(f"{p} passed, {f} failed")

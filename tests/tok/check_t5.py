@@ -103,7 +103,7 @@ def main():
     ap.add_argument("--fluxgen", required=True)
     ap.add_argument("--work", required=True, help="folder for the model trained here")
     ap.add_argument("--tiny", help="the tiny model (tokenizer_2/spiece.model)")
-    ap.add_argument("--real", help="the real T5 spiece.model, when present")
+    ap.add_argument("--real", help="the real T5 spiece.model (tests/data/t5/spiece.model)")
     args = ap.parse_args()
     p = f = 0
     runs = [(train(args.work), "spm_train model (unigram)", False)]
@@ -112,7 +112,7 @@ def main():
     if args.real:
         runs.append((args.real, "real model " + args.real, True))
     else:
-        print("  real T5 model not present (../shared/data/t5): trained and tiny models only")
+        print("  real T5 model not given (--real): trained and tiny models only")
     for model, label, real in runs:
         a, b = check(args.fluxgen, model, label, real)
         p, f = p + a, f + b

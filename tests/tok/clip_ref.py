@@ -1,6 +1,6 @@
 """An independent CLIP BPE tokenizer in Python, the reference for the C one.
 
-Written from the format facts (FLUX-SPEC.md 3.1), not from a published tokenizer:
+Written from the format facts (docs/numerics.md), not from a published tokenizer:
 clean (html.unescape twice, strip, collapse white space, lower), split with the CLIP
 pattern, map bytes to the printable stand-ins, merge by rank with "</w>" on the last
 symbol, then bos + 75 tokens + eos, padded with eos to 77.

@@ -1,4 +1,4 @@
-/* Schedule facts (FLUX-SPEC.md 4.3) and SHA-256 test vectors. */
+/* Schedule facts (docs/numerics.md) and SHA-256 test vectors. */
 #include <math.h>
 #include <string.h>
 

@@ -11,7 +11,7 @@ the arithmetic differs).  Tolerance for bf16: relative RMS error of the final la
 and mean absolute pixel difference <= 4 levels.  Why: bf16 keeps 8 significant bits (unit
 roundoff 2^-9 ~ 2e-3); one transformer call of the tiny model in bf16 differs from fp32 by
 about 1 % of its output (tests/export/test_torchscript.py), and the 4 Euler steps, the 1000 t
-rounding of the time embedding (FLUX-SPEC.md 1.3) and the decoder in bf16 add to it.  fp32 on
+rounding of the time embedding (docs/numerics.md) and the decoder in bf16 add to it.  fp32 on
 both sides (SMOKE runs): max-abs latent difference <= 1e-4 and pixels within 1 level.
 
 speed: per-step seconds of the FLUX transformer at the given size through (a) fluxgen, its

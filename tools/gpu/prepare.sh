@@ -3,7 +3,7 @@
 # the C build needs into .gpu/debs, builds the tiny checkpoints, and records the commit.
 # Everything goes into git-ignored paths that the device call carries:
 #   carry: [".gpu", "build/tiny-src", "build/models/tiny"]
-# Then run tools/gpu/device.sh there (see README.md, "GPU runs").
+# Then run tools/gpu/device.sh there (see docs/operations.md, "GPU runs").
 set -eu
 cd "$(dirname "$0")/../.."
 
