@@ -386,7 +386,8 @@ D          := $(DESTDIR)
 CONF_FILES := fluxcgi.conf nginx.conf fluxcgi-site.conf fluxcgi-hosts-site.conf lighttpd.conf \
               lighttpd-site.conf
 FILL_SITE   = sed -e 's|@LISTEN@|$(SITE_LISTEN)|g' -e 's|@SOCKET@|$(SOCKET_PATH)|g' \
-                  -e 's|@CONF@|$(SHAREDIR)/conf|g'
+                  -e 's|@CONF@|$(SHAREDIR)/conf|g' \
+                  -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g'
 
 .PHONY: install uninstall test-deploy
 
