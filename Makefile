@@ -385,9 +385,10 @@ LOG_FILE   ?= /var/log/fluxcgi/fluxcgi.log
 SITE_LISTEN ?= 80
 D          := $(DESTDIR)
 CONF_FILES := fluxcgi.conf nginx.conf fluxcgi-site.conf fluxcgi-hosts-site.conf lighttpd.conf \
-              lighttpd-site.conf
+              lighttpd-site.conf prometheus.yml
 FILL_SITE   = sed -e 's|@LISTEN@|$(SITE_LISTEN)|g' -e 's|@SOCKET@|$(SOCKET_PATH)|g' \
-                  -e 's|@CONF@|$(SHAREDIR)/conf|g'
+                  -e 's|@CONF@|$(SHAREDIR)/conf|g' \
+                  -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g'
 
 .PHONY: install uninstall test-deploy
 

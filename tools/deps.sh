@@ -3,11 +3,12 @@
 # Used by `make deps` (profile all) and by the container images (docker/), so CI runs the
 # same script that builds the images.
 #
-# Usage: tools/deps.sh [--print] [--profile all|cpu-image|cuda-image|web-image]
+# Usage: tools/deps.sh [--print] [--profile all|cpu-image|cuda-image|web-image|monitoring-image]
 #   all         everything: build, run, export, tests, benchmarks (make deps)
 #   cpu-image   build and run on the CPU with Debian's libtorch, export the tiny model
 #   cuda-image  build and run with a pip PyTorch (installed by the image itself)
 #   web-image   the nginx front end
+#   monitoring-image  Prometheus (docker/compose.yml, profile monitoring)
 #   --print     lists the packages of the profile and exits
 set -eu
 
@@ -18,6 +19,7 @@ DEBIAN_TORCH="python3-torch libtorch-dev"
 TOKENIZERS="sentencepiece python3-sentencepiece python3-regex"
 WEB="nginx-light lighttpd curl spawn-fcgi"
 TESTS="clang-format wrk python3-fastapi python3-uvicorn systemd"
+MONITORING="prometheus"
 
 profile=all
 print=0
@@ -29,10 +31,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$profile" in
-    all) PKGS="$BUILD $PYTHON $DEBIAN_TORCH $TOKENIZERS $WEB $TESTS" ;;
+    all) PKGS="$BUILD $PYTHON $DEBIAN_TORCH $TOKENIZERS $WEB $TESTS $MONITORING" ;;
     cpu-image) PKGS="$BUILD $PYTHON $DEBIAN_TORCH $TOKENIZERS curl" ;;
     cuda-image) PKGS="$BUILD $PYTHON $TOKENIZERS python3-venv python3-pip curl" ;;
     web-image) PKGS="nginx-light curl" ;;
+    monitoring-image) PKGS="$MONITORING" ;;
     *) echo "deps: unknown profile '$profile'" >&2; exit 2 ;;
 esac
 

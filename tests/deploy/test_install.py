@@ -195,21 +195,22 @@ class Images(unittest.TestCase):
 
     def test_profiles_are_part_of_what_ci_installs(self):
         everything = self.profile("all")
-        for p in ("cpu-image", "web-image"):
+        for p in ("cpu-image", "web-image", "monitoring-image"):
             self.assertLessEqual(self.profile(p), everything, p)
         # the CUDA image adds only what a pip PyTorch needs
         self.assertLessEqual(self.profile("cuda-image") - everything,
                              {"python3-venv", "python3-pip"})
 
     def test_dockerfiles_use_the_script_and_make_install(self):
-        for name in ("Dockerfile", "Dockerfile.cuda", "Dockerfile.nginx"):
+        for name in ("Dockerfile", "Dockerfile.cuda", "Dockerfile.nginx",
+                     "Dockerfile.prometheus"):
             with open(os.path.join(ROOT, "docker", name)) as f:
                 text = f.read()
             profiles = re.findall(r"tools/deps\.sh --profile ([a-z-]+)", text)
             self.assertTrue(profiles, name)
             for p in profiles:
                 self.assertTrue(self.profile(p), p)
-            if name != "Dockerfile.nginx":
+            if name not in ("Dockerfile.nginx", "Dockerfile.prometheus"):
                 self.assertRegex(text, r"make [A-Z_=0-9 ]*install")
                 self.assertRegex(text, r"(?m)^USER fluxcgi")
 

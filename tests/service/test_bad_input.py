@@ -101,6 +101,62 @@ CORPUS = [
 ]
 
 
+# Requests the web server refuses itself, before fluxcgi sees them:
+# (name, raw bytes, {server: (status, code)}).  nginx answers a header over its buffers
+# with its own 494, sent as 400; lighttpd answers 431.  TRACE is refused by nginx (405) and
+# passed by lighttpd, to which fluxcgi has no such endpoint (404).
+WEB_SERVER_ERRORS = [
+    ("HTTP/3.0", b"GET /ping HTTP/3.0\r\nHost: x\r\n\r\n",
+     {"nginx": (505, "not_supported"), "lighttpd": (505, "not_supported")}),
+    ("HTTP/2.0 without upgrade", b"GET /ping HTTP/2.0\r\nHost: x\r\n\r\n",
+     {"nginx": (505, "not_supported"), "lighttpd": (505, "not_supported")}),
+    ("unknown Transfer-Encoding",
+     b"POST /generate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n"
+     b"Connection: close\r\n\r\n",
+     {"nginx": (501, "not_supported"), "lighttpd": (501, "not_supported")}),
+    ("TRACE", b"TRACE / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+     {"nginx": (405, "method_not_allowed"), "lighttpd": (404, "not_found")}),
+    ("one 70 KB header",
+     b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n"
+     b"Connection: close\r\n\r\n",
+     {"nginx": (400, "too_large"), "lighttpd": (431, "too_large")}),
+    ("ten 7 KB headers",
+     b"GET /ping HTTP/1.1\r\nHost: x\r\n"
+     + b"".join(b"X-H%d: %s\r\n" % (i, b"a" * 7000) for i in range(10))
+     + b"Connection: close\r\n\r\n",
+     {"nginx": (400, "too_large"), "lighttpd": (431, "too_large")}),
+    ("garbage request line", b"GARBAGE\r\n\r\n",
+     {"nginx": (400, "bad_request"), "lighttpd": (400, "bad_request")}),
+    ("URI of 20 KB", b"GET /queue/status/" + b"b" * 20000 + b" HTTP/1.1\r\nHost: x\r\n"
+     b"Connection: close\r\n\r\n",
+     {"nginx": (414, "too_large"), "lighttpd": (431, "too_large")}),
+]
+
+
+def send_raw(port, data):
+    """Sends bytes, reads until the server closes; returns (status, headers, body)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    out = b""
+    try:
+        s.sendall(data)
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        s.close()
+    head, _, rest = out.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(b":")
+        headers[k.strip().lower().decode()] = v.strip().decode()
+    return int(lines[0].split()[1]), headers, rest
+
+
 def raw_request(port, method, path, payload):
     """Sends bytes as they are (http.client refuses control characters in paths)."""
     req = b"%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" % (
@@ -175,6 +231,26 @@ class BadInput:
         self.assertEqual((st, j["status"]), (200, "ok"))
         st, _, b = self.s.request("POST", "/generate", {"prompt": "still fine", "seed": 1})
         self.assertEqual(st, 200)
+
+    def test_web_server_errors_are_json(self):
+        for name, data, want in WEB_SERVER_ERRORS:
+            with self.subTest(name):
+                st, h, b = send_raw(self.s.port, data)
+                self.assertTrue(h.get("content-type", "").startswith("application/json"),
+                                (st, h, b[:200]))
+                self.assertEqual((st, json.loads(b)["error"]["code"]), want[self.server])
+        self.assertEqual(self.s.json("GET", "/ping")[0], 200)
+
+    def test_service_down_is_json(self):
+        # fluxcgi gone: nginx answers 502, lighttpd 503, both from conf/errors/
+        self.s.kill_fluxcgi()
+        try:
+            st, h, b = self.s.request("GET", "/ping")
+            self.assertEqual(st, {"nginx": 502, "lighttpd": 503}[self.server], b[:200])
+            self.assertTrue(h.get("content-type", "").startswith("application/json"), h)
+            self.assertEqual(json.loads(b)["error"]["code"], "unavailable")
+        finally:
+            self.s.start_fluxcgi()
 
     def test_field_named(self):
         for field, value in [("width", 100), ("height", -16), ("num_inference_steps", 0),
