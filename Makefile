@@ -398,8 +398,8 @@ install: $(FLUXGEN) $(FLUXCGI) $(PLUGINS)
 	$(Q)install -m 0644 $(PLUGINS) $(D)$(PKGLIBDIR)/
 	$(Q)install -m 0644 export/fluxexport/*.py $(D)$(PKGLIBDIR)/python/fluxexport/
 	$(Q)install -m 0644 export/data/tiny_corpus.txt $(D)$(PKGLIBDIR)/python/data/
-	$(Q)printf '#!/bin/sh\n# fluxexport: FLUX checkpoints -> fluxcgi model dirs (README.md)\nPYTHONPATH=%s$${PYTHONPATH:+:$$PYTHONPATH} exec "$${PYTHON:-%s}" -m fluxexport "$$@"\n' \
-		'$(PKGLIBDIR)/python' '$(PYTHON)' > $(D)$(BINDIR)/fluxexport
+	$(Q)printf '#!/bin/sh\n# fluxexport: FLUX checkpoints -> fluxcgi model dirs (README.md)\n# Runs on $$PYTHON when set, else on %s.  To export for CUDA, use a Python with a CUDA\n# build of PyTorch: PYTHON=/path/to/venv/bin/python fluxexport export ... --device cuda\nPYTHONPATH=%s$${PYTHONPATH:+:$$PYTHONPATH} exec "$${PYTHON:-%s}" -m fluxexport "$$@"\n' \
+		'$(PYTHON)' '$(PKGLIBDIR)/python' '$(PYTHON)' > $(D)$(BINDIR)/fluxexport
 	$(Q)chmod 0755 $(D)$(BINDIR)/fluxexport
 	$(Q)install -m 0644 $(addprefix conf/,$(CONF_FILES)) $(D)$(SHAREDIR)/conf/
 	$(Q)install -m 0644 conf/errors/* $(D)$(SHAREDIR)/conf/errors/
