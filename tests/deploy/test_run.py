@@ -24,10 +24,10 @@ class RunSh(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="fluxcgi-run-")
         self.addCleanup(shutil.rmtree, self.tmp, True)
 
-    def start(self, model, port):
+    def start(self, model, port, stdout=subprocess.PIPE):
         proc = subprocess.Popen([RUN_SH, "--fluxcgi", FLUXCGI, "--model", model, "--dir",
                                  os.path.join(self.tmp, "run"), "--port", str(port), "--tiny"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdout=stdout, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
         self.addCleanup(self.kill_group, proc)
         return proc
@@ -85,22 +85,25 @@ class RunSh(unittest.TestCase):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        proc = self.start(MODEL, port)
+        log = os.path.join(self.tmp, "stdout")
+        with open(log, "w") as stdout:
+            proc = self.start(MODEL, port, stdout=stdout)
+        serving = f"run.sh: serving {os.path.realpath(MODEL)} on http://127.0.0.1:{port}"
         deadline = time.monotonic() + TIMEOUT
-        body = None
-        while body is None and time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as r:
-                    body = r.read()
-            except OSError:
-                time.sleep(0.2)
-        self.assertIsNotNone(body, "no answer on /ping")
+        while time.monotonic() < deadline and proc.poll() is None:
+            with open(log) as f:
+                if serving in f.read():
+                    break
+            time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=30) as r:
+            self.assertEqual(r.status, 200)
         os.kill(proc.pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=TIMEOUT)
+        _, err = proc.communicate(timeout=TIMEOUT)
         self.assertEqual(proc.returncode, 0, err)
-        self.assertIn(f"run.sh: serving {os.path.realpath(MODEL)} on http://127.0.0.1:{port}", out)
+        with open(log) as f:
+            out = f.read()
+        self.assertIn(serving, out)
         self.assertIn("run.sh: stopped", out)
-
 
 if __name__ == "__main__":
     unittest.main()
