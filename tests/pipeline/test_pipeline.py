@@ -236,7 +236,7 @@ class Errors(unittest.TestCase):
         res = fluxgen("--model", MODEL, "--prompt", PROMPT, "-o", check=False)
         self.assert_fails(res, EXIT_USAGE, r"-o needs a value")
 
-    def test_out_of_range_beats_a_missing_model(self):
+    def test_a_value_that_is_no_number_beats_a_missing_model(self):
         """A value that is no number is wrong whatever the model: exit 2, not 3."""
         self.assert_fails(self.gen(os.path.join(self.tmp, "none"), "--steps", "abc"), EXIT_USAGE,
                           r"--steps: 'abc' is not an integer")
