@@ -18,21 +18,32 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 all: deps tiny-model c
 
+# One line per public target (tests/deploy/test_make.py checks that every .PHONY target is here).
 help:
-	@echo "make deps        install missing Debian packages (apt-get, as root or via sudo;"
-	@echo "                 NO_DEPS=1 skips this on hosts without apt)"
-	@echo "make tiny-model  write tiny random checkpoints (BFL + diffusers layouts) and export"
-	@echo "                 them to $(BUILD)/models/tiny"
-	@echo "make c           build the C core ($(BUILD)/libfluxcore.a) and $(BUILD)/fluxgen"
-	@echo "make test        install, build and run every test"
-	@echo "make test-c      C unit tests, tokenizer cross-checks, sanitizer run (part of test)"
-	@echo "make bench       tokenizer speed: C next to the Python implementations; the service"
-	@echo "make run         serve the tiny model (or MODEL=DIR) through nginx on :8080"
-	@echo "make service     build $(BUILD)/fluxcgi, the FastCGI service"
-	@echo "make test-service  fluxcgi behind real nginx and lighttpd (part of test)"
-	@echo "make bench-service wrk: fluxcgi+nginx next to the seed's FastAPI+uvicorn app"
-	@echo "make format-check  clang-format --dry-run -Werror on the C sources"
-	@echo "make clean       remove $(BUILD)/"
+	@echo "make [all]           deps, tiny-model and c: what a first checkout needs"
+	@echo "make deps            install missing Debian packages (apt-get; NO_DEPS=1 skips it)"
+	@echo "make tiny-model      tiny random checkpoints exported to $(BUILD)/models/tiny"
+	@echo "make c               the C core ($(BUILD)/libfluxcore.a), $(BUILD)/fluxgen and plugins"
+	@echo "make service         $(BUILD)/fluxcgi, the FastCGI service"
+	@echo "make run             serve the tiny model (or MODEL=DIR) via nginx on :$(RUN_PORT) (RUN_PORT=)"
+	@echo "make install         install under PREFIX=$(PREFIX) (DESTDIR= for staging)"
+	@echo "make uninstall       remove what install wrote (an edited fluxcgi.conf is kept)"
+	@echo "make test            every test below (slow: several minutes)"
+	@echo "make test-c          test-unit, test-tok and test-san"
+	@echo "make test-unit       the C unit tests (tests/unit)"
+	@echo "make test-tok        the C tokenizers against the Python ones, and bad input"
+	@echo "make test-san        the unit tests and fluxgen under ASan + UBSan"
+	@echo "make test-export     the exporter (tests/export)"
+	@echo "make test-pipeline   fluxgen against the Python reference pipeline, and its errors"
+	@echo "make test-service    fluxcgi behind real nginx and lighttpd (tests/service)"
+	@echo "make test-deploy     make install, the installed programs, tools/run.sh, systemd unit"
+	@echo "make format-check    clang-format --dry-run -Werror on the C sources"
+	@echo "make bench           bench-tok, bench-pipeline and bench-service (not tests)"
+	@echo "make bench-tok       tokenizer prompts/s: C next to the Python implementations"
+	@echo "make bench-pipeline  fluxgen per phase next to the Python reference pipeline"
+	@echo "make bench-service   wrk: fluxcgi+nginx next to the seed's FastAPI+uvicorn app"
+	@echo "make clean           remove $(BUILD)/"
+	@echo "make help            this list"
 
 # NO_DEPS=1 skips the package check (hosts without apt, e.g. a GPU box with its own toolchain).
 deps:
@@ -400,8 +411,8 @@ install: $(FLUXGEN) $(FLUXCGI) $(PLUGINS)
 	$(Q)install -m 0644 $(PLUGINS) $(D)$(PKGLIBDIR)/
 	$(Q)install -m 0644 export/fluxexport/*.py $(D)$(PKGLIBDIR)/python/fluxexport/
 	$(Q)install -m 0644 export/data/tiny_corpus.txt $(D)$(PKGLIBDIR)/python/data/
-	$(Q)printf '#!/bin/sh\n# fluxexport: FLUX checkpoints -> fluxcgi model dirs (docs/operations.md)\nPYTHONPATH=%s$${PYTHONPATH:+:$$PYTHONPATH} exec "$${PYTHON:-%s}" -m fluxexport "$$@"\n' \
-		'$(PKGLIBDIR)/python' '$(PYTHON)' > $(D)$(BINDIR)/fluxexport
+	$(Q)printf '#!/bin/sh\n# fluxexport: FLUX checkpoints -> fluxcgi model dirs (docs/operations.md)\n# Runs on $$PYTHON when set, else on %s.  To export for CUDA, use a Python with a CUDA\n# build of PyTorch: PYTHON=/path/to/venv/bin/python fluxexport export ... --device cuda\nPYTHONPATH=%s$${PYTHONPATH:+:$$PYTHONPATH} exec "$${PYTHON:-%s}" -m fluxexport "$$@"\n' \
+		'$(PYTHON)' '$(PKGLIBDIR)/python' '$(PYTHON)' > $(D)$(BINDIR)/fluxexport
 	$(Q)chmod 0755 $(D)$(BINDIR)/fluxexport
 	$(Q)install -m 0644 $(addprefix conf/,$(CONF_FILES)) $(D)$(SHAREDIR)/conf/
 	$(Q)install -m 0644 conf/errors/* $(D)$(SHAREDIR)/conf/errors/

@@ -3,10 +3,13 @@
  *
  *   fluxgen [generate] --model DIR --prompt TEXT [options] -o OUT.png   (cli/generate.c)
  *   fluxgen tokenize (--model DIR | --clip DIR --t5 FILE) (--prompt TEXT | --stdin)
+ *   fluxgen --version | --help
  *
  * Each subcommand is one function taking (argc, argv) after the subcommand name and
  * returning the process exit status (cli.h): 0 success, 1 failure, 2 usage error, 3 bad
- * model dir, 4 runtime failure.  New subcommands add a row to the table in main().
+ * model dir, 4 runtime failure, 130 interrupted.  Help goes to stdout with status 0; usage
+ * errors go to stderr, say what was wrong, and exit 2.  New subcommands add a row to the table in
+ * main().
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -16,6 +19,7 @@
 #include "../core/err.h"
 #include "../core/tok_clip.h"
 #include "../core/tok_t5.h"
+#include "../core/version.h"
 #include "cli.h"
 
 struct subcommand {
@@ -174,6 +178,10 @@ static int cmd_tokenize(int argc, char **argv)
     }
     if ((prompt != NULL) == use_stdin || (model && (clip_dir || t5_file)) ||
         (!model && !clip_dir && !t5_file)) {
+        fprintf(stderr, "fluxgen tokenize: %s\n",
+                (prompt != NULL) == use_stdin ? "give one of --prompt TEXT and --stdin"
+                : model                       ? "--model excludes --clip and --t5"
+                                              : "give --model DIR, or --clip DIR and/or --t5 FILE");
         tokenize_usage(stderr);
         return EXIT_USAGE;
     }
@@ -247,14 +255,24 @@ static const struct subcommand subcommands[] = {
 
 static void usage(FILE *f)
 {
-    fputs("usage: fluxgen COMMAND [ARGS]   ('fluxgen COMMAND --help' for details)\n", f);
+    fputs("usage: fluxgen COMMAND [ARGS]    ('fluxgen COMMAND --help' for its options)\n"
+          "       fluxgen --model DIR ...   (the same as 'fluxgen generate --model DIR ...')\n"
+          "       fluxgen --version | --help\n"
+          "\n"
+          "commands:\n",
+          f);
     for (size_t i = 0; i < sizeof(subcommands) / sizeof(subcommands[0]); i++)
         fprintf(f, "  %-10s %s\n", subcommands[i].name, subcommands[i].summary);
+    fputs("\n"
+          "exit status: 0 done, 1 tokenize failed, 2 bad arguments, 3 bad model dir, 4 runtime\n"
+          "failure, 130 interrupted.  A model dir is written by `fluxexport export`.\n",
+          f);
 }
 
 int main(int argc, char **argv)
 {
     if (argc < 2) {
+        fputs("fluxgen: no command given\n", stderr);
         usage(stderr);
         return EXIT_USAGE;
     }
@@ -262,13 +280,19 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("fluxgen %s\n", FX_VERSION);
+        return fflush(stdout) == 0 ? 0 : EXIT_FAIL;
+    }
     for (size_t i = 0; i < sizeof(subcommands) / sizeof(subcommands[0]); i++) {
         if (strcmp(argv[1], subcommands[i].name) == 0)
             return subcommands[i].run(argc - 2, argv + 2);
     }
     if (argv[1][0] == '-')
         return cmd_generate(argc - 1, argv + 1);
-    fprintf(stderr, "fluxgen: unknown command '%s'\n", argv[1]);
-    usage(stderr);
+    fprintf(stderr, "fluxgen: unknown command '%s' (commands: ", argv[1]);
+    for (size_t i = 0; i < sizeof(subcommands) / sizeof(subcommands[0]); i++)
+        fprintf(stderr, "%s%s", i ? ", " : "", subcommands[i].name);
+    fputs("; fluxgen --help for more)\n", stderr);
     return EXIT_USAGE;
 }

@@ -22,6 +22,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <json-c/json.h>
+
 #include "../core/err.h"
 #include "../core/manifest.h"
 #include "../core/pipeline.h"
@@ -37,23 +39,92 @@ static void on_sigint(int sig)
 
 static void usage(FILE *f)
 {
-    fputs("usage: fluxgen [generate] --model DIR --prompt TEXT [--steps N] [--guidance G]\n"
-          "               [--width W] [--height H] [--seed N] [--count N]\n"
-          "               [--device cpu|cuda|cuda:N] [--threads N] [--json]\n"
-          "               [--dump-latents DIR] [--quiet] -o OUT.png ('%d' in OUT with --count)\n",
+    fputs("usage: fluxgen [generate] --model DIR --prompt TEXT [options] -o OUT.png\n"
+          "\n"
+          "Makes an image from a text prompt with a model dir written by `fluxexport export`.\n"
+          "\n"
+          "required:\n"
+          "  --model DIR        the model dir (DIR/manifest.json, the four .pt modules and the\n"
+          "                     tokenizer files); a checkpoint folder must be exported first\n"
+          "  --prompt TEXT      the prompt (UTF-8, up to 64 KiB)\n"
+          "  -o, --output OUT   the PNG to write (replaced atomically); with --count it holds\n"
+          "                     one '%d', which becomes the image's index (0, 1, ...)\n"
+          "options (defaults in brackets; 'model' = the model's manifest.json):\n"
+          "  --steps N          denoising steps, 1 to 100 [model: 28 for FLUX.1]\n"
+          "  --guidance G       guidance scale, a number from 0 to 100 [model: 3.5]\n"
+          "  --width W          image width in pixels, a multiple of the model's multiple_of\n"
+          "                     from its min_size to max_size (16, 64..2048) [model: 1024]\n"
+          "  --height H         image height, the same rules [model: 1024]\n"
+          "  --seed N           noise seed, 0 to 9007199254740991 (2^53 - 1) [random, and\n"
+          "                     reported]; with --count, image i gets seed N + i\n"
+          "  --count N          make N images in one process (modules load once), 1 to\n"
+          "                     100000 [1]\n"
+          "  --device D         cpu, cuda or cuda:N [the device the model was exported for]\n"
+          "  --threads N        libtorch CPU threads, 0 to 1024; 0 = libtorch's default [0]\n"
+          "  --json             print one JSON object per image on stdout (output, seed, size,\n"
+          "                     steps, guidance, device, token counts, timings) instead of the\n"
+          "                     summary line on stderr\n"
+          "  --dump-latents DIR write the latents as DIR/step_000.npy (the noise) and\n"
+          "                     DIR/step_K.npy after step K [off]\n"
+          "  --quiet            no progress bar or summary on stderr\n"
+          "  -h, --help         print this help and exit\n"
+          "\n"
+          "exit status: 0 done, 2 bad arguments, 3 bad model dir (missing, malformed or\n"
+          "cannot be loaded), 4 generation or writing the output failed, 130 interrupted\n"
+          "(Ctrl-C stops between steps).\n",
           f);
 }
 
-static int parse_long(const char *opt, const char *s, long lo, long hi, long *out)
+/* A one-line hint on stderr after a usage error: the help is long. */
+static void usage_hint(void)
+{
+    fputs("(fluxgen generate --help lists the options)\n", stderr);
+}
+
+/*
+ * Reads an integer option's text.  Returns 0 and sets *out, or -1 after saying on stderr that
+ * s is not an integer.  A value too large for a long is kept as LONG_MIN/LONG_MAX, which the
+ * range checks below then reject with the real bounds.
+ */
+static int parse_long(const char *opt, const char *s, long *out)
 {
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || errno == ERANGE || v < lo || v > hi) {
-        fprintf(stderr, "fluxgen: %s: '%s' is not an integer from %ld to %ld\n", opt, s, lo, hi);
+    if (*s == '\0' || *end != '\0' || (errno != 0 && errno != ERANGE)) {
+        fprintf(stderr, "fluxgen: %s: '%s' is not an integer\n", opt, s);
         return -1;
     }
     *out = v;
+    return 0;
+}
+
+/* Parses an integer option and checks it against lo..hi; says which on stderr. */
+static int parse_range(const char *opt, const char *s, long lo, long hi, long *out)
+{
+    if (parse_long(opt, s, out))
+        return -1;
+    if (*out < lo || *out > hi) {
+        fprintf(stderr, "fluxgen: %s: must be from %ld to %ld, got '%s'\n", opt, lo, hi, s);
+        return -1;
+    }
+    return 0;
+}
+
+/* Parses --width or --height against the model's size limits. */
+static int parse_size(const char *opt, const char *s, const struct fx_limits *l, int *out)
+{
+    long v;
+    if (parse_long(opt, s, &v))
+        return -1;
+    if (v < l->min_size || v > l->max_size || v % l->multiple_of != 0) {
+        fprintf(stderr,
+                "fluxgen: %s: must be a multiple of %d from %d to %d (the model's limits), "
+                "got '%s'\n",
+                opt, l->multiple_of, l->min_size, l->max_size, s);
+        return -1;
+    }
+    *out = (int)v;
     return 0;
 }
 
@@ -105,6 +176,47 @@ static int write_file(const char *path, const uint8_t *data, size_t len)
     return 0;
 }
 
+/*
+ * Prints one image's JSON line on stdout.  json-c does the quoting, so any output path
+ * (tabs, quotes, backslashes) comes out as valid JSON.  Returns 0, FX_ENOMEM or FX_EIO.
+ */
+static int print_json(const char *path, const struct fx_request *r, const struct fx_result *res,
+                      const char *device, double t_load)
+{
+    json_object *o = json_object_new_object(), *t = json_object_new_object();
+    int rc = FX_ENOMEM;
+    if (o == NULL || t == NULL) {
+        json_object_put(t);
+        goto out;
+    }
+    json_object_object_add(o, "output", json_object_new_string(path));
+    json_object_object_add(o, "seed", json_object_new_int64((int64_t)res->seed));
+    json_object_object_add(o, "width", json_object_new_int(r->width));
+    json_object_object_add(o, "height", json_object_new_int(r->height));
+    json_object_object_add(o, "steps", json_object_new_int(r->steps));
+    json_object_object_add(o, "guidance", json_object_new_double(r->guidance));
+    json_object_object_add(o, "device", json_object_new_string(device));
+    json_object_object_add(o, "clip_tokens", json_object_new_int64((int64_t)res->clip_tokens));
+    json_object_object_add(o, "t5_tokens", json_object_new_int64((int64_t)res->t5_tokens));
+    json_object_object_add(o, "load_seconds", json_object_new_double(t_load));
+    json_object_object_add(o, "device_bytes_peak",
+                           json_object_new_int64((int64_t)res->device_bytes_peak));
+    json_object_object_add(t, "tokenize", json_object_new_double(res->t_tokenize));
+    json_object_object_add(t, "encode", json_object_new_double(res->t_encode));
+    json_object_object_add(t, "denoise", json_object_new_double(res->t_denoise));
+    json_object_object_add(t, "decode", json_object_new_double(res->t_decode));
+    json_object_object_add(t, "png", json_object_new_double(res->t_png));
+    json_object_object_add(o, "timings", t);
+    const char *text =
+        json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    if (text == NULL)
+        goto out;
+    rc = (puts(text) < 0 || fflush(stdout) != 0) ? FX_EIO : 0;
+out:
+    json_object_put(o);
+    return rc;
+}
+
 int cmd_generate(int argc, char **argv)
 {
     const char *model = NULL, *prompt = NULL, *out_path = NULL, *device = NULL, *dump = NULL;
@@ -151,17 +263,20 @@ int cmd_generate(int argc, char **argv)
             (m = cli_opt_value(argc, argv, &i, "--output", &out_path))) {
             if (m < 0) {
                 fprintf(stderr, "fluxgen: %s needs a value\n", a);
+                usage_hint();
                 return EXIT_USAGE;
             }
             continue;
         }
         fprintf(stderr, "fluxgen: unknown option '%s'\n", a);
-        usage(stderr);
+        usage_hint();
         return EXIT_USAGE;
     }
     if (model == NULL || prompt == NULL || out_path == NULL) {
-        fprintf(stderr, "fluxgen: --model, --prompt and -o are required\n");
-        usage(stderr);
+        fprintf(stderr, "fluxgen: missing %s%s%s%s%s (all three are required)\n",
+                model ? "" : "--model", !model && (!prompt || !out_path) ? ", " : "",
+                prompt ? "" : "--prompt", !prompt && !out_path ? ", " : "", out_path ? "" : "-o");
+        usage_hint();
         return EXIT_USAGE;
     }
     if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0 &&
@@ -170,9 +285,9 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "fluxgen: --device: '%s' is not cpu, cuda or cuda:N\n", device);
         return EXIT_USAGE;
     }
-    if (v_threads && parse_long("--threads", v_threads, 0, 1024, &threads))
+    if (v_threads && parse_range("--threads", v_threads, 0, 1024, &threads))
         return EXIT_USAGE;
-    if (v_count && parse_long("--count", v_count, 1, 100000, &count))
+    if (v_count && parse_range("--count", v_count, 1, 100000, &count))
         return EXIT_USAGE;
     if (count > 1) {
         const char *pct = strchr(out_path, '%');
@@ -184,64 +299,79 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "fluxgen: '%%' in -o is only for --count\n");
         return EXIT_USAGE;
     }
-
-    /* The manifest first: its defaults and limits decide whether the request is valid
-     * before the modules are loaded. */
-    rc = manifest_load(model, &man, msg, sizeof(msg));
-    if (rc) {
-        fprintf(stderr, "fluxgen: model '%s': %s\n", model, msg[0] ? msg : fx_strerror(rc));
-        return EXIT_MODEL;
-    }
-    req.prompt = prompt;
-    req.prompt_len = strlen(prompt);
-    req.steps = man->default_steps;
-    req.guidance = man->default_guidance;
-    req.width = man->default_width;
-    req.height = man->default_height;
-    if ((v_steps && parse_long("--steps", v_steps, -1000000000L, 1000000000L, &lv)) ||
-        (v_steps && ((req.steps = (int)lv), 0)) ||
-        (v_w && parse_long("--width", v_w, -1000000000L, 1000000000L, &lv)) ||
-        (v_w && ((req.width = (int)lv), 0)) ||
-        (v_h && parse_long("--height", v_h, -1000000000L, 1000000000L, &lv)) ||
-        (v_h && ((req.height = (int)lv), 0))) {
-        status = EXIT_USAGE;
-        goto out;
-    }
+    /* Values that are not numbers are wrong whatever the model: say so before opening it. */
+    if ((v_steps && parse_long("--steps", v_steps, &lv)) ||
+        (v_w && parse_long("--width", v_w, &lv)) || (v_h && parse_long("--height", v_h, &lv)))
+        return EXIT_USAGE;
     if (v_guid) {
         char *end;
         req.guidance = strtod(v_guid, &end);
         if (*v_guid == '\0' || *end != '\0') {
             fprintf(stderr, "fluxgen: --guidance: '%s' is not a number\n", v_guid);
-            status = EXIT_USAGE;
-            goto out;
+            return EXIT_USAGE;
         }
     }
     if (v_seed) {
         char *end;
         errno = 0;
         unsigned long long s = strtoull(v_seed, &end, 10);
-        if (*v_seed < '0' || *v_seed > '9' || *end != '\0' || errno == ERANGE) {
-            fprintf(stderr, "fluxgen: --seed: '%s' is not an integer from 0 to %llu\n", v_seed,
-                    (unsigned long long)FX_SEED_MAX);
-            status = EXIT_USAGE;
-            goto out;
+        if (*v_seed == '\0' || strspn(v_seed, "+-0123456789") == 0 || *end != '\0') {
+            fprintf(stderr, "fluxgen: --seed: '%s' is not an integer\n", v_seed);
+            return EXIT_USAGE;
+        }
+        /* strtoull accepts "-1" (as a huge value); a seed is never negative */
+        if (*v_seed == '-' || errno == ERANGE || s > FX_SEED_MAX) {
+            fprintf(stderr, "fluxgen: --seed: must be from 0 to %llu, got '%s'\n",
+                    (unsigned long long)FX_SEED_MAX, v_seed);
+            return EXIT_USAGE;
         }
         req.seed = s;
         req.has_seed = true;
-        if (s <= FX_SEED_MAX && (unsigned long long)(count - 1) > FX_SEED_MAX - s) {
+        if ((unsigned long long)(count - 1) > FX_SEED_MAX - s) {
             fprintf(stderr, "fluxgen: --seed + --count - 1 exceeds %llu\n",
                     (unsigned long long)FX_SEED_MAX);
-            status = EXIT_USAGE;
-            goto out;
+            return EXIT_USAGE;
         }
     }
+
+    /* The manifest next: its defaults and limits decide whether the request is valid
+     * before the modules are loaded. */
+    rc = manifest_load(model, &man, msg, sizeof(msg));
+    if (rc) {
+        fprintf(stderr, "fluxgen: model '%s': %s\n", model, msg[0] ? msg : fx_strerror(rc));
+        return EXIT_MODEL;
+    }
     fx_limits_default(&lim, man);
+    req.prompt = prompt;
+    req.prompt_len = strlen(prompt);
+    req.steps = man->default_steps;
+    if (!v_guid)
+        req.guidance = man->default_guidance;
+    req.width = man->default_width;
+    req.height = man->default_height;
+    status = EXIT_USAGE;
+    if (v_steps) {
+        if (parse_range("--steps", v_steps, 1, lim.max_steps, &lv))
+            goto out;
+        req.steps = (int)lv;
+    }
+    if ((v_w && parse_size("--width", v_w, &lim, &req.width)) ||
+        (v_h && parse_size("--height", v_h, &lim, &req.height)))
+        goto out;
+    if (v_guid && !(isfinite(req.guidance) && req.guidance >= lim.min_guidance &&
+                    req.guidance <= lim.max_guidance)) {
+        fprintf(stderr, "fluxgen: --guidance: must be a number from %g to %g, got '%s'\n",
+                lim.min_guidance, lim.max_guidance, v_guid);
+        goto out;
+    }
+    /* The checks above name the options; this catches what remains (an empty or too long
+     * prompt) and anything the core adds later. */
     rc = fx_request_validate(&req, &lim, &field, msg, sizeof(msg));
     if (rc) {
         fprintf(stderr, "fluxgen: %s\n", msg);
-        status = EXIT_USAGE;
         goto out;
     }
+    status = EXIT_RUNTIME;
 
     double t_load = seconds();
     struct fx_pipeline_params pp = {model, device ? device : man->device, (int)threads};
@@ -281,16 +411,11 @@ int cmd_generate(int argc, char **argv)
             goto out;
         }
         if (json) {
-            printf("{\"output\":\"%s\",\"seed\":%llu,\"width\":%d,\"height\":%d,"
-                   "\"steps\":%d,\"guidance\":%.17g,\"device\":\"%s\",\"clip_tokens\":%zu,"
-                   "\"t5_tokens\":%zu,\"load_seconds\":%.6f,\"device_bytes_peak\":%lld,"
-                   "\"timings\":{\"tokenize\":%.6f,"
-                   "\"encode\":%.6f,\"denoise\":%.6f,\"decode\":%.6f,\"png\":%.6f}}\n",
-                   strpbrk(path, "\"\\") ? "(unprintable)" : path, (unsigned long long)res.seed,
-                   one.width, one.height, one.steps, one.guidance, fx_pipeline_device(pipe),
-                   res.clip_tokens, res.t5_tokens, t_load, (long long)res.device_bytes_peak,
-                   res.t_tokenize, res.t_encode, res.t_denoise, res.t_decode, res.t_png);
-            fflush(stdout);
+            rc = print_json(path, &one, &res, fx_pipeline_device(pipe), t_load);
+            if (rc) {
+                fprintf(stderr, "fluxgen: cannot print the JSON line: %s\n", fx_strerror(rc));
+                goto out;
+            }
         } else if (!quiet) {
             fprintf(stderr, "fluxgen: wrote %s (%dx%d, %d steps, seed %llu) in %.2fs\n", path,
                     one.width, one.height, one.steps, (unsigned long long)res.seed,

@@ -1,5 +1,6 @@
 #include "manifest.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <math.h>
@@ -7,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "err.h"
 #include "sha256.h"
@@ -20,8 +22,8 @@ static int read_file(const char *path, char **out, size_t *out_len, char *msg, s
     size_t n;
     *out = NULL;
     if (f == NULL)
-        return fx_fail(msg, len, errno == ENOENT ? FX_ENOENT : FX_EIO, "cannot open '%s': %s", path,
-                       strerror(errno));
+        return fx_fail(msg, len, (errno == ENOENT || errno == ENOTDIR) ? FX_ENOENT : FX_EIO,
+                       "cannot open '%s': %s", path, strerror(errno));
     buf = malloc(MANIFEST_MAX_BYTES + 1);
     if (buf == NULL) {
         fclose(f);
@@ -193,6 +195,66 @@ static int parse(json_object *j, const char *dir, struct fx_manifest *m, char *m
     return 0;
 }
 
+/* 1 when dir/name exists and is a directory (mode S_IFDIR) or a regular file (S_IFREG). */
+static int has(const char *dir, const char *name, mode_t type)
+{
+    char p[MANIFEST_PATH_MAX + 64];
+    struct stat st;
+    if ((size_t)snprintf(p, sizeof(p), "%s/%s", dir, name) >= sizeof(p) || stat(p, &st) != 0)
+        return 0;
+    return (st.st_mode & S_IFMT) == type;
+}
+
+/* The checkpoint layout dir looks like ("bfl", "diffusers") or NULL.  Looser than the
+ * exporter's own detection: it only chooses the advice given when manifest.json is absent. */
+static const char *checkpoint_layout(const char *dir)
+{
+    const char *layout = NULL;
+    DIR *d;
+    struct dirent *e;
+    if (has(dir, "model_index.json", S_IFREG) || has(dir, "transformer", S_IFDIR))
+        return "diffusers";
+    d = opendir(dir);
+    if (d == NULL)
+        return NULL;
+    while (layout == NULL && (e = readdir(d)) != NULL) {
+        size_t n = strlen(e->d_name), k = strlen(".safetensors");
+        if (n > k && strcmp(e->d_name + n - k, ".safetensors") == 0)
+            layout = "bfl";
+    }
+    closedir(d);
+    return layout;
+}
+
+/*
+ * Says why dir/manifest.json cannot be opened when that is not an I/O error: the dir does
+ * not exist, is a file, or is a checkpoint folder that has not been exported yet (the usual
+ * first mistake).  Returns FX_ENOENT; the caller adds the dir's name in front.
+ */
+static int explain_no_manifest(const char *dir, char *msg, size_t len)
+{
+    struct stat st;
+    const char *layout;
+    if (stat(dir, &st) != 0)
+        return fx_fail(msg, len, FX_ENOENT,
+                       "the directory does not exist (a model dir is written by "
+                       "`fluxexport export --source CHECKPOINT -o DIR`)");
+    if (!S_ISDIR(st.st_mode))
+        return fx_fail(msg, len, FX_ENOENT,
+                       "not a directory (a model dir is written by "
+                       "`fluxexport export --source CHECKPOINT -o DIR`)");
+    layout = checkpoint_layout(dir);
+    if (layout)
+        return fx_fail(msg, len, FX_ENOENT,
+                       "no manifest.json: this looks like a %s checkpoint, not a model dir; "
+                       "convert it with `fluxexport export --source '%s' --layout %s -o OUT` "
+                       "and use OUT",
+                       strcmp(layout, "bfl") == 0 ? "BFL" : layout, dir, layout);
+    return fx_fail(msg, len, FX_ENOENT,
+                   "no manifest.json: not a model dir (one is written by "
+                   "`fluxexport export --source CHECKPOINT -o DIR`)");
+}
+
 int manifest_load(const char *dir, struct fx_manifest **out, char *msg, size_t msg_len)
 {
     char path[MANIFEST_PATH_MAX];
@@ -209,6 +271,8 @@ int manifest_load(const char *dir, struct fx_manifest **out, char *msg, size_t m
         (size_t)snprintf(path, sizeof(path), "%s/manifest.json", dir) >= sizeof(path) - 512)
         return fx_fail(msg, msg_len, FX_EINVAL, "model dir path is too long");
     rc = read_file(path, &text, &n, msg, msg_len);
+    if (rc == FX_ENOENT)
+        rc = explain_no_manifest(dir, msg, msg_len);
     if (rc)
         goto out;
     rc = FX_ENOMEM;

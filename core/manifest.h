@@ -40,6 +40,11 @@ struct fx_manifest {
  * Reads dir/manifest.json.  On success returns 0 and sets *out (free with manifest_free).
  * Returns FX_ENOENT (no manifest), FX_EIO, FX_EFORMAT (not JSON, wrong format or version, a
  * missing or bad field: msg names it) or FX_ENOMEM; *out is NULL then.  msg may be NULL.
+ * For FX_ENOENT msg says which case it is, in words meant for the person who passed dir:
+ * the dir does not exist, is not a directory, or has no manifest.json (and, when it holds
+ * *.safetensors, model_index.json or transformer/, that it is a BFL or diffusers checkpoint
+ * to convert with `fluxexport export --source DIR --layout L -o OUT`).  msg does not repeat
+ * dir at its start: callers print "model 'DIR': MSG".
  */
 int manifest_load(const char *dir, struct fx_manifest **out, char *msg, size_t msg_len);
 

@@ -24,6 +24,38 @@ done
     exit 2
 }
 
+# The model dir first: a wrong MODEL= is the likeliest mistake, and cd would only say
+# "can't cd".  A checkpoint folder (not yet exported) gets the command that converts it.
+EXPORT_HINT="a model dir is written by 'fluxexport export --source CHECKPOINT -o DIR'"
+if [ ! -e "$MODEL" ]; then
+    echo "run.sh: model dir '$MODEL' does not exist (make run MODEL=DIR takes a model dir;" \
+        "$EXPORT_HINT)" >&2
+    exit 2
+fi
+if [ ! -d "$MODEL" ]; then
+    echo "run.sh: model dir '$MODEL' is not a directory ($EXPORT_HINT)" >&2
+    exit 2
+fi
+if [ ! -f "$MODEL/manifest.json" ]; then
+    LAYOUT=
+    if [ -f "$MODEL/model_index.json" ] || [ -d "$MODEL/transformer" ]; then
+        LAYOUT=diffusers
+    else
+        for f in "$MODEL"/*.safetensors; do
+            [ -e "$f" ] && LAYOUT=bfl
+            break
+        done
+    fi
+    if [ -n "$LAYOUT" ]; then
+        echo "run.sh: '$MODEL' has no manifest.json: it looks like a $LAYOUT checkpoint, not a" \
+            "model dir; convert it with 'fluxexport export --source $MODEL --layout $LAYOUT" \
+            "-o OUT' and run 'make run MODEL=OUT'" >&2
+    else
+        echo "run.sh: '$MODEL' has no manifest.json: not a model dir ($EXPORT_HINT)" >&2
+    fi
+    exit 2
+fi
+
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CONF=$ROOT/conf
 mkdir -p "$DIR"
@@ -63,7 +95,9 @@ stop() {
     wait 2>/dev/null || true
     echo "run.sh: stopped (jobs are kept in $DIR/jobs.db)"
 }
-trap stop INT TERM EXIT
+# Ctrl-C and SIGTERM are the normal way to stop: status 0.  Any other exit is a failure.
+trap 'stop; exit 0' INT TERM
+trap stop EXIT
 
 i=0
 while [ ! -S "$SOCKET" ]; do
@@ -71,10 +105,33 @@ while [ ! -S "$SOCKET" ]; do
     i=$((i + 1)); [ $i -lt 600 ] || { echo "run.sh: no socket from fluxcgi" >&2; exit 1; }
     sleep 0.1
 done
-"$NGINX" -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/logs/nginx-error.log" &
+# nginx writes its pid file only once its listening socket is bound, so the pid file (not
+# the mere start) says it serves; a failed bind makes it exit after about 2.5 s of retries.
+rm -f "$DIR/nginx.pid"
+NGINX_ERR=$DIR/logs/nginx-start.err
+"$NGINX" -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/logs/nginx-error.log" 2>"$NGINX_ERR" &
 NGINX_PID=$!
+i=0
+while [ "$(cat "$DIR/nginx.pid" 2>/dev/null)" != "$NGINX_PID" ]; do
+    if ! kill -0 "$NGINX_PID" 2>/dev/null; then
+        NGINX_RC=0
+        wait "$NGINX_PID" || NGINX_RC=$?
+        NGINX_PID=
+        uniq "$NGINX_ERR" >&2
+        if grep -q "Address already in use" "$NGINX_ERR" "$DIR/logs/nginx-error.log" 2>/dev/null; then
+            echo "run.sh: port $PORT on 127.0.0.1 is already in use; choose another one:" \
+                "make run RUN_PORT=N (tools/run.sh --port N)" >&2
+        else
+            echo "run.sh: nginx exited with status $NGINX_RC; see $DIR/logs/nginx-error.log" >&2
+        fi
+        exit 1
+    fi
+    i=$((i + 1)); [ $i -lt 300 ] || { echo "run.sh: nginx did not start within 30 s; see $DIR/logs/nginx-error.log" >&2; exit 1; }
+    sleep 0.1
+done
 echo "run.sh: serving $MODEL on http://127.0.0.1:$PORT (fluxcgi log: $DIR/logs/fluxcgi.log); Ctrl-C stops"
 while kill -0 "$FX_PID" 2>/dev/null && kill -0 "$NGINX_PID" 2>/dev/null; do
     sleep 1
 done
 echo "run.sh: a process exited; stopping" >&2
+exit 1

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from . import __version__, sampling
+from . import PYTHON_HINT, __version__, sampling
 from .checkpoint import open_checkpoint
 from .stio import CheckpointError
 
@@ -229,8 +229,11 @@ def run(args, progress):
 
 
 def main(cmd, argv):
-    ap = argparse.ArgumentParser(prog=f"fluxexport {cmd}",
-                                 description="Export a FLUX.1 checkpoint to a fluxcgi model dir.")
+    ap = argparse.ArgumentParser(
+        prog=f"fluxexport {cmd}", description="Export a FLUX.1 checkpoint to a fluxcgi model dir.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"{PYTHON_HINT}\n\nexit status: 0 ok, 1 bad checkpoint or input, 2 bad arguments, "
+               "3 other failure\n(I/O, torch), 130 interrupted.")
     ap.add_argument("--source", required=True,
                     help="checkpoint folder (BFL files + text encoder folders, or diffusers)")
     ap.add_argument("-o", "--out", required=True, help="model dir to write")

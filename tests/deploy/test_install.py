@@ -18,6 +18,7 @@ INSTALLED = os.path.join(DEST, "usr", "local")
 os.environ["FLUXCGI"] = os.path.join(INSTALLED, "bin", "fluxcgi")
 os.environ["FLUXCGI_CONF"] = os.path.join(INSTALLED, "share", "fluxcgi", "conf")
 
+from tests.export.test_cli import python_without_torch  # noqa: E402
 from tests.service import stack  # noqa: E402  (reads the two variables above)
 
 MODEL = os.environ.get("FLUX_MODEL", os.path.join(ROOT, "build", "models", "tiny"))
@@ -171,6 +172,28 @@ class PrefixInstall(unittest.TestCase):
         self.assertEqual(res.returncode, 0, res.stderr)
         self.assertTrue(os.path.isfile(os.path.join(out, "tokenizer_2", "spiece.model")))
         shutil.rmtree(out)
+
+    def test_installed_exporter_names_its_python(self):
+        # the wrapper says how to choose the Python, and honours $PYTHON: a Python without
+        # torch gets a message naming it (status 3), not a traceback
+        wrapper = os.path.join(self.prefix, "bin", "fluxexport")
+        with open(wrapper) as f:
+            text = f.read()
+        self.assertIn("# build of PyTorch: PYTHON=/path/to/venv/bin/python fluxexport", text)
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)
+        res = subprocess.run([wrapper, "--help"], capture_output=True, text=True, env=env)
+        self.assertEqual((res.returncode, res.stderr), (0, ""))
+        self.assertIn("PYTHON=/path/to/venv/bin/python fluxexport", res.stdout)
+        python = python_without_torch()
+        if python is None:
+            self.skipTest("every python on PATH has torch")
+        env["PYTHON"] = python
+        res = subprocess.run([wrapper, "tiny-tokenizers", "--out", os.path.join(self.prefix, "t")],
+                             capture_output=True, text=True, env=env)
+        self.assertEqual(res.returncode, 3, res.stderr)
+        self.assertRegex(res.stderr, r"^fluxexport: /\S+ \(Python [0-9.]+\) has no PyTorch")
+        self.assertNotIn("Traceback", res.stderr)
 
     def test_reinstall_keeps_config_and_uninstall_removes_the_rest(self):
         conf = os.path.join(self.prefix, "etc", "fluxcgi", "fluxcgi.conf")

@@ -7,6 +7,7 @@ PYTHONPATH=export in the environment."""
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -200,21 +201,45 @@ class Errors(unittest.TestCase):
         self.assertNotIn("Traceback", err)
 
     def test_bad_arguments(self):
-        for args, pattern in ((("--steps", "0"), r"num_inference_steps"),
-                              (("--steps", "100000"), r"num_inference_steps"),
-                              (("--width", "250"), r"width: must be a multiple of 16"),
-                              (("--height", "-16"), r"height"),
-                              (("--width", "99999999999"), r"width"),
-                              (("--guidance", "nan"), r"guidance"),
-                              (("--guidance", "inf"), r"guidance"),
-                              (("--steps", "3x"), r"steps"),
-                              (("--seed", "-1"), r"seed"),
-                              (("--seed", "9007199254740992"), r"seed"),
-                              (("--device", "tpu"), r"device"),
-                              (("--bogus",), r"bogus")):
-            self.assert_fails(self.gen(MODEL, *args), EXIT_USAGE, pattern)
+        size = r"must be a multiple of 16 from 64 to 2048 \(the model's limits\), got"
+        for args, pattern in ((("--steps", "0"), r"--steps: must be from 1 to 100, got '0'"),
+                              (("--steps", "100000"), r"--steps: must be from 1 to 100, got"),
+                              (("--steps", "abc"), r"--steps: 'abc' is not an integer"),
+                              (("--steps", "3x"), r"--steps: '3x' is not an integer"),
+                              (("--steps", ""), r"--steps: '' is not an integer"),
+                              (("--steps", "99999999999999999999999"),
+                               r"--steps: must be from 1 to 100, got '9+'"),
+                              (("--width", "250"), r"--width: " + size + " '250'"),
+                              (("--height", "-16"), r"--height: " + size + " '-16'"),
+                              (("--width", "99999999999"), r"--width: " + size),
+                              (("--width", "wide"), r"--width: 'wide' is not an integer"),
+                              (("--height", "1e3"), r"--height: '1e3' is not an integer"),
+                              (("--guidance", "nan"), r"--guidance: must be a number from 0 to 100"),
+                              (("--guidance", "inf"), r"--guidance: must be a number from 0 to 100"),
+                              (("--guidance", "101"), r"--guidance: must be a number from 0 to 100"),
+                              (("--guidance", "x"), r"--guidance: 'x' is not a number"),
+                              (("--seed", "-1"), r"--seed: must be from 0 to 9007199254740991"),
+                              (("--seed", "9007199254740992"), r"--seed: must be from 0 to"),
+                              (("--seed", "abc"), r"--seed: 'abc' is not an integer"),
+                              (("--count", "0"), r"--count: must be from 1 to 100000, got '0'"),
+                              (("--count", "two"), r"--count: 'two' is not an integer"),
+                              (("--threads", "-1"), r"--threads: must be from 0 to 1024"),
+                              (("--threads", "x"), r"--threads: 'x' is not an integer"),
+                              (("--device", "tpu"), r"--device: 'tpu' is not cpu, cuda or cuda:N"),
+                              (("--bogus",), r"unknown option '--bogus'")):
+            with self.subTest(args=args):
+                self.assert_fails(self.gen(MODEL, *args), EXIT_USAGE, pattern)
         res = fluxgen("--model", MODEL, "-o", self.out, check=False)
-        self.assert_fails(res, EXIT_USAGE, r"prompt")
+        self.assert_fails(res, EXIT_USAGE, r"missing --prompt")
+        res = fluxgen("--prompt", PROMPT, check=False)
+        self.assert_fails(res, EXIT_USAGE, r"missing --model, -o")
+        res = fluxgen("--model", MODEL, "--prompt", PROMPT, "-o", check=False)
+        self.assert_fails(res, EXIT_USAGE, r"-o needs a value")
+
+    def test_a_value_that_is_no_number_beats_a_missing_model(self):
+        """A value that is no number is wrong whatever the model: exit 2, not 3."""
+        self.assert_fails(self.gen(os.path.join(self.tmp, "none"), "--steps", "abc"), EXIT_USAGE,
+                          r"--steps: 'abc' is not an integer")
 
     def test_missing_module(self):
         d = self.model_copy()
@@ -232,11 +257,36 @@ class Errors(unittest.TestCase):
         self.assert_fails(self.gen(d), EXIT_MODEL, r"format_version 2; this build reads version 1")
 
     def test_missing_manifest_and_bad_json(self):
-        self.assert_fails(self.gen(os.path.join(self.tmp, "none")), EXIT_MODEL, r"manifest.json")
+        self.assert_fails(self.gen(os.path.join(self.tmp, "none")), EXIT_MODEL,
+                          r"model '.*none': the directory does not exist")
+        empty = os.path.join(self.tmp, "empty")
+        os.mkdir(empty)
+        self.assert_fails(self.gen(empty), EXIT_MODEL, r"no manifest.json: not a model dir")
+        self.assert_fails(self.gen(os.path.join(MODEL, "manifest.json")), EXIT_MODEL,
+                          r"not a directory")
         d = self.model_copy()
         with open(os.path.join(d, "manifest.json"), "w") as f:
             f.write("{\"format\": ")
         self.assert_fails(self.gen(d), EXIT_MODEL, r"not valid JSON")
+
+    def test_checkpoint_folder_instead_of_model_dir(self):
+        """A checkpoint folder gets the exporter command that converts it."""
+        bfl = os.path.join(self.tmp, "bfl")
+        os.mkdir(bfl)
+        for name in ("flux1-krea-dev.safetensors", "ae.safetensors"):
+            open(os.path.join(bfl, name), "wb").close()
+        diffusers = os.path.join(self.tmp, "diffusers")
+        os.makedirs(os.path.join(diffusers, "transformer"))
+        index = os.path.join(self.tmp, "index")
+        os.mkdir(index)
+        open(os.path.join(index, "model_index.json"), "w").close()
+        for d, layout, name in ((bfl, "bfl", "BFL"), (diffusers, "diffusers", "diffusers"),
+                                (index, "diffusers", "diffusers")):
+            with self.subTest(layout=layout, dir=d):
+                self.assert_fails(
+                    self.gen(d), EXIT_MODEL,
+                    rf"no manifest.json: this looks like a {name} checkpoint, not a model dir; "
+                    rf"convert it with `fluxexport export --source '{d}' --layout {layout} -o OUT`")
 
     def test_hostile_module_path(self):
         d = self.model_copy(lambda m: m["modules"]["transformer"].update(file="../../etc/passwd"))
@@ -248,6 +298,76 @@ class Errors(unittest.TestCase):
                       check=False)
         self.assertEqual(res.returncode, EXIT_RUNTIME, res.stderr)
         self.assertRegex(res.stderr.decode(), r"x.png")
+
+
+class Help(unittest.TestCase):
+    """Help on stdout with status 0; usage errors on stderr, saying what was wrong, status 2."""
+
+    GENERATE_OPTIONS = ("--model", "--prompt", "-o", "--output", "--steps", "--guidance",
+                        "--width", "--height", "--seed", "--count", "--device", "--threads",
+                        "--json", "--dump-latents", "--quiet", "--help")
+
+    def test_generate_help_describes_every_option_and_exit_status(self):
+        for args in (("generate", "--help"), ("generate", "-h"),
+                     ("--model", "x", "--help")):
+            res = fluxgen(*args)
+            out = res.stdout.decode()
+            self.assertEqual(res.stderr, b"")
+            for opt in self.GENERATE_OPTIONS:
+                self.assertRegex(out, rf"(?m)^  (-o, |-h, )?{opt}\b.*\S", opt)
+            for default in ("28", "3.5", "1024", "random"):
+                self.assertIn(default, out)
+            self.assertRegex(out, r"exit status: 0 done, 2 bad arguments, 3 bad model dir")
+            self.assertRegex(out, r"4 generation or writing the output failed, 130 interrupted")
+
+    def test_top_level_help_lists_subcommands(self):
+        for flag in ("--help", "-h"):
+            res = fluxgen(flag)
+            out = res.stdout.decode()
+            self.assertEqual(res.stderr, b"")
+            self.assertRegex(out, r"(?m)^  generate +make an image")
+            self.assertRegex(out, r"(?m)^  tokenize +print the CLIP and T5 token ids")
+            self.assertIn("--version", out)
+            self.assertIn("exit status", out)
+
+    def test_version(self):
+        with open(os.path.join(os.path.dirname(__file__), "..", "..", "core", "version.h")) as f:
+            version = re.search(r'#define FX_VERSION "([^"]+)"', f.read()).group(1)
+        res = fluxgen("--version")
+        self.assertEqual(res.stdout.decode(), f"fluxgen {version}\n")
+        self.assertEqual(res.stderr, b"")
+
+    def test_usage_errors_say_what_was_wrong(self):
+        for args, pattern in (((), r"^fluxgen: no command given\n"),
+                              (("frobnicate",),
+                               r"^fluxgen: unknown command 'frobnicate' \(commands: generate, "
+                               r"tokenize"),
+                              (("tokenize", "--model", MODEL),
+                               r"^fluxgen tokenize: give one of --prompt TEXT and --stdin"),
+                              (("tokenize", "--bogus"), r"^fluxgen tokenize: unknown argument")):
+            with self.subTest(args=args):
+                res = fluxgen(*args, check=False)
+                self.assertEqual(res.returncode, EXIT_USAGE)
+                self.assertEqual(res.stdout, b"")
+                self.assertRegex(res.stderr.decode(), pattern)
+
+
+class Json(unittest.TestCase):
+    def test_output_path_with_tab_and_quote_is_valid_json(self):
+        tmp = tempfile.mkdtemp(prefix="fluxtest-json-")
+        self.addCleanup(shutil.rmtree, tmp)
+        path = os.path.join(tmp, 'a\tb"c\\d.png')
+        res = fluxgen("--model", MODEL, "--prompt", PROMPT, "--steps", "1", "--width", "64",
+                      "--height", "64", "--seed", "7", "--guidance", "2.5", "--json", "-o", path)
+        lines = res.stdout.decode().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        info = json.loads(lines[0])
+        self.assertEqual(info["output"], path)
+        self.assertTrue(os.path.exists(path))
+        self.assertEqual((info["seed"], info["width"], info["height"], info["steps"]),
+                         (7, 64, 64, 1))
+        self.assertEqual(info["guidance"], 2.5)
+        self.assertEqual(set(info["timings"]), {"tokenize", "encode", "denoise", "decode", "png"})
 
 
 if __name__ == "__main__":
