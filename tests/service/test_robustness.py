@@ -1,0 +1,163 @@
+"""The service when the store misbehaves or the process stops at a bad moment, through real
+nginx: an outcome the store refuses at first (another connection holds BEGIN IMMEDIATE past
+busy_timeout) is kept and stored later; a cancel asked while a job runs survives a drain and
+a kill -9; old rows go after audit_retention; malformed JSON that json-c would accept is 400.
+"""
+import json
+import os
+import signal
+import sqlite3
+import time
+import unittest
+
+from tests.service.stack import Stack
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# long enough to be caught running on the tiny CPU model
+RUNNING = {"prompt": "the running one", "width": 128, "height": 128,
+           "num_inference_steps": 40, "seed": 77}
+
+
+def wait_running(s, rid):
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        j = s.wait_state(rid, ("running",))
+        if j["progress"]["step"] >= 1:
+            return j
+        time.sleep(0.02)
+    raise AssertionError("job %s never made progress" % rid)
+
+
+def row(stack, rid):
+    con = sqlite3.connect(stack.db, timeout=10)
+    try:
+        return con.execute("SELECT state, error_code, attempts FROM jobs WHERE id = ?",
+                           (rid,)).fetchone()
+    finally:
+        con.close()
+
+
+def ping(s):
+    return s.json("GET", "/ping")
+
+
+def metric(s, name):
+    st, _, body = s.request("GET", "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+class TestRobustness(unittest.TestCase):
+
+    def stack(self, name, **overrides):
+        s = Stack("%s-robust" % name, "nginx", overrides)
+        self.addCleanup(s.stop)
+        return s.start()
+
+    def test_outcome_kept_while_store_locked(self):
+        s = self.stack("locked", busy_timeout="200ms")
+        st, _, j = ping(s)
+        self.assertIs(j["store_ok"], True)
+        st, _, j = s.json("POST", "/generate/queue", RUNNING)
+        self.assertEqual(st, 202, j)
+        rid = j["request_id"]
+        wait_running(s, rid)
+        # an auditor holds the write lock across the end of the job
+        con = sqlite3.connect(s.db, timeout=10, isolation_level=None)
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                st, _, j = ping(s)
+                if j.get("store_ok") is False:
+                    break
+                time.sleep(0.05)
+            self.assertEqual((st, j["store_ok"], j["ready"]), (200, False, True), j)
+            self.assertIn("outcome not stored", j["store_error"])
+            self.assertEqual(metric(s, "fluxcgi_store_degraded"), 1)
+            self.assertGreaterEqual(metric(s, "fluxcgi_store_write_failures_total"), 1)
+            self.assertEqual(s.json("GET", "/queue/status/" + rid)[2]["status"], "running")
+            self.assertNotIn("job %s: completed" % rid, s.log_text())
+        finally:
+            con.execute("ROLLBACK")
+            con.close()
+        j = s.wait_state(rid, ("completed", "failed"), timeout=60)
+        self.assertEqual(j["status"], "completed", j)
+        st, _, body = s.request("GET", "/result/" + rid)
+        self.assertEqual(st, 200)
+        self.assertTrue(body.startswith(PNG_MAGIC))
+        self.assertIs(ping(s)[2]["store_ok"], True)
+        self.assertEqual(metric(s, "fluxcgi_store_degraded"), 0)
+        log = s.log_text()
+        self.assertLess(log.index("outcome not stored"), log.index("job %s: completed" % rid))
+
+    def _cancel_while_stopped(self, s, rid):
+        """Freezes fluxcgi and flags the job cancelled as another process sharing the store
+        would (store_cancel on a running job), so that fluxcgi cannot see the cancel before
+        the signal that follows."""
+        s.fluxcgi.send_signal(signal.SIGSTOP)
+        con = sqlite3.connect(s.db, timeout=10)
+        try:
+            with con:
+                n = con.execute("UPDATE jobs SET cancel = 1 WHERE id = ? AND state = 'running'",
+                                (rid,)).rowcount
+        finally:
+            con.close()
+        self.assertEqual(n, 1)
+
+    def test_cancel_survives_drain(self):
+        s = self.stack("canceldrain")
+        st, _, j = s.json("POST", "/generate/queue", RUNNING)
+        rid = j["request_id"]
+        wait_running(s, rid)
+        self._cancel_while_stopped(s, rid)
+        s.fluxcgi.send_signal(signal.SIGTERM)
+        self.assertEqual(s.kill_fluxcgi(signal.SIGCONT), 0)  # the drain, then exit 0
+        self.assertEqual(row(s, rid)[:2], ("cancelled", "cancelled"))
+        s.start_fluxcgi()
+        time.sleep(1.5)  # a sweep and an idle claim have run; the job must not have
+        j = s.json("GET", "/queue/status/" + rid)[2]
+        self.assertEqual(j["status"], "cancelled", j)
+        self.assertEqual(row(s, rid), ("cancelled", "cancelled", 1))
+
+    def test_cancel_survives_kill9(self):
+        s = self.stack("cancelkill")
+        st, _, j = s.json("POST", "/generate/queue", RUNNING)
+        rid = j["request_id"]
+        wait_running(s, rid)
+        self._cancel_while_stopped(s, rid)
+        s.kill_fluxcgi(signal.SIGKILL)
+        self.assertEqual(row(s, rid)[0], "running")
+        s.start_fluxcgi()
+        self.assertIn("restart recovery: 0 jobs re-queued, 0 failed, 1 cancelled", s.log_text())
+        j = s.json("GET", "/queue/status/" + rid)[2]
+        self.assertEqual(j["status"], "cancelled", j)
+        self.assertEqual(row(s, rid), ("cancelled", "cancelled", 1))
+
+    def test_audit_retention(self):
+        s = self.stack("audit", retention="1s", audit_retention="1s")
+        st, h, body = s.request("POST", "/generate", {"prompt": "short lived"})
+        self.assertEqual(st, 200, body[:200])
+        rid = h["x-request-id"]
+        deadline = time.time() + 60
+        while time.time() < deadline and row(s, rid) is not None:
+            time.sleep(0.1)
+        self.assertIsNone(row(s, rid))
+        st, _, j = s.json("GET", "/queue/status/" + rid)
+        self.assertEqual(st, 404, j)
+        self.assertIn("deleted 1 old job row", s.log_text())
+        st, _, j = s.json("GET", "/queue/status")
+        self.assertEqual(j["expired"] + j["completed"], 0, j)
+
+    def test_json_json_c_accepts(self):
+        s = self.stack("json")
+        for body in ('{"prompt":"a","prompt":"b"}', '{"prompt":"a\tb"}',
+                     '{"prompt":"\\ud800"}'):
+            st, _, j = s.json("POST", "/generate/queue", body)
+            self.assertEqual((st, j.get("error", {}).get("code")), (400, "malformed"), (body, j))
+
+
+if __name__ == "__main__":
+    unittest.main()
