@@ -151,6 +151,30 @@ class TestRobustness(unittest.TestCase):
         st, _, j = s.json("GET", "/queue/status")
         self.assertEqual(j["expired"] + j["completed"], 0, j)
 
+    def test_lost_lease(self):
+        """Two processes share one store; one is killed while running a job and never comes
+        back.  The other re-queues the job once its lease ran out and runs it."""
+        a = self.stack("leasea", lease="2s", worker_name="a")
+        st, _, j = a.json("POST", "/generate/queue", RUNNING)
+        rid = j["request_id"]
+        wait_running(a, rid)
+        a.kill_fluxcgi(signal.SIGKILL)
+        self.assertEqual(row(a, rid)[0], "running")
+        b = Stack("leaseb-robust", None, {"db": a.db, "lease": "2s", "worker_name": "b"})
+        self.addCleanup(b.stop)
+        b.start()
+        deadline = time.time() + 300
+        while time.time() < deadline and row(a, rid)[0] != "completed":
+            time.sleep(0.1)
+        self.assertEqual(row(a, rid), ("completed", None, 2))
+        con = sqlite3.connect(a.db, timeout=10)
+        try:
+            self.assertEqual(con.execute("SELECT worker FROM jobs WHERE id = ?",
+                                         (rid,)).fetchone()[0], "b")
+        finally:
+            con.close()
+        self.assertIn("lost leases: 1 job re-queued", b.log_text())
+
     def test_json_json_c_accepts(self):
         s = self.stack("json")
         for body in ('{"prompt":"a","prompt":"b"}', '{"prompt":"a\tb"}',
