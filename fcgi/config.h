@@ -42,7 +42,8 @@ struct fx_config {
                                     they finished, default 7 days; 0: kept forever */
     int64_t lease_ms;            /* a claim's lease, renewed at every step, default 60 s; a
                                     running job whose lease ran out is re-queued by any
-                                    worker (so one step must take less than this) */
+                                    worker (so one step, and the final decode, must take less
+                                    than this) */
     int device_failures_fatal;   /* this many jobs in a row failing with a device or model
                                     runtime error fail the worker, default 3 */
     char log[CONFIG_PATH_MAX];   /* log file (reopened on SIGHUP); empty: stderr */
