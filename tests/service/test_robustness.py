@@ -7,10 +7,12 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import tempfile
 import time
 import unittest
 
-from tests.service.stack import Stack
+from tests.service.stack import FLUXCGI, TEST_DIR, Stack
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # long enough to be caught running on the tiny CPU model
@@ -35,6 +37,13 @@ def row(stack, rid):
                            (rid,)).fetchone()
     finally:
         con.close()
+
+
+def restore_env(name, value):
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def ping(s):
@@ -174,6 +183,42 @@ class TestRobustness(unittest.TestCase):
         finally:
             con.close()
         self.assertIn("lost leases: 1 job re-queued", b.log_text())
+
+    def test_device_failures_fatal(self):
+        """A device that breaks after the model loaded (tests/service/fault/faultshim.c stands
+        in for the shim and fails every transformer call while a file exists)."""
+        real = os.path.join(os.path.dirname(os.path.abspath(FLUXCGI)), "lib", "libfluxshim.so")
+        self.assertTrue(os.path.exists(real), real)
+        libdir = tempfile.mkdtemp(prefix="faultshim-", dir=TEST_DIR)
+        src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fault", "faultshim.c")
+        subprocess.check_call([os.environ.get("CC", "cc"), "-shared", "-fPIC", "-o",
+                               os.path.join(libdir, "libfluxshim.so"), src,
+                               "-Wl,--no-as-needed", real, "-ldl"])
+        fault = os.path.join(libdir, "fault")
+        env = {"FLUXCGI_LIBDIR": libdir, "FLUX_REAL_SHIM": real, "FLUX_FAULT_FILE": fault}
+        for k, v in env.items():
+            self.addCleanup(restore_env, k, os.environ.get(k))
+            os.environ[k] = v
+        s = self.stack("device", device_failures_fatal="2")  # warm-up ran on the real shim
+        open(fault, "w").close()
+        ids = []
+        for i in range(2):
+            st, _, j = s.json("POST", "/generate/queue", {"prompt": "p%d" % i, "seed": i})
+            self.assertEqual(st, 202, j)
+            ids.append(j["request_id"])
+        self.assertEqual(s.fluxcgi.wait(timeout=300), 1)  # on_fatal: exit status 1
+        s.kill_fluxcgi()
+        self.assertEqual(row(s, ids[0]), ("failed", "device_unavailable", 1))
+        self.assertEqual(row(s, ids[1]), ("queued", None, 0))  # back in line, not failed
+        log = s.log_text()
+        self.assertIn("worker failed: 2 jobs in a row failed with a device or model runtime "
+                      "error; last: injected device fault", log)
+        self.assertIn("job %s: back in the queue after a device error" % ids[1], log)
+        # the device is back: a restart runs the job that was put back
+        os.remove(fault)
+        s.start_fluxcgi()
+        j = s.wait_state(ids[1], ("completed", "failed"))
+        self.assertEqual((j["status"], j["attempts"]), ("completed", 1), j)
 
     def test_json_json_c_accepts(self):
         s = self.stack("json")
