@@ -45,7 +45,8 @@ extern "C" {
     X(FX_ETIMEDOUT, -21, "timed out", "timeout")                                                   \
     X(FX_EINTERRUPTED, -22, "interrupted too many times", "interrupted")                           \
     X(FX_EBADID, -23, "invalid request id", "invalid_id")                                          \
-    X(FX_EMETHOD, -24, "method not allowed", "method_not_allowed")
+    X(FX_EMETHOD, -24, "method not allowed", "method_not_allowed")                                 \
+    X(FX_ENOSPC, -25, "no space left on device", "insufficient_storage")
 
 enum fx_err {
 #define FX_ERR_ENUM_(name, value, msg, code) name = (value),

@@ -50,6 +50,8 @@ int api_http_status(int code)
         return 503;
     case FX_ETIMEDOUT:
         return 504;
+    case FX_ENOSPC:
+        return 507;
     default: /* FX_ENOMEM, FX_EIO, FX_EINTERNAL, FX_ERUNTIME, FX_EINTERRUPTED, unknown */
         return 500;
     }

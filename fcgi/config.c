@@ -30,6 +30,9 @@ void config_defaults(struct fx_config *c)
     c->max_attempts = 3;
     c->sync_timeout_ms = 10 * 60 * 1000;
     c->busy_timeout_ms = 5000;
+    c->audit_retention_ms = 7L * 24 * 3600 * 1000;
+    c->lease_ms = 60 * 1000;
+    c->device_failures_fatal = 3;
     c->warmup_steps = 1;
     c->default_guidance = -1.0;
     c->max_steps = 100;
@@ -231,6 +234,9 @@ static const struct key keys[] = {
     {"max_attempts", K_INT, OFF(max_attempts), 1, 100},
     {"sync_timeout", K_DURATION, OFF(sync_timeout_ms), 1000, 24L * 3600 * 1000},
     {"busy_timeout", K_DURATION, OFF(busy_timeout_ms), 1, 600000},
+    {"audit_retention", K_DURATION, OFF(audit_retention_ms), 0, 3660L * 24 * 3600 * 1000},
+    {"lease", K_DURATION, OFF(lease_ms), 1000, 24L * 3600 * 1000},
+    {"device_failures_fatal", K_INT, OFF(device_failures_fatal), 1, 1000},
     {"log", K_PATH_OPT, OFF(log), 0, 0},
     {"worker_name", K_NAME, OFF(worker_name), 0, 0},
     {"id_prefix", K_IDPREFIX, OFF(id_prefix), 0, 0},

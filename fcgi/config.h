@@ -42,6 +42,14 @@ struct fx_config {
     int max_attempts;            /* starts of one job before it fails, default 3 */
     int64_t sync_timeout_ms;     /* POST /generate waits this long, default 10 min */
     int64_t busy_timeout_ms;     /* SQLite busy timeout, default 5 s */
+    int64_t audit_retention_ms;  /* job rows of finished jobs are deleted this long after
+                                    they finished, default 7 days; 0: kept forever */
+    int64_t lease_ms;            /* a claim's lease, renewed at every step, default 60 s; a
+                                    running job whose lease ran out is re-queued by any
+                                    worker (so one step, and the final decode, must take less
+                                    than this) */
+    int device_failures_fatal;   /* this many jobs in a row failing with a device or model
+                                    runtime error fail the worker, default 3 */
     char log[CONFIG_PATH_MAX];   /* log file (reopened on SIGHUP); empty: stderr */
     char worker_name[64];        /* owner of claimed jobs; empty: "HOST/DEVICE" */
     char id_prefix[17];          /* host part of new job ids ([a-z0-9]{1,16}); empty: none */

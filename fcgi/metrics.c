@@ -54,6 +54,15 @@ void metrics_observe_job(struct fx_metrics *m, int outcome, double seconds)
     pthread_mutex_unlock(&m->lock);
 }
 
+void metrics_store_write(struct fx_metrics *m, bool ok)
+{
+    pthread_mutex_lock(&m->lock);
+    if (!ok)
+        m->store_write_failures++;
+    m->store_degraded = !ok;
+    pthread_mutex_unlock(&m->lock);
+}
+
 void metrics_count_http(struct fx_metrics *m, int status)
 {
     if (status < 100 || status >= METRICS_STATUS_MAX)
@@ -95,7 +104,10 @@ char *metrics_render(struct fx_metrics *m, const struct metrics_extra *x, size_t
             "# HELP fluxcgi_queue_capacity Most jobs that may wait.\n"
             "# TYPE fluxcgi_queue_capacity gauge\nfluxcgi_queue_capacity %ld\n",
             x->capacity);
-    fprintf(f, "# HELP fluxcgi_jobs Jobs in the store by state.\n# TYPE fluxcgi_jobs gauge\n");
+    fprintf(f, "# HELP fluxcgi_jobs Jobs in the store by state, read from the shared store: every "
+               "process of one store reports the same numbers, so aggregate with max (or read one "
+               "process), never sum; fluxcgi_worker_jobs_total is per process and sums.\n"
+               "# TYPE fluxcgi_jobs gauge\n");
     for (int i = 0; i < 6; i++)
         fprintf(f, "fluxcgi_jobs{state=\"%s\"} %ld\n", state_names[i], x->by_state[i]);
     pthread_mutex_lock(&m->lock);
@@ -107,6 +119,14 @@ char *metrics_render(struct fx_metrics *m, const struct metrics_extra *x, size_t
             "fluxcgi_worker_jobs_total{outcome=\"cancelled\"} %llu\n",
             (unsigned long long)m->jobs_completed, (unsigned long long)m->jobs_failed,
             (unsigned long long)m->jobs_cancelled);
+    fprintf(f,
+            "# HELP fluxcgi_store_write_failures_total Outcome writes the job store refused "
+            "(disk full, lock held too long); each is retried.\n"
+            "# TYPE fluxcgi_store_write_failures_total counter\n"
+            "fluxcgi_store_write_failures_total %llu\n"
+            "# HELP fluxcgi_store_degraded 1 while a finished job waits to be stored.\n"
+            "# TYPE fluxcgi_store_degraded gauge\nfluxcgi_store_degraded %d\n",
+            (unsigned long long)m->store_write_failures, m->store_degraded);
     hist(f, "fluxcgi_step_seconds", "Time of one denoising step.", &m->step);
     hist(f, "fluxcgi_job_seconds", "Run time of a completed job (claim to stored PNG).", &m->job);
     fprintf(f, "# HELP fluxcgi_http_responses_total HTTP answers by status.\n"

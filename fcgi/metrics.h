@@ -4,12 +4,15 @@
  * What the process measures itself (denoising step time, job run time, HTTP answers by
  * status) lives here; what SQLite knows (jobs by state, queue depth) is passed to
  * metrics_render by the caller, so every process sharing a database reports the same
- * queue.  Histograms have fixed buckets (seconds, below).  All functions are thread-safe.
+ * queue; fluxcgi_jobs is therefore the same series in every process of one store: take it
+ * from one process (max by state), never sum it.  The fluxcgi_worker_* series are per
+ * process and sum.  Histograms have fixed buckets (seconds, below).  All functions are thread-safe.
  */
 #ifndef FX_METRICS_H
 #define FX_METRICS_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,6 +30,8 @@ struct fx_metrics {
     struct metrics_hist step, job;
     uint64_t http[METRICS_STATUS_MAX];
     uint64_t jobs_completed, jobs_failed, jobs_cancelled;
+    uint64_t store_write_failures; /* outcome writes the store refused */
+    int store_degraded;            /* 1 while an outcome waits to be stored */
 };
 
 /* Zeroes m and initialises its lock; metrics_release undoes it. */
@@ -38,6 +43,10 @@ void metrics_observe_step(struct fx_metrics *m, double seconds);
 
 /* A job ended: outcome 0 completed (run time observed), 1 failed, 2 cancelled. */
 void metrics_observe_job(struct fx_metrics *m, int outcome, double seconds);
+
+/* The worker tried to store an outcome: ok, or refused (counted; degraded until the next
+ * success). */
+void metrics_store_write(struct fx_metrics *m, bool ok);
 
 /* One HTTP answer with this status. */
 void metrics_count_http(struct fx_metrics *m, int status);

@@ -79,6 +79,76 @@ static bool utf8_valid(const unsigned char *s, size_t n)
     return true;
 }
 
+static int hex4(const char *s, size_t left)
+{
+    int v = 0;
+    if (left < 4)
+        return -1;
+    for (int i = 0; i < 4; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/*
+ * What json-c lets through but a strict reader must not: raw control characters inside
+ * strings (RFC 8259 section 7 wants them escaped), escaped lone surrogates ("\ud800": json-c
+ * turns them into U+FFFD without a word), and - counted here, compared by the caller -
+ * duplicate keys in the top-level object (json-c keeps the last one; another reader of the
+ * same body may keep the first).  Runs on text json-c has accepted, so it only follows
+ * strings and nesting.  Returns NULL, or why with *at set to the byte; sets *members to the
+ * number of members of a top-level object.
+ */
+static const char *json_strict_text(const char *s, size_t n, size_t *members, size_t *at)
+{
+    int depth = 0;
+    size_t commas = 0;
+    bool top_object = false, any = false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"') {
+            any = any || (top_object && depth == 1);
+            for (i++; i < n && s[i] != '"'; i++) {
+                *at = i;
+                if ((unsigned char)s[i] < 0x20)
+                    return "a control character inside a string must be escaped";
+                if (s[i] != '\\')
+                    continue;
+                if (++i < n && s[i] == 'u') {
+                    int u = hex4(s + i + 1, n - i - 1), lo;
+                    i += 4;
+                    if (u >= 0xDC00 && u <= 0xDFFF)
+                        return "a lone surrogate escape (\\udc00-\\udfff without a high one)";
+                    if (u >= 0xD800 && u <= 0xDBFF) {
+                        lo = i + 2 < n && s[i + 1] == '\\' && s[i + 2] == 'u'
+                                 ? hex4(s + i + 3, n - i - 3)
+                                 : -1;
+                        if (lo < 0xDC00 || lo > 0xDFFF)
+                            return "a lone surrogate escape (\\ud800-\\udbff without a low one)";
+                        i += 6;
+                    }
+                }
+            }
+        } else if (c == '{' || c == '[') {
+            top_object = top_object || (depth == 0 && c == '{');
+            depth++;
+        } else if (c == '}' || c == ']') {
+            depth--;
+        } else if (c == ',' && depth == 1) {
+            commas++;
+        }
+    }
+    *members = top_object && any ? commas + 1 : 0;
+    return NULL;
+}
+
 /* An integer field that must fit an int. */
 static int get_int_field(struct perr *pe, json_object *v, const char *name, int *out)
 {
@@ -148,6 +218,18 @@ int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
     if (end != len) {
         rc = field_error(&pe, NULL, FX_EFORMAT,
                          "malformed JSON: unexpected bytes after the value at byte %zu", end);
+        goto out;
+    }
+    size_t members = 0, at = 0;
+    const char *why = json_strict_text(body, len, &members, &at);
+    if (why) {
+        rc = field_error(&pe, NULL, FX_EFORMAT, "malformed JSON at byte %zu: %s", at, why);
+        goto out;
+    }
+    if (json_object_is_type(o, json_type_object) &&
+        members != (size_t)json_object_object_length(o)) {
+        rc =
+            field_error(&pe, NULL, FX_EFORMAT, "malformed JSON: a key appears twice in the object");
         goto out;
     }
     if (!json_object_is_type(o, json_type_object)) {

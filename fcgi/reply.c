@@ -77,6 +77,10 @@ void api_send_store_error(struct api_response *rs, int rc, struct store *st)
     if (rc == FX_EBUSY) {
         api_add_header(rs, "Retry-After", "1");
         api_send_error(rs, rc, "the job store is busy; try again");
+    } else if (rc == FX_ENOSPC) {
+        /* a full disk is an operator's problem that passes: ask the client to come back */
+        api_add_header(rs, "Retry-After", "60");
+        api_send_error(rs, rc, "the job store's disk is full; try again later");
     } else {
         api_send_error(rs, rc == FX_ENOMEM ? FX_ENOMEM : FX_EIO, "the job store failed");
     }

@@ -26,6 +26,15 @@ void route_ping(const struct api_ctx *ctx, struct api_response *rs)
                            r == WORKER_READY && ctx->worker
                                ? json_object_new_string(worker_device(ctx->worker))
                                : NULL);
+    if (ctx->worker) {
+        /* readiness is unchanged: new jobs are still accepted, and the retried outcome is
+         * stored once the disk or the lock is back */
+        char why[256];
+        bool ok = worker_store_status(ctx->worker, why, sizeof(why));
+        json_object_object_add(o, "store_ok", json_object_new_boolean(ok));
+        if (!ok)
+            json_object_object_add(o, "store_error", json_object_new_string(why));
+    }
     if (r == WORKER_FAILED && ctx->worker)
         json_object_object_add(o, "error",
                                api_error_object(FX_ENOTREADY, worker_error(ctx->worker)));

@@ -39,11 +39,26 @@ struct worker {
     uint64_t ended_count;
     char running[STORE_ID_LEN + 1]; /* id of the running job, "" when idle */
 
+    bool store_degraded;   /* an outcome is waiting to be stored (retrying) */
+    char store_error[256]; /* why, while store_degraded */
+
     /* progress bookkeeping of the running job (worker thread only) */
     double step_t0;
     int last_step;
+    int device_streak; /* jobs in a row that failed with a device / runtime error */
 };
 
+/* Retry of an outcome the store refused: first wait, and the most. */
+#define RETRY_FIRST_MS 50
+#define RETRY_MAX_MS 5000
+/* Audit retention deletes at most this many rows per transaction, and this many
+ * transactions per sweep, so one sweep never holds the write lock for long. */
+#define PURGE_BATCH 500
+#define PURGE_BATCHES 8
+/* The idle sweep checkpoints the WAL at most this often (seconds). */
+#define CHECKPOINT_EVERY_S 10.0
+
+/* Wall-clock time, only for the timestamps stored in jobs; intervals use mono(). */
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -82,6 +97,26 @@ const char *worker_device(const struct worker *w)
 const char *worker_error(const struct worker *w)
 {
     return w->error;
+}
+
+bool worker_store_status(struct worker *w, char *msg, size_t msg_len)
+{
+    bool ok;
+    pthread_mutex_lock(&w->lock);
+    ok = !w->store_degraded;
+    if (msg && msg_len)
+        snprintf(msg, msg_len, "%s", ok ? "" : w->store_error);
+    pthread_mutex_unlock(&w->lock);
+    return ok;
+}
+
+int worker_device_streak(int streak, int rc)
+{
+    if (rc == 0)
+        return 0;
+    if (rc == FX_EDEVICE || rc == FX_ERUNTIME)
+        return streak + 1;
+    return streak; /* a bad request or a cancel says nothing about the device */
 }
 
 void worker_notify(struct worker *w)
@@ -148,25 +183,159 @@ static void on_progress(void *ud, int step, int steps)
         metrics_observe_step(w->metrics, (t - w->step_t0) / (double)(step - w->last_step));
     w->step_t0 = t;
     w->last_step = step;
-    rc = store_progress(w->st, w->running, step, &cancel);
+    rc = store_progress(w->st, w->running, w->name, step, now_ms(), w->cfg->lease_ms, &cancel);
     if (rc == FX_ENOENT || cancel)
         atomic_store(&w->cancel, 1);
     else if (rc)
         log_printf("warn", "job %s: progress not stored: %s", w->running, store_errmsg(w->st));
 }
 
-/* Retention: at most once a second. */
-static void sweep(struct worker *w, int64_t *last)
+/* Retention, audit retention and lost leases: at most once a second (monotonic clock: a
+ * wall-clock step must not stop or storm the sweep). */
+static void sweep(struct worker *w, double *last)
 {
+    struct store_recovery r = {0, 0, 0};
+    double t = mono();
     int64_t now = now_ms();
     long n = 0;
-    if (now - *last < 1000)
+    if (*last > 0 && t - *last < 1.0)
         return;
-    *last = now;
+    *last = t;
     if (store_expire(w->st, now - w->cfg->retention_ms, now, &n))
         log_printf("warn", "retention sweep failed: %s", store_errmsg(w->st));
     else if (n)
         log_printf("info", "expired %ld result%s", n, n == 1 ? "" : "s");
+    if (store_reclaim(w->st, w->cfg->max_attempts, now, &r))
+        log_printf("warn", "lease sweep failed: %s", store_errmsg(w->st));
+    else if (r.requeued || r.failed || r.cancelled)
+        log_printf("info",
+                   "lost leases: %ld job%s re-queued, %ld failed, %ld cancelled (their worker "
+                   "stopped renewing them)",
+                   r.requeued, r.requeued == 1 ? "" : "s", r.failed, r.cancelled);
+    if (w->cfg->audit_retention_ms > 0) {
+        long total = 0;
+        for (int b = 0; b < PURGE_BATCHES; b++) {
+            n = 0;
+            if (store_purge(w->st, now - w->cfg->audit_retention_ms, PURGE_BATCH, &n)) {
+                log_printf("warn", "audit retention sweep failed: %s", store_errmsg(w->st));
+                break;
+            }
+            total += n;
+            if (n < PURGE_BATCH)
+                break;
+        }
+        if (total)
+            log_printf("info", "deleted %ld old job row%s (audit retention)", total,
+                       total == 1 ? "" : "s");
+    }
+}
+
+/* While idle: checkpoint the WAL (PASSIVE: never waits for readers nor blocks writers), so
+ * that it is reset and truncated (journal_size_limit) outside the request path. */
+static void idle_checkpoint(struct worker *w, double *last)
+{
+    double t = mono();
+    int rc;
+    if (*last > 0 && t - *last < CHECKPOINT_EVERY_S)
+        return;
+    *last = t;
+    /* FX_EBUSY: another process is checkpointing, which is as good */
+    rc = store_checkpoint(w->st, NULL, NULL);
+    if (rc && rc != FX_EBUSY)
+        log_printf("warn", "wal checkpoint failed: %s", store_errmsg(w->st));
+}
+
+/* What a finished job leaves to store. */
+enum outcome_kind { OUT_COMPLETED, OUT_FAILED, OUT_CANCELLED, OUT_REQUEUE };
+
+struct outcome {
+    enum outcome_kind kind;
+    const struct fx_result *res; /* OUT_COMPLETED */
+    const char *code, *message;  /* OUT_FAILED, OUT_CANCELLED */
+    bool cancelled;              /* OUT_REQUEUE: the store cancelled it instead */
+};
+
+static int write_outcome(struct worker *w, const char *id, struct outcome *o)
+{
+    switch (o->kind) {
+    case OUT_COMPLETED:
+        return store_complete(w->st, id, w->name, o->res->png, o->res->png_len, now_ms());
+    case OUT_FAILED:
+        return store_finish(w->st, id, w->name, STORE_FAILED, o->code, o->message, now_ms());
+    case OUT_CANCELLED:
+        return store_finish(w->st, id, w->name, STORE_CANCELLED, o->code, o->message, now_ms());
+    default:
+        return store_requeue(w->st, id, w->name, now_ms(), &o->cancelled);
+    }
+}
+
+static void set_store_degraded(struct worker *w, bool degraded, const char *why)
+{
+    pthread_mutex_lock(&w->lock);
+    w->store_degraded = degraded;
+    snprintf(w->store_error, sizeof(w->store_error), "%s", degraded ? why : "");
+    pthread_mutex_unlock(&w->lock);
+}
+
+/*
+ * Stores an outcome, retrying with backoff (RETRY_FIRST_MS doubling to RETRY_MAX_MS) while
+ * the store refuses it (disk full, a lock held past busy_timeout): the image is kept in
+ * memory meanwhile, and the worker claims nothing else.  Gives up only when the process
+ * stops; the job then stays running and is re-run after the restart (store_recover).
+ * Returns 0, FX_ENOENT (the job is no longer ours), or the last error when stopping.
+ */
+static int persist(struct worker *w, const char *id, struct outcome *o)
+{
+    int delay = RETRY_FIRST_MS, rc;
+    bool degraded = false;
+    for (;;) {
+        rc = write_outcome(w, id, o);
+        metrics_store_write(w->metrics, rc == 0 || rc == FX_ENOENT);
+        if (rc == 0 || rc == FX_ENOENT)
+            break;
+        char why[256];
+        snprintf(why, sizeof(why), "job %s: outcome not stored: %s: %s", id, fx_errcode(rc),
+                 store_errmsg(w->st));
+        if (!degraded)
+            log_printf("error", "%s; retrying until it is", why);
+        degraded = true;
+        set_store_degraded(w, true, why);
+        if (atomic_load(&w->stopping)) {
+            log_printf("error",
+                       "job %s: stopping with its outcome not stored; it runs again "
+                       "after the restart",
+                       id);
+            return rc;
+        }
+        struct timespec dl;
+        deadline_in(&dl, delay);
+        pthread_mutex_lock(&w->lock);
+        while (!atomic_load(&w->stopping))
+            if (pthread_cond_timedwait(&w->wake, &w->lock, &dl) == ETIMEDOUT)
+                break;
+        pthread_mutex_unlock(&w->lock);
+        delay = delay * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : delay * 2;
+    }
+    if (degraded) {
+        set_store_degraded(w, false, NULL);
+        log_printf("info", "job %s: outcome stored after the store recovered", id);
+    }
+    return rc;
+}
+
+/* The device failed device_failures_fatal jobs in a row: the worker fails (/ping 503) and
+ * the process is asked to exit, so that a supervisor restarts it on a fresh device. */
+static void fail_worker(struct worker *w, const char *last)
+{
+    pthread_mutex_lock(&w->lock);
+    snprintf(w->error, sizeof(w->error),
+             "%d jobs in a row failed with a device or model runtime error; last: %s",
+             w->device_streak, last);
+    pthread_mutex_unlock(&w->lock);
+    log_printf("error", "worker failed: %s", w->error);
+    atomic_store(&w->readiness, WORKER_FAILED);
+    if (w->on_fatal)
+        w->on_fatal();
 }
 
 /* Runs one claimed job to a terminal state (or back to the queue on a drain). */
@@ -200,32 +369,50 @@ static void run_job(struct worker *w, struct store_job *job)
                    job->attempts, req.width, req.height, req.steps, (unsigned long long)req.seed);
         rc = fx_pipeline_generate(w->pipe, &req, &hooks, &res, msg, sizeof(msg));
     }
+    struct outcome o = {OUT_COMPLETED, &res, NULL, NULL, false};
     if (rc == 0) {
-        frc = store_complete(w->st, job->id, w->name, res.png, res.png_len, now_ms());
-        metrics_observe_job(w->metrics, 0, mono() - t0);
-        log_printf("info", "job %s: completed in %.3fs (%zu bytes)", job->id, mono() - t0,
-                   res.png_len);
+        w->device_streak = 0;
     } else if (rc == FX_ECANCELED && atomic_load(&w->stopping)) {
-        frc = store_requeue(w->st, job->id, w->name);
-        log_printf("info", "job %s: back in the queue (draining)", job->id);
+        o.kind = OUT_REQUEUE;
     } else if (rc == FX_ECANCELED) {
         snprintf(msg, sizeof(msg), "cancelled while running, after step %d of %d", w->last_step,
                  req.steps);
-        frc = store_finish(w->st, job->id, w->name, STORE_CANCELLED, fx_errcode(FX_ECANCELED), msg,
-                           now_ms());
-        metrics_observe_job(w->metrics, 2, 0);
-        log_printf("info", "job %s: %s", job->id, msg);
+        o = (struct outcome){OUT_CANCELLED, NULL, fx_errcode(FX_ECANCELED), msg, false};
     } else {
         if (msg[0] == '\0')
             snprintf(msg, sizeof(msg), "%s", fx_strerror(rc));
-        frc = store_finish(w->st, job->id, w->name, STORE_FAILED, fx_errcode(rc), msg, now_ms());
-        metrics_observe_job(w->metrics, 1, 0);
-        log_printf("error", "job %s: failed: %s: %s", job->id, fx_errcode(rc), msg);
+        w->device_streak = worker_device_streak(w->device_streak, rc);
+        /* the job that tips the streak goes back to the queue: the device, not the job, is
+         * at fault, and another worker (or this one after a restart) runs it */
+        o = (struct outcome){w->device_streak >= w->cfg->device_failures_fatal ? OUT_REQUEUE
+                                                                               : OUT_FAILED,
+                             NULL, fx_errcode(rc), msg, false};
     }
-    if (frc == FX_ENOENT)
+    frc = persist(w, job->id, &o);
+    if (frc == 0) {
+        /* logged and counted only once the outcome is committed */
+        if (o.kind == OUT_COMPLETED) {
+            metrics_observe_job(w->metrics, 0, mono() - t0);
+            log_printf("info", "job %s: completed in %.3fs (%zu bytes)", job->id, mono() - t0,
+                       res.png_len);
+        } else if (o.kind == OUT_CANCELLED || (o.kind == OUT_REQUEUE && o.cancelled)) {
+            metrics_observe_job(w->metrics, 2, 0);
+            log_printf("info", "job %s: %s", job->id,
+                       o.kind == OUT_CANCELLED ? msg : "cancelled (asked before the drain)");
+        } else if (o.kind == OUT_FAILED) {
+            metrics_observe_job(w->metrics, 1, 0);
+            log_printf("error", "job %s: failed: %s: %s", job->id, o.code, msg);
+        } else if (rc == FX_ECANCELED) {
+            log_printf("info", "job %s: back in the queue (draining)", job->id);
+        } else {
+            log_printf("error", "job %s: back in the queue after a device error: %s: %s", job->id,
+                       o.code, msg);
+        }
+    } else if (frc == FX_ENOENT) {
         log_printf("warn", "job %s: no longer ours when it ended; outcome dropped", job->id);
-    else if (frc)
-        log_printf("error", "job %s: outcome not stored: %s", job->id, store_errmsg(w->st));
+    }
+    if (rc != 0 && rc != FX_ECANCELED && w->device_streak >= w->cfg->device_failures_fatal)
+        fail_worker(w, msg);
     fx_result_release(&res);
     free(prompt);
     job_ended(w);
@@ -262,7 +449,7 @@ static int load(struct worker *w)
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
-    int64_t last_sweep = 0;
+    double last_sweep = 0, last_checkpoint = 0;
     int rc = load(w);
 
     if (rc == FX_ECANCELED && atomic_load(&w->stopping)) {
@@ -281,13 +468,13 @@ static void *worker_main(void *arg)
     atomic_store(&w->readiness, WORKER_READY);
     log_printf("info", "ready (worker '%s')", w->name);
 
-    while (!atomic_load(&w->stopping)) {
+    while (!atomic_load(&w->stopping) && atomic_load(&w->readiness) == WORKER_READY) {
         struct store_job job;
         sweep(w, &last_sweep);
         pthread_mutex_lock(&w->lock);
         w->pending = false;
         pthread_mutex_unlock(&w->lock);
-        rc = store_claim(w->st, w->name, now_ms(), &job);
+        rc = store_claim(w->st, w->name, now_ms(), w->cfg->lease_ms, &job);
         if (rc == 0) {
             run_job(w, &job);
             store_job_release(&job);
@@ -295,6 +482,8 @@ static void *worker_main(void *arg)
         }
         if (rc != FX_ENOENT)
             log_printf("error", "claim failed: %s", store_errmsg(w->st));
+        else
+            idle_checkpoint(w, &last_checkpoint);
         /* idle: wait for a notify, a stop, or a second (jobs queued by other processes,
          * the next sweep) */
         struct timespec dl;
@@ -305,7 +494,8 @@ static void *worker_main(void *arg)
                 break;
         pthread_mutex_unlock(&w->lock);
     }
-    atomic_store(&w->readiness, WORKER_STOPPED);
+    if (atomic_load(&w->readiness) == WORKER_READY)
+        atomic_store(&w->readiness, WORKER_STOPPED);
     return NULL;
 }
 
@@ -315,7 +505,7 @@ int worker_start(const struct fx_config *cfg, struct fx_metrics *metrics,
 {
     struct worker *w = calloc(1, sizeof(*w));
     pthread_condattr_t ca;
-    long requeued = 0, failed = 0;
+    struct store_recovery r = {0, 0, 0};
     int rc;
 
     *out = NULL;
@@ -341,14 +531,16 @@ int worker_start(const struct fx_config *cfg, struct fx_metrics *metrics,
     rc = store_open(cfg->db, (int)cfg->busy_timeout_ms, &w->st, msg, msg_len);
     if (rc)
         goto out;
-    rc = store_recover(w->st, w->name, cfg->max_attempts, now_ms(), &requeued, &failed);
+    rc = store_recover(w->st, w->name, cfg->max_attempts, now_ms(), &r);
     if (rc) {
         snprintf(msg, msg_len, "restart recovery failed: %s", store_errmsg(w->st));
         goto out;
     }
-    if (requeued || failed)
-        log_printf("info", "restart recovery: %ld job%s re-queued, %ld failed (worker '%s')",
-                   requeued, requeued == 1 ? "" : "s", failed, w->name);
+    if (r.requeued || r.failed || r.cancelled)
+        log_printf("info",
+                   "restart recovery: %ld job%s re-queued, %ld failed, %ld cancelled (worker "
+                   "'%s')",
+                   r.requeued, r.requeued == 1 ? "" : "s", r.failed, r.cancelled, w->name);
     if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
         rc = FX_ENOMEM;
         snprintf(msg, msg_len, "cannot start the worker thread");

@@ -9,10 +9,26 @@
  * than the retention time.  Acceptor threads never touch the pipeline: they enqueue, call
  * worker_notify, and wait with worker_wait.
  *
+ * An outcome the store refuses (disk full, a lock held past busy_timeout) is kept in memory
+ * and retried with backoff until it is stored; meanwhile the worker claims nothing and
+ * worker_store_status reports the condition (/ping, /metrics).  A job is logged completed
+ * only once its commit succeeded.
+ *
+ * A device that keeps failing (device_failures_fatal jobs in a row ending with FX_EDEVICE or
+ * FX_ERUNTIME) fails the worker: the last job goes back to the queue, readiness becomes
+ * WORKER_FAILED with worker_error saying why, and on_fatal is called so that the process
+ * exits non-zero and its supervisor restarts it.
+ *
+ * Every sweep (at most once a second) also re-queues jobs of any worker whose lease ran out
+ * (store_reclaim) and deletes job rows older than audit_retention in bounded batches; the
+ * idle loop checkpoints the WAL.  Intervals are timed on CLOCK_MONOTONIC; the wall clock
+ * only stamps stored times.
+ *
  * Stopping (SIGTERM) is a drain: worker_stop sets the cancel flag, the running job stops
  * between two steps and goes back to the queue in its old place (the attempt is not
- * counted), and the thread ends.  A crash instead leaves the job `running`: the next start
- * of a worker with the same worker_name re-queues it (store_recover, done by worker_start).
+ * counted) unless a cancel was asked for it (then it ends cancelled), and the thread ends.  A crash
+ * instead leaves the job `running`: the next start of a worker with the same worker_name re-queues
+ * it (store_recover, done by worker_start).
  *
  * Thread-safety: every function here may be called from any thread, except worker_free
  * (once, after worker_stop, by the thread that started it).
@@ -21,6 +37,7 @@
 #define FX_WORKER_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,7 +50,8 @@ struct worker;
 enum worker_readiness {
     WORKER_LOADING = 0, /* loading the model or warming up */
     WORKER_READY = 1,
-    WORKER_FAILED = 2, /* the model could not be loaded: worker_error says why */
+    WORKER_FAILED = 2, /* the model could not be loaded, or the device keeps failing:
+                          worker_error says why */
     WORKER_STOPPED = 3
 };
 
@@ -41,8 +59,8 @@ enum worker_readiness {
  * Recovers the jobs this worker_name left running (store_recover with cfg->max_attempts),
  * then starts the thread (which loads the model).  cfg, metrics and manifest must outlive
  * the worker; the defaults of the warm-up come from req_defaults.  on_fatal, when not NULL,
- * is called from the worker thread if loading fails.  Returns 0 and sets *out, or an error
- * with msg set (FX_EIO etc. from the store, FX_ENOMEM).
+ * is called from the worker thread if loading fails or the device keeps failing.  Returns 0 and
+ * sets *out, or an error with msg set (FX_EIO etc. from the store, FX_ENOMEM).
  */
 int worker_start(const struct fx_config *cfg, struct fx_metrics *metrics,
                  const struct fx_request *req_defaults, void (*on_fatal)(void), struct worker **out,
@@ -54,6 +72,19 @@ const atomic_int *worker_readiness(const struct worker *w);
 /* The device and the load error (borrowed, stable once ready / failed). */
 const char *worker_device(const struct worker *w);
 const char *worker_error(const struct worker *w);
+
+/*
+ * Whether the worker's last store write succeeded: false while an outcome waits to be
+ * stored, with the reason copied to msg (may be NULL; "" when true).
+ */
+bool worker_store_status(struct worker *w, char *msg, size_t msg_len);
+
+/*
+ * The device-failure streak after a job ended with rc: 0 after a success, one more after
+ * FX_EDEVICE or FX_ERUNTIME, unchanged otherwise (a bad request or a cancel says nothing
+ * about the device).  The worker fails when it reaches device_failures_fatal.  Pure.
+ */
+int worker_device_streak(int streak, int rc);
 
 /* Wakes the worker: a job was queued.  NULL is a no-op. */
 void worker_notify(struct worker *w);

@@ -4,8 +4,12 @@
 --   sqlite3 fluxcgi.db < sql/schema.sql     creates an empty store by hand
 --
 -- A job moves queued -> running -> completed | failed | cancelled; a completed job becomes
--- expired when its result is deleted after the retention time.  Rows are never deleted: the
--- jobs table is the audit log.  Times are Unix epoch milliseconds (UTC).
+-- expired when its result is deleted after the retention time.  The jobs table is the audit
+-- log: the rows of finished jobs are kept for audit_retention (default 7 days), then deleted.
+-- Times are Unix epoch milliseconds (UTC).
+--
+-- Migration 2 (in sql/store.c, applied by store_open) adds jobs.lease_until_ms (a claim's
+-- lease), the job_counts table kept by triggers, and makes jobs_by_state read it.
 
 CREATE TABLE jobs (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,  -- queue order, never reused

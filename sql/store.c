@@ -13,8 +13,35 @@
 /* sql/schema.sql, embedded by the Makefile as a C string (build/gen/sql/schema_sql.c). */
 extern const char store_schema_sql[];
 
+/*
+ * Migration 2: claims get a lease, and the counts by state live in a table kept by triggers
+ * (so /queue/status and /metrics read six rows instead of counting the audit log, which
+ * now also loses rows to audit_retention).  The counts start from the rows present, so a
+ * version-1 store migrates with right numbers.  The jobs_by_state view reads the table.
+ */
+static const char migration2_sql[] =
+    "ALTER TABLE jobs ADD COLUMN lease_until_ms INTEGER;\n"
+    "CREATE TABLE job_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;\n"
+    "INSERT INTO job_counts (state, n) VALUES ('queued', 0), ('running', 0), "
+    "('completed', 0), ('failed', 0), ('cancelled', 0), ('expired', 0);\n"
+    "UPDATE job_counts SET n = (SELECT count(*) FROM jobs WHERE jobs.state = job_counts.state);\n"
+    "CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN "
+    "UPDATE job_counts SET n = n + 1 WHERE state = NEW.state; END;\n"
+    "CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN "
+    "UPDATE job_counts SET n = n - 1 WHERE state = OLD.state; END;\n"
+    "CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs "
+    "WHEN OLD.state <> NEW.state BEGIN "
+    "UPDATE job_counts SET n = n - 1 WHERE state = OLD.state; "
+    "UPDATE job_counts SET n = n + 1 WHERE state = NEW.state; END;\n"
+    "DROP VIEW jobs_by_state;\n"
+    "CREATE VIEW jobs_by_state AS SELECT state, n AS jobs FROM job_counts WHERE n > 0;\n";
+
 /* Migration N brings user_version from N - 1 to N; the list only grows. */
-static const char *const migrations[STORE_SCHEMA_VERSION] = {store_schema_sql};
+static const char *const migrations[STORE_SCHEMA_VERSION] = {store_schema_sql, migration2_sql};
+
+/* The message of a job whose cancel was asked while it ran, when its worker stopped (drain,
+ * crash, lost lease) before it could end it. */
+#define CANCEL_STOPPED_MSG "'cancelled while running; its worker stopped before it ended'"
 
 #define JOB_COLS                                                                                   \
     "id, state, kind, params, seed, steps, step, attempts, cancel, worker, error_code, "           \
@@ -27,15 +54,15 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {store_schema_sql};
     X(ST_ROLLBACK, "ROLLBACK")                                                                     \
     X(ST_INSERT, "INSERT INTO jobs (id, kind, state, params, seed, steps, created_ms) "            \
                  "SELECT ?1, ?2, 'queued', ?3, ?4, ?5, ?6 "                                        \
-                 "WHERE (SELECT count(*) FROM jobs WHERE state = 'queued') < ?7")                  \
+                 "WHERE (SELECT n FROM job_counts WHERE state = 'queued') < ?7")                   \
     X(ST_POSITION, "SELECT count(*) FROM jobs WHERE state = 'queued' "                             \
                    "AND seq <= (SELECT seq FROM jobs WHERE id = ?1)")                              \
     X(ST_CLAIM, "UPDATE jobs SET state = 'running', worker = ?1, started_ms = ?2, "                \
-                "attempts = attempts + 1, step = 0, cancel = 0 "                                   \
+                "attempts = attempts + 1, step = 0, cancel = 0, lease_until_ms = ?3 "              \
                 "WHERE seq = (SELECT seq FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1) "  \
                 "RETURNING " JOB_COLS)                                                             \
-    X(ST_PROGRESS, "UPDATE jobs SET step = ?2 WHERE id = ?1 AND state = 'running' "                \
-                   "RETURNING cancel")                                                             \
+    X(ST_PROGRESS, "UPDATE jobs SET step = ?2, lease_until_ms = ?4 WHERE id = ?1 "                 \
+                   "AND state = 'running' AND worker = ?3 RETURNING cancel")                       \
     X(ST_RESULT_PUT, "INSERT INTO results (job_seq, png) "                                         \
                      "SELECT seq, ?3 FROM jobs WHERE id = ?1 AND state = 'running' "               \
                      "AND worker = ?2")                                                            \
@@ -43,6 +70,9 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {store_schema_sql};
                    "result_bytes = ?4 WHERE id = ?1 AND state = 'running' AND worker = ?2")        \
     X(ST_FINISH, "UPDATE jobs SET state = ?3, error_code = ?4, error_message = ?5, "               \
                  "finished_ms = ?6 WHERE id = ?1 AND state = 'running' AND worker = ?2")           \
+    X(ST_REQUEUE_CANCEL, "UPDATE jobs SET state = 'cancelled', error_code = 'cancelled', "         \
+                         "error_message = " CANCEL_STOPPED_MSG ", finished_ms = ?3 "               \
+                         "WHERE id = ?1 AND state = 'running' AND worker = ?2 AND cancel = 1")     \
     X(ST_REQUEUE, "UPDATE jobs SET state = 'queued', attempts = max(attempts - 1, 0), step = 0, "  \
                   "started_ms = NULL WHERE id = ?1 AND state = 'running' AND worker = ?2")         \
     X(ST_CANCEL_QUEUED, "UPDATE jobs SET state = 'cancelled', error_code = 'cancelled', "          \
@@ -56,13 +86,27 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {store_schema_sql};
     X(ST_GET, "SELECT " JOB_COLS " FROM jobs WHERE id = ?1")                                       \
     X(ST_RESULT_GET, "SELECT r.png FROM results r JOIN jobs j ON j.seq = r.job_seq "               \
                      "WHERE j.id = ?1 AND j.state = 'completed'")                                  \
-    X(ST_COUNTS, "SELECT state, count(*) FROM jobs GROUP BY state")                                \
+    X(ST_COUNTS, "SELECT state, n FROM job_counts")                                                \
+    X(ST_RECOVER_CANCEL, "UPDATE jobs SET state = 'cancelled', error_code = 'cancelled', "         \
+                         "error_message = " CANCEL_STOPPED_MSG ", finished_ms = ?2 "               \
+                         "WHERE state = 'running' AND worker = ?1 AND cancel = 1")                 \
     X(ST_RECOVER_FAIL, "UPDATE jobs SET state = 'failed', error_code = 'interrupted', "            \
                        "error_message = 'its worker stopped during it in ' || attempts || "        \
                        "' of at most ' || ?2 || ' attempt(s); giving up', finished_ms = ?3 "       \
                        "WHERE state = 'running' AND worker = ?1 AND attempts >= ?2")               \
     X(ST_RECOVER_REQUEUE, "UPDATE jobs SET state = 'queued', step = 0, cancel = 0 "                \
                           "WHERE state = 'running' AND worker = ?1")                               \
+    X(ST_LEASE_CANCEL, "UPDATE jobs SET state = 'cancelled', error_code = 'cancelled', "           \
+                       "error_message = " CANCEL_STOPPED_MSG ", finished_ms = ?1 "                 \
+                       "WHERE state = 'running' AND lease_until_ms < ?1 AND cancel = 1")           \
+    X(ST_LEASE_FAIL, "UPDATE jobs SET state = 'failed', error_code = 'interrupted', "              \
+                     "error_message = 'its worker stopped renewing its lease in ' || attempts || " \
+                     "' of at most ' || ?2 || ' attempt(s); giving up', finished_ms = ?1 "         \
+                     "WHERE state = 'running' AND lease_until_ms < ?1 AND attempts >= ?2")         \
+    X(ST_LEASE_REQUEUE, "UPDATE jobs SET state = 'queued', step = 0, cancel = 0 "                  \
+                        "WHERE state = 'running' AND lease_until_ms < ?1")                         \
+    X(ST_PURGE, "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE state IN "              \
+                "('failed', 'cancelled', 'expired') AND finished_ms < ?1 LIMIT ?2)")               \
     X(ST_EXPIRE_RESULTS, "DELETE FROM results WHERE job_seq IN (SELECT seq FROM jobs "             \
                          "WHERE state = 'completed' AND finished_ms < ?1)")                        \
     X(ST_EXPIRE_JOBS, "UPDATE jobs SET state = 'expired', expired_ms = ?2 "                        \
@@ -124,6 +168,8 @@ static int from_sqlite(int rc)
         return FX_EBUSY;
     case SQLITE_NOMEM:
         return FX_ENOMEM;
+    case SQLITE_FULL:
+        return FX_ENOSPC;
     default:
         return FX_EIO;
     }
@@ -222,7 +268,7 @@ int store_open(const char *path, int busy_ms, struct store **out, char *msg, siz
     /* journal_mode answers a row; the others are silent.  WAL persists in the file. */
     if (sqlite3_exec(st->db,
                      "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; "
-                     "PRAGMA foreign_keys = ON",
+                     "PRAGMA foreign_keys = ON; PRAGMA journal_size_limit = 16777216",
                      NULL, NULL, &err) != SQLITE_OK) {
         rc = from_sqlite(sqlite3_errcode(st->db));
         rc = fx_fail(msg, msg_len, rc ? rc : FX_EIO, "database '%s': %s", path,
@@ -379,7 +425,8 @@ out:
     return rc;
 }
 
-int store_claim(struct store *st, const char *worker, int64_t now_ms, struct store_job *job)
+int store_claim(struct store *st, const char *worker, int64_t now_ms, int64_t lease_ms,
+                struct store_job *job)
 {
     sqlite3_stmt *s;
     int rc = tx_begin(st), step;
@@ -389,6 +436,7 @@ int store_claim(struct store *st, const char *worker, int64_t now_ms, struct sto
     s = stmt(st, ST_CLAIM);
     sqlite3_bind_text(s, 1, worker, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 2, now_ms);
+    sqlite3_bind_int64(s, 3, now_ms + lease_ms);
     step = sqlite3_step(s);
     if (step == SQLITE_ROW) {
         rc = read_job(s, job);
@@ -412,13 +460,16 @@ int store_claim(struct store *st, const char *worker, int64_t now_ms, struct sto
     return rc;
 }
 
-int store_progress(struct store *st, const char *id, int step, bool *cancel)
+int store_progress(struct store *st, const char *id, const char *worker, int step, int64_t now_ms,
+                   int64_t lease_ms, bool *cancel)
 {
     sqlite3_stmt *s = stmt(st, ST_PROGRESS);
     int rc;
     bool c = false, found = false;
     sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
     sqlite3_bind_int(s, 2, step);
+    sqlite3_bind_text(s, 3, worker, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 4, now_ms + lease_ms);
     pthread_mutex_lock(&write_turn);
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         found = true;
@@ -478,16 +529,32 @@ int store_finish(struct store *st, const char *id, const char *worker, enum stor
     return tx_end(st, update1(st, s));
 }
 
-int store_requeue(struct store *st, const char *id, const char *worker)
+int store_requeue(struct store *st, const char *id, const char *worker, int64_t now_ms,
+                  bool *cancelled)
 {
     sqlite3_stmt *s;
+    bool c = false;
     int rc;
     if ((rc = tx_begin(st)))
         return rc;
-    s = stmt(st, ST_REQUEUE);
+    /* a cancel answered 202 is kept: the job ends cancelled instead of running again */
+    s = stmt(st, ST_REQUEUE_CANCEL);
     sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, worker, -1, SQLITE_STATIC);
-    return tx_end(st, update1(st, s));
+    sqlite3_bind_int64(s, 3, now_ms);
+    rc = update1(st, s);
+    if (rc == 0) {
+        c = true;
+    } else if (rc == FX_ENOENT) {
+        s = stmt(st, ST_REQUEUE);
+        sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, worker, -1, SQLITE_STATIC);
+        rc = update1(st, s);
+    }
+    rc = tx_end(st, rc);
+    if (cancelled)
+        *cancelled = rc == 0 && c;
+    return rc;
 }
 
 static int read_state(struct store *st, const char *id, enum store_state *state)
@@ -611,38 +678,98 @@ int store_counts(struct store *st, long counts[STORE_NSTATES])
     return rc == SQLITE_DONE ? 0 : from_sqlite(rc);
 }
 
-int store_recover(struct store *st, const char *worker, int max_attempts, int64_t now_ms,
-                  long *requeued, long *failed)
+/* Steps an UPDATE of many rows; adds the rows changed to *n. */
+static int update_n(struct store *st, sqlite3_stmt *s, long *n)
 {
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE)
+        return from_sqlite(rc);
+    *n += sqlite3_changes(st->db);
+    return 0;
+}
+
+int store_recover(struct store *st, const char *worker, int max_attempts, int64_t now_ms,
+                  struct store_recovery *out)
+{
+    struct store_recovery r = {0, 0, 0};
     sqlite3_stmt *s;
-    long nf = 0, nr = 0;
     int rc = tx_begin(st);
     if (rc)
         return rc;
+    /* in this order: a cancelled job is not run again, whatever its attempts */
+    s = stmt(st, ST_RECOVER_CANCEL);
+    sqlite3_bind_text(s, 1, worker, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, now_ms);
+    if ((rc = update_n(st, s, &r.cancelled)))
+        goto out;
     s = stmt(st, ST_RECOVER_FAIL);
     sqlite3_bind_text(s, 1, worker, -1, SQLITE_STATIC);
     sqlite3_bind_int(s, 2, max_attempts);
     sqlite3_bind_int64(s, 3, now_ms);
-    rc = update1(st, s);
-    if (rc && rc != FX_ENOENT)
+    if ((rc = update_n(st, s, &r.failed)))
         goto out;
-    nf = rc ? 0 : sqlite3_changes(st->db);
     s = stmt(st, ST_RECOVER_REQUEUE);
     sqlite3_bind_text(s, 1, worker, -1, SQLITE_STATIC);
-    rc = update1(st, s);
-    if (rc && rc != FX_ENOENT)
-        goto out;
-    nr = rc ? 0 : sqlite3_changes(st->db);
-    rc = 0;
+    rc = update_n(st, s, &r.requeued);
 out:
     rc = tx_end(st, rc);
-    if (rc == 0) {
-        if (requeued)
-            *requeued = nr;
-        if (failed)
-            *failed = nf;
-    }
+    if (rc == 0 && out)
+        *out = r;
     return rc;
+}
+
+int store_reclaim(struct store *st, int max_attempts, int64_t now_ms, struct store_recovery *out)
+{
+    struct store_recovery r = {0, 0, 0};
+    sqlite3_stmt *s;
+    int rc = tx_begin(st);
+    if (rc)
+        return rc;
+    s = stmt(st, ST_LEASE_CANCEL);
+    sqlite3_bind_int64(s, 1, now_ms);
+    if ((rc = update_n(st, s, &r.cancelled)))
+        goto out;
+    s = stmt(st, ST_LEASE_FAIL);
+    sqlite3_bind_int64(s, 1, now_ms);
+    sqlite3_bind_int(s, 2, max_attempts);
+    if ((rc = update_n(st, s, &r.failed)))
+        goto out;
+    s = stmt(st, ST_LEASE_REQUEUE);
+    sqlite3_bind_int64(s, 1, now_ms);
+    rc = update_n(st, s, &r.requeued);
+out:
+    rc = tx_end(st, rc);
+    if (rc == 0 && out)
+        *out = r;
+    return rc;
+}
+
+int store_purge(struct store *st, int64_t before_ms, long limit, long *n)
+{
+    sqlite3_stmt *s;
+    long count = 0;
+    int rc = tx_begin(st);
+    if (rc)
+        return rc;
+    s = stmt(st, ST_PURGE);
+    sqlite3_bind_int64(s, 1, before_ms);
+    sqlite3_bind_int64(s, 2, limit);
+    rc = tx_end(st, update_n(st, s, &count));
+    if (rc == 0 && n)
+        *n = count;
+    return rc;
+}
+
+int store_checkpoint(struct store *st, long *wal_frames, long *done)
+{
+    int log = 0, ckpt = 0;
+    int rc = sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &ckpt);
+    if (wal_frames)
+        *wal_frames = log;
+    if (done)
+        *done = ckpt;
+    return from_sqlite(rc);
 }
 
 int store_expire(struct store *st, int64_t before_ms, int64_t now_ms, long *n)

@@ -20,6 +20,19 @@
  * transaction.  Images are bounded (about 1-2 MB at 1024x1024) and live only for the
  * retention time, so the file stays small; freed pages are reused.
  *
+ * Counts by state are kept in a job_counts table by triggers on jobs (migration 2), so
+ * store_counts costs the same with ten rows or ten million.  Old rows of finished jobs are
+ * deleted by store_purge after the audit retention; the WAL is checkpointed by
+ * store_checkpoint from the worker's idle sweep, and journal_size_limit truncates it when
+ * it restarts, so it does not keep the size of its largest burst.
+ *
+ * Leases (migration 2): a claim holds the job until lease_until_ms, renewed by every
+ * store_progress.  store_reclaim (any worker's sweep) re-queues running jobs whose lease ran
+ * out, so the jobs of a worker that never comes back do not stay running when several
+ * processes share one store.  One denoising step must therefore take less than the lease.
+ *
+ * Full disk: SQLITE_FULL is FX_ENOSPC (the caller may retry later); other failures FX_EIO.
+ *
  * Threads: a struct store is one connection and belongs to one thread at a time; each
  * thread opens its own.  Times are Unix epoch milliseconds supplied by the caller (so tests
  * control the clock).
@@ -34,7 +47,7 @@
 struct store;
 
 /* The schema version this program writes (the number of migrations). */
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 
 #define STORE_ID_LEN 49 /* longest job id: host part, "-", 32 hex digits (jobid.h) */
 
@@ -94,16 +107,20 @@ int store_enqueue(struct store *st, const char *id, bool sync, const char *param
                   int steps, int64_t now_ms, long max_queued, long *position);
 
 /*
- * Claims the oldest queued job for worker: running, attempts + 1, started now, step 0.
- * Returns 0 and fills *job (release it), FX_ENOENT when nothing is queued, FX_EIO/FX_EBUSY.
+ * Claims the oldest queued job for worker: running, attempts + 1, started now, step 0, its
+ * lease until now + lease_ms.  Returns 0 and fills *job (release it), FX_ENOENT when nothing
+ * is queued, FX_EIO/FX_EBUSY/FX_ENOSPC.
  */
-int store_claim(struct store *st, const char *worker, int64_t now_ms, struct store_job *job);
+int store_claim(struct store *st, const char *worker, int64_t now_ms, int64_t lease_ms,
+                struct store_job *job);
 
 /*
- * Records progress of a running job.  Sets *cancel (may be NULL) when a cancel was asked.
- * Returns 0, FX_ENOENT when the job is no longer running, FX_EIO/FX_EBUSY.
+ * Records progress of a job running under worker and renews its lease until now + lease_ms.
+ * Sets *cancel (may be NULL) when a cancel was asked.  Returns 0, FX_ENOENT when the job is
+ * no longer running under this worker (re-queued after its lease ran out), FX_EIO/FX_EBUSY.
  */
-int store_progress(struct store *st, const char *id, int step, bool *cancel);
+int store_progress(struct store *st, const char *id, const char *worker, int step, int64_t now_ms,
+                   int64_t lease_ms, bool *cancel);
 
 /*
  * Marks a running job claimed by worker completed and stores its PNG, in one transaction.
@@ -122,9 +139,12 @@ int store_finish(struct store *st, const char *id, const char *worker, enum stor
 
 /*
  * Puts a running job of worker back in the queue (a graceful drain): its place is kept, and
- * the attempt does not count.  Returns 0, FX_ENOENT, FX_EIO/FX_EBUSY.
+ * the attempt does not count.  A job whose cancel was asked (answered 202) is not re-queued
+ * but ends cancelled at now_ms; *cancelled (may be NULL) says which.  Returns 0, FX_ENOENT,
+ * FX_EIO/FX_EBUSY.
  */
-int store_requeue(struct store *st, const char *id, const char *worker);
+int store_requeue(struct store *st, const char *id, const char *worker, int64_t now_ms,
+                  bool *cancelled);
 
 /*
  * Cancels a job: a queued one becomes cancelled at once (*state = STORE_CANCELLED); a
@@ -152,17 +172,48 @@ int store_get(struct store *st, const char *id, struct store_job *job);
  */
 int store_result(struct store *st, const char *id, uint8_t **png, size_t *len);
 
-/* Counts jobs by state: counts[STORE_NSTATES].  Returns 0, FX_EIO/FX_EBUSY. */
+/* Counts jobs by state: counts[STORE_NSTATES], from the job_counts table (O(1)).
+ * Returns 0, FX_EIO/FX_EBUSY. */
 int store_counts(struct store *st, long counts[STORE_NSTATES]);
+
+/* What store_recover and store_reclaim did. */
+struct store_recovery {
+    long requeued;  /* back in the queue in their old place */
+    long failed;    /* started max_attempts times: failed "interrupted" */
+    long cancelled; /* a cancel had been asked: cancelled, not run again */
+};
 
 /*
  * Restart recovery for worker: each job it left running is queued again in its old place,
- * unless it has been started max_attempts times already, then it fails with code
- * "interrupted".  Jobs of other workers are left alone (they may be alive).  Sets the
- * counts (may be NULL).  Returns 0, FX_EIO/FX_EBUSY.
+ * unless a cancel was asked for it (then it ends cancelled) or it has been started
+ * max_attempts times already (then it fails with code "interrupted").  Jobs of other
+ * workers are left alone (they may be alive; store_reclaim handles them by lease).  Fills
+ * *out (may be NULL).  Returns 0, FX_EIO/FX_EBUSY.
  */
 int store_recover(struct store *st, const char *worker, int max_attempts, int64_t now_ms,
-                  long *requeued, long *failed);
+                  struct store_recovery *out);
+
+/*
+ * The same for running jobs of any worker whose lease ended before now_ms (their worker
+ * stopped without coming back).  Jobs claimed before migration 2 have no lease and are left
+ * to store_recover.  Fills *out (may be NULL).  Returns 0, FX_EIO/FX_EBUSY.
+ */
+int store_reclaim(struct store *st, int max_attempts, int64_t now_ms, struct store_recovery *out);
+
+/*
+ * Audit retention: deletes at most limit rows of failed, cancelled and expired jobs that
+ * finished before before_ms (a completed job first expires by store_expire).  Sets *n (may
+ * be NULL) to the number deleted; a caller loops while *n == limit.  Returns 0,
+ * FX_EIO/FX_EBUSY.
+ */
+int store_purge(struct store *st, int64_t before_ms, long limit, long *n);
+
+/*
+ * Checkpoints the WAL into the database without waiting for readers or blocking writers
+ * (PASSIVE).  Sets *wal_frames and *done (may be NULL) to the frames in the WAL and those
+ * checkpointed.  Returns 0, FX_EBUSY (another checkpoint is running), FX_EIO.
+ */
+int store_checkpoint(struct store *st, long *wal_frames, long *done);
 
 /*
  * Retention: deletes the images of jobs completed before before_ms and marks them expired.

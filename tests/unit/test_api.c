@@ -126,7 +126,38 @@ static void test_status_map(void)
     CHECK_INT(api_http_status(FX_ERUNTIME), 500);
     CHECK_INT(api_http_status(FX_ENOTREADY), 503);
     CHECK_INT(api_http_status(FX_ETIMEDOUT), 504);
+    CHECK_INT(api_http_status(FX_ENOSPC), 507);
     CHECK_INT(api_http_status(-12345), 500);
+}
+
+/* A full disk: 507 with the stable code and a Retry-After, not a 500 io_error. */
+static void test_store_errors(void)
+{
+    struct api_response rs = {0};
+    json_object *o;
+    api_send_store_error(&rs, FX_ENOSPC, NULL);
+    CHECK_INT(rs.status, 507);
+    CHECK(header(&rs, "Retry-After") != NULL && atoi(header(&rs, "Retry-After")) >= 1);
+    o = body_json(&rs);
+    CHECK_STR(jstr(o, "error", "code"), "insufficient_storage");
+    json_object_put(o);
+    api_response_release(&rs);
+}
+
+/* The worker's device-failure streak: device and runtime errors add up, a success resets,
+ * anything else (a bad request, a cancel, a full disk) leaves it. */
+static void test_device_streak(void)
+{
+    int n = 0;
+    n = worker_device_streak(n, FX_EDEVICE);
+    n = worker_device_streak(n, FX_ERUNTIME);
+    CHECK_INT(n, 2);
+    n = worker_device_streak(n, FX_EINVAL);
+    n = worker_device_streak(n, FX_ECANCELED);
+    CHECK_INT(n, 2);
+    n = worker_device_streak(n, FX_ERUNTIME);
+    CHECK_INT(n, 3);
+    CHECK_INT(worker_device_streak(n, 0), 0);
 }
 
 struct parse_case {
@@ -158,6 +189,21 @@ static void test_parse(void)
          "]]]]"
          "]]]]]]",
          FX_EFORMAT, NULL},
+        /* what json-c accepts on its own: duplicate keys, raw control characters inside a
+         * string, escaped lone surrogates */
+        {"{\"prompt\":\"a\",\"prompt\":\"b\"}", FX_EFORMAT, NULL},
+        {"{\"prompt\":\"a\",\"seed\":1,\"seed\":2}", FX_EFORMAT, NULL},
+        {"{\"prompt\":\"a\",\"\\u0070rompt\":\"b\"}", FX_EFORMAT, NULL},
+        {"{\"prompt\":\"a\tb\"}", FX_EFORMAT, NULL},
+        {"{\"prompt\":\"a\nb\"}", FX_EFORMAT, NULL},
+        {"{\"prompt\":\"a\",\"x\x01\":1}", FX_EFORMAT, NULL},
+        {"{\"prompt\":\"\\ud800\"}", FX_EFORMAT, NULL},
+        {"{\"prompt\":\"\\ud800x\"}", FX_EFORMAT, NULL},
+        {"{\"prompt\":\"\\udc00\"}", FX_EFORMAT, NULL},
+        {"{\"prompt\":\"\\ud83d\\u0041\"}", FX_EFORMAT, NULL},
+        {"{\"prompt\":\"\\ud83d\"}", FX_EFORMAT, NULL},
+        {"{\"prompt\":\"a\\\\ud800 \\\"x\\\" \\t, {\"}", 0, NULL},
+        {"{\"prompt\":\"a, b\",\"seed\":null}", 0, NULL},
         {"[]", FX_EINVAL, NULL},
         {"\"a cat\"", FX_EINVAL, NULL},
         {"null", FX_EINVAL, NULL},
@@ -351,7 +397,7 @@ static void test_routes(void)
     /* a job that completed long ago reads as expired (before the sweep) and 410 */
     struct store_job j;
     static const uint8_t png[] = {1, 2, 3};
-    CHECK_INT(store_claim(st, "unit", 1000, &j), 0);
+    CHECK_INT(store_claim(st, "unit", 1000, 60000, &j), 0);
     CHECK_STR(j.id, id2);
     store_job_release(&j);
     CHECK_INT(store_complete(st, id2, "unit", png, sizeof(png), 2000), 0);
@@ -365,7 +411,7 @@ static void test_routes(void)
     api_response_release(&rs);
 
     /* a fresh completed job gives its PNG with the headers */
-    CHECK_INT(store_claim(st, "unit", 1000, &j), 0);
+    CHECK_INT(store_claim(st, "unit", 1000, 60000, &j), 0);
     snprintf(id2, sizeof(id2), "%s", j.id);
     store_job_release(&j);
     struct timespec ts;
@@ -499,6 +545,8 @@ int main(int argc, char **argv)
     unit_parse_args(argc, argv);
     test_ids();
     test_status_map();
+    test_store_errors();
+    test_device_streak();
     if (mkdtemp(dir) == NULL)
         return 1;
     snprintf(path, sizeof(path), "%s/jobs.db", dir);

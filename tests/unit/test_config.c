@@ -79,6 +79,16 @@ static void test_good(void)
     CHECK_INT(c.socket_mode, 0660);
     CHECK(c.default_guidance < 0);
     CHECK_INT(c.default_steps, 0);
+    CHECK_INT(c.audit_retention_ms, 7LL * 24 * 3600 * 1000);
+    CHECK_INT(c.lease_ms, 60000);
+    CHECK_INT(c.device_failures_fatal, 3);
+    rc = parse("db = a.db\nmodel = /m\naudit_retention = 0\nlease = 90s\n"
+               "device_failures_fatal = 1\n",
+               &c, msg, sizeof(msg));
+    CHECK_INT(rc, 0);
+    CHECK_INT(c.audit_retention_ms, 0); /* 0: kept forever */
+    CHECK_INT(c.lease_ms, 90000);
+    CHECK_INT(c.device_failures_fatal, 1);
     rc = parse("db = a.db\nmodel = /m\nsocket = :9000\nretention = 1h\n", &c, msg, sizeof(msg));
     CHECK_INT(rc, 0);
     CHECK_STR(c.socket, ":9000");
@@ -109,6 +119,10 @@ static void test_bad(void)
         {"db = a\nmodel = b\nretention = 10 m\n", FX_EFORMAT, "key 'retention'"},
         {"db = a\nmodel = b\nretention = 10d\n", FX_EFORMAT, "not a duration"},
         {"db = a\nmodel = b\nretention = 0\n", FX_EFORMAT, "key 'retention'"},
+        {"db = a\nmodel = b\nlease = 10ms\n", FX_EFORMAT, "key 'lease'"},
+        {"db = a\nmodel = b\ndevice_failures_fatal = 0\n", FX_EFORMAT,
+         "key 'device_failures_fatal'"},
+        {"db = a\nmodel = b\naudit_retention = -1\n", FX_EFORMAT, "key 'audit_retention'"},
         {"db = a\nmodel = b\nmax_body = 1G\n", FX_EFORMAT, "key 'max_body'"},
         {"db = a\nmodel = b\nmax_body = 1000M\n", FX_EFORMAT, "out of range"},
         {"db = a\nmodel = b\ndevice = gpu\n", FX_EFORMAT, "'gpu' is not cpu, cuda or cuda:N"},

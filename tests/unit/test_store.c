@@ -3,6 +3,8 @@
  * and two connections racing to claim. */
 #include <sqlite3.h>
 #include <stdlib.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -118,7 +120,7 @@ static void test_queue(void)
     CHECK_INT(counts[STORE_QUEUED], 3);
 
     /* the oldest is claimed; the others move up */
-    CHECK_INT(store_claim(st, "w1", 5000, &j), 0);
+    CHECK_INT(store_claim(st, "w1", 5000, 60000, &j), 0);
     id_of(1, id);
     CHECK_STR(j.id, id);
     CHECK_INT(j.state, STORE_RUNNING);
@@ -139,12 +141,12 @@ static void test_queue(void)
     /* progress; a cancel asked while running shows up in the next progress call */
     id_of(1, id);
     bool cancel = true;
-    CHECK_INT(store_progress(st, id, 2, &cancel), 0);
+    CHECK_INT(store_progress(st, id, "w1", 2, 5500, 60000, &cancel), 0);
     CHECK(!cancel);
     enum store_state s = STORE_QUEUED;
     CHECK_INT(store_cancel(st, id, 6000, &s), 0);
     CHECK_INT(s, STORE_RUNNING);
-    CHECK_INT(store_progress(st, id, 3, &cancel), 0);
+    CHECK_INT(store_progress(st, id, "w1", 3, 6500, 60000, &cancel), 0);
     CHECK(cancel);
     CHECK_INT(store_get(st, id, &j), 0);
     CHECK_INT(j.step, 3);
@@ -184,7 +186,7 @@ static void test_queue(void)
     CHECK_INT(store_get(st, "ffffffffffffffffffffffffffffffff", &j), FX_ENOENT);
 
     /* failure: the code and message are kept */
-    CHECK_INT(store_claim(st, "w1", 9000, &j), 0);
+    CHECK_INT(store_claim(st, "w1", 9000, 60000, &j), 0);
     id_of(3, id);
     CHECK_STR(j.id, id);
     store_job_release(&j);
@@ -197,11 +199,11 @@ static void test_queue(void)
     CHECK_INT(store_finish(st, id, "w1", STORE_COMPLETED, "x", "y", 9500), FX_EINVAL);
 
     /* drain: the job goes back in its place and the attempt does not count */
-    CHECK_INT(store_claim(st, "w1", 9600, &j), 0);
+    CHECK_INT(store_claim(st, "w1", 9600, 60000, &j), 0);
     id_of(4, id);
     CHECK_STR(j.id, id);
     store_job_release(&j);
-    CHECK_INT(store_requeue(st, id, "w1"), 0);
+    CHECK_INT(store_requeue(st, id, "w1", 9700, NULL), 0);
     CHECK_INT(store_get(st, id, &j), 0);
     CHECK_INT(j.state, STORE_QUEUED);
     CHECK_INT(j.attempts, 0);
@@ -233,24 +235,24 @@ static void test_recover(void)
 {
     struct store *st = open_store();
     struct store_job j;
-    long rq = -1, fl = -1;
+    struct store_recovery r;
     char id[33];
 
     CHECK_INT(enqueue(st, 10, 100, NULL), 0);
     CHECK_INT(enqueue(st, 11, 100, NULL), 0);
-    CHECK_INT(store_claim(st, "gpu0", 1, &j), 0); /* job 4 from test_queue, still queued */
+    CHECK_INT(store_claim(st, "gpu0", 1, 60000, &j), 0); /* job 4 from test_queue, still queued */
     store_job_release(&j);
-    CHECK_INT(store_claim(st, "gpu0", 1, &j), 0);
+    CHECK_INT(store_claim(st, "gpu0", 1, 60000, &j), 0);
     id_of(10, id);
     CHECK_STR(j.id, id);
     store_job_release(&j);
-    CHECK_INT(store_claim(st, "gpu1", 1, &j), 0);
+    CHECK_INT(store_claim(st, "gpu1", 1, 60000, &j), 0);
     store_job_release(&j);
 
     /* gpu0 restarts: its two running jobs are queued again, gpu1's is not touched */
-    CHECK_INT(store_recover(st, "gpu0", 2, 50, &rq, &fl), 0);
-    CHECK_INT(rq, 2);
-    CHECK_INT(fl, 0);
+    CHECK_INT(store_recover(st, "gpu0", 2, 50, &r), 0);
+    CHECK_INT(r.requeued, 2);
+    CHECK_INT(r.failed, 0);
     CHECK_INT(store_get(st, id, &j), 0);
     CHECK_INT(j.state, STORE_QUEUED);
     CHECK_INT(j.attempts, 1);
@@ -262,21 +264,21 @@ static void test_recover(void)
 
     /* started twice with max_attempts 2: the second recovery fails it; a job started once
      * goes back to the queue */
-    CHECK_INT(store_claim(st, "gpu0", 60, &j), 0); /* job 4, second start: finish it */
+    CHECK_INT(store_claim(st, "gpu0", 60, 60000, &j), 0); /* job 4, second start: finish it */
     CHECK_INT(store_finish(st, j.id, "gpu0", STORE_FAILED, "internal", "done", 60), 0);
     store_job_release(&j);
-    CHECK_INT(store_claim(st, "gpu0", 60, &j), 0);
+    CHECK_INT(store_claim(st, "gpu0", 60, 60000, &j), 0);
     id_of(10, id);
     CHECK_STR(j.id, id);
     CHECK_INT(j.attempts, 2);
     store_job_release(&j);
     CHECK_INT(enqueue(st, 12, 100, NULL), 0);
-    CHECK_INT(store_claim(st, "gpu0", 60, &j), 0);
+    CHECK_INT(store_claim(st, "gpu0", 60, 60000, &j), 0);
     CHECK_INT(j.attempts, 1);
     store_job_release(&j);
-    CHECK_INT(store_recover(st, "gpu0", 2, 70, &rq, &fl), 0);
-    CHECK_INT(rq, 1);
-    CHECK_INT(fl, 1);
+    CHECK_INT(store_recover(st, "gpu0", 2, 70, &r), 0);
+    CHECK_INT(r.requeued, 1);
+    CHECK_INT(r.failed, 1);
     CHECK_INT(store_get(st, id, &j), 0);
     CHECK_INT(j.state, STORE_FAILED);
     CHECK_STR(j.error_code, "interrupted");
@@ -298,13 +300,13 @@ static void test_cancel_queued(void)
     CHECK_INT(store_cancel_queued(st, "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee", 1, &done), FX_ENOENT);
     CHECK(!done);
     /* empty the queue left by the earlier tests, then one to run and one to stay queued */
-    while (store_claim(st, "sweeper", 1, &j) == 0) {
+    while (store_claim(st, "sweeper", 1, 60000, &j) == 0) {
         store_finish(st, j.id, "sweeper", STORE_FAILED, "internal", "cleanup", 1);
         store_job_release(&j);
     }
     CHECK_INT(enqueue(st, 20, 100, NULL), 0);
     CHECK_INT(enqueue(st, 21, 100, NULL), 0);
-    CHECK_INT(store_claim(st, "gpu0", 100, &j), 0);
+    CHECK_INT(store_claim(st, "gpu0", 100, 60000, &j), 0);
     id_of(20, run_id);
     CHECK_STR(j.id, run_id);
     store_job_release(&j);
@@ -344,6 +346,324 @@ static void test_cancel_queued(void)
     store_close(st);
 }
 
+/* ---- counts, migration 2, audit retention, leases, drain and recovery of cancels -------- */
+
+/* The store's counts against a count of the rows themselves. */
+static void check_counts(struct store *st, int line)
+{
+    long counts[STORE_NSTATES];
+    char sql[128];
+    CHECK_INT(store_counts(st, counts), 0);
+    for (int i = 0; i < STORE_NSTATES; i++) {
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM jobs WHERE state = '%s'",
+                 store_state_name((enum store_state)i));
+        long long want = query_int(sql);
+        if (counts[i] != want)
+            fprintf(stderr, "  counts at line %d: %s\n", line,
+                    store_state_name((enum store_state)i));
+        CHECK_INT(counts[i], want);
+    }
+}
+#define CHECK_COUNTS(st) check_counts(st, __LINE__)
+
+static void empty_queue(struct store *st)
+{
+    struct store_job j;
+    while (store_claim(st, "sweeper", 1, 60000, &j) == 0) {
+        store_finish(st, j.id, "sweeper", STORE_FAILED, "internal", "cleanup", 1);
+        store_job_release(&j);
+    }
+}
+
+static void test_counts_and_purge(void)
+{
+    struct store *st = open_store();
+    struct store_job j;
+    enum store_state s;
+    long n = -1;
+    char id[33];
+    static const uint8_t png[] = {0x89, 'P', 'N', 'G'};
+
+    empty_queue(st);
+    CHECK_COUNTS(st);
+    for (int i = 0; i < 5; i++)
+        CHECK_INT(enqueue(st, 100 + i, 100, NULL), 0);
+    CHECK_COUNTS(st);
+    /* a full queue inserts nothing and counts nothing */
+    CHECK_INT(enqueue(st, 110, 5, NULL), FX_EFULL);
+    CHECK_COUNTS(st);
+    CHECK_INT(store_claim(st, "w", 1000, 60000, &j), 0);
+    CHECK_COUNTS(st);
+    CHECK_INT(store_complete(st, j.id, "w", png, sizeof(png), 2000), 0);
+    store_job_release(&j);
+    CHECK_COUNTS(st);
+    CHECK_INT(store_claim(st, "w", 1000, 60000, &j), 0);
+    CHECK_INT(store_finish(st, j.id, "w", STORE_FAILED, "internal", "x", 2000), 0);
+    store_job_release(&j);
+    CHECK_COUNTS(st);
+    id_of(104, id);
+    CHECK_INT(store_cancel(st, id, 2000, &s), 0);
+    CHECK_COUNTS(st);
+    CHECK_INT(store_claim(st, "w", 1000, 60000, &j), 0);
+    CHECK_INT(store_requeue(st, j.id, "w", 2000, NULL), 0);
+    store_job_release(&j);
+    CHECK_COUNTS(st);
+    CHECK_INT(store_expire(st, 3000, 3000, &n), 0);
+    CHECK_INT(n, 1);
+    CHECK_COUNTS(st);
+
+    /* audit retention: only terminal rows older than the cut, at most limit per call */
+    long before = (long)query_int("SELECT count(*) FROM jobs");
+    long old = (long)query_int("SELECT count(*) FROM jobs WHERE state IN ('failed', "
+                               "'cancelled', 'expired') AND finished_ms < 2500");
+    CHECK(old >= 3);
+    CHECK_INT(store_purge(st, 2500, 2, &n), 0);
+    CHECK_INT(n, 2);
+    CHECK_COUNTS(st);
+    CHECK_INT(store_purge(st, 2500, 1000, &n), 0);
+    CHECK_INT(n, old - 2);
+    CHECK_INT(query_int("SELECT count(*) FROM jobs"), before - old);
+    CHECK_INT(query_int("SELECT count(*) FROM jobs WHERE state IN ('failed', 'cancelled', "
+                        "'expired') AND finished_ms < 2500"),
+              0);
+    CHECK_INT(query_int("SELECT count(*) FROM jobs WHERE state = 'queued'"), 2);
+    CHECK_INT(store_purge(st, 2500, 1000, &n), 0);
+    CHECK_INT(n, 0);
+    CHECK_COUNTS(st);
+    /* the view reads the table */
+    CHECK_INT(query_int("SELECT jobs FROM jobs_by_state WHERE state = 'queued'"), 2);
+
+    /* a PASSIVE checkpoint copies the whole WAL when nobody reads */
+    long frames = -1, done = -1;
+    CHECK_INT(store_checkpoint(st, &frames, &done), 0);
+    CHECK(frames > 0);
+    CHECK_INT(done, frames);
+    store_close(st);
+}
+
+/* A version-1 store (the schema before migration 2) with rows in every state migrates with
+ * the right counts and a lease column. */
+extern const char store_schema_sql[];
+
+static void test_migrate_v1(void)
+{
+    char old[300];
+    sqlite3 *db;
+    struct store *st = NULL;
+    struct store_job j;
+    char msg[256] = "";
+    long counts[STORE_NSTATES];
+    static const char *const states[] = {"queued", "queued", "running",   "completed", "failed",
+                                         "failed", "failed", "cancelled", "expired",   "expired"};
+
+    snprintf(old, sizeof(old), "%s/v1.db", dir);
+    CHECK_INT(sqlite3_open(old, &db), SQLITE_OK);
+    CHECK_INT(sqlite3_exec(db, store_schema_sql, NULL, NULL, NULL), SQLITE_OK);
+    CHECK_INT(sqlite3_exec(db, "PRAGMA user_version = 1", NULL, NULL, NULL), SQLITE_OK);
+    for (int i = 0; i < (int)(sizeof(states) / sizeof(states[0])); i++) {
+        char sql[400];
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO jobs (id, kind, state, params, seed, steps, created_ms, worker, "
+                 "started_ms, attempts) VALUES ('%032x', 'queue', '%s', '{}', 1, 4, %d, 'old', "
+                 "%d, 1)",
+                 500 + i, states[i], i, i);
+        CHECK_INT(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    }
+    sqlite3_close(db);
+
+    CHECK_INT(store_open(old, 1000, &st, msg, sizeof(msg)), 0);
+    if (st == NULL) {
+        fprintf(stderr, "  %s\n", msg);
+        return;
+    }
+    CHECK_INT(store_counts(st, counts), 0);
+    CHECK_INT(counts[STORE_QUEUED], 2);
+    CHECK_INT(counts[STORE_RUNNING], 1);
+    CHECK_INT(counts[STORE_COMPLETED], 1);
+    CHECK_INT(counts[STORE_FAILED], 3);
+    CHECK_INT(counts[STORE_CANCELLED], 1);
+    CHECK_INT(counts[STORE_EXPIRED], 2);
+    /* the old running job has no lease: reclaim leaves it to its worker's recovery */
+    struct store_recovery r = {9, 9, 9};
+    CHECK_INT(store_reclaim(st, 3, 1LL << 50, &r), 0);
+    CHECK_INT(r.requeued + r.failed + r.cancelled, 0);
+    /* and the queue works on with counts kept */
+    CHECK_INT(store_claim(st, "new", 100, 1000, &j), 0);
+    store_job_release(&j);
+    CHECK_INT(store_counts(st, counts), 0);
+    CHECK_INT(counts[STORE_QUEUED], 1);
+    CHECK_INT(counts[STORE_RUNNING], 2);
+    store_close(st);
+    sqlite3_open(old, &db);
+    sqlite3_stmt *q;
+    sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &q, NULL);
+    CHECK_INT(sqlite3_step(q), SQLITE_ROW);
+    CHECK_INT(sqlite3_column_int(q, 0), STORE_SCHEMA_VERSION);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    unlink(old);
+}
+
+/* A cancel answered 202 survives a drain and a crash: the job ends cancelled, not re-run. */
+static void test_cancel_survives_stop(void)
+{
+    struct store *st = open_store();
+    struct store_job j;
+    struct store_recovery r;
+    enum store_state s;
+    bool cancelled = false;
+    char id[33];
+
+    empty_queue(st);
+    /* drain */
+    CHECK_INT(enqueue(st, 200, 100, NULL), 0);
+    CHECK_INT(store_claim(st, "gpu0", 1000, 60000, &j), 0);
+    store_job_release(&j);
+    id_of(200, id);
+    CHECK_INT(store_cancel(st, id, 1100, &s), 0);
+    CHECK_INT(s, STORE_RUNNING);
+    CHECK_INT(store_requeue(st, id, "gpu0", 1200, &cancelled), 0);
+    CHECK(cancelled);
+    CHECK_INT(store_get(st, id, &j), 0);
+    CHECK_INT(j.state, STORE_CANCELLED);
+    CHECK_STR(j.error_code, "cancelled");
+    CHECK_INT(j.finished_ms, 1200);
+    store_job_release(&j);
+    CHECK_INT(store_claim(st, "gpu0", 1300, 60000, &j), FX_ENOENT);
+    /* a drain without a cancel still re-queues */
+    CHECK_INT(enqueue(st, 201, 100, NULL), 0);
+    CHECK_INT(store_claim(st, "gpu0", 1000, 60000, &j), 0);
+    CHECK_INT(store_requeue(st, j.id, "gpu0", 1200, &cancelled), 0);
+    CHECK(!cancelled);
+    store_job_release(&j);
+    id_of(201, id);
+    CHECK_INT(store_get(st, id, &j), 0);
+    CHECK_INT(j.state, STORE_QUEUED);
+    store_job_release(&j);
+
+    /* crash: recovery cancels the flagged one, re-queues the other; attempts do not matter */
+    CHECK_INT(enqueue(st, 202, 100, NULL), 0);
+    CHECK_INT(store_claim(st, "gpu0", 2000, 60000, &j), 0); /* 201 */
+    store_job_release(&j);
+    CHECK_INT(store_claim(st, "gpu0", 2000, 60000, &j), 0); /* 202 */
+    store_job_release(&j);
+    id_of(202, id);
+    CHECK_INT(store_cancel(st, id, 2100, &s), 0);
+    CHECK_INT(store_recover(st, "gpu0", 1, 2200, &r), 0);
+    CHECK_INT(r.cancelled, 1);
+    CHECK_INT(r.failed, 1); /* 201 was started once, max_attempts 1 */
+    CHECK_INT(r.requeued, 0);
+    CHECK_INT(store_get(st, id, &j), 0);
+    CHECK_INT(j.state, STORE_CANCELLED);
+    CHECK_INT(j.finished_ms, 2200);
+    store_job_release(&j);
+    CHECK_COUNTS(st);
+    store_close(st);
+}
+
+/* Two processes share the store (two connections); one stops for good.  The other's sweep
+ * re-queues its jobs once their lease ran out, by the caller's clock. */
+static void test_leases(void)
+{
+    struct store *a = open_store(), *b = open_store();
+    struct store_job j;
+    struct store_recovery r;
+    enum store_state s;
+    bool cancel = false;
+    char id[33];
+    static const uint8_t png[] = {0x89, 'P', 'N', 'G'};
+
+    empty_queue(a);
+    CHECK_INT(enqueue(a, 300, 100, NULL), 0);
+    id_of(300, id);
+    CHECK_INT(store_claim(a, "A", 1000, 5000, &j), 0);
+    store_job_release(&j);
+    /* not yet expired */
+    CHECK_INT(store_reclaim(b, 3, 5999, &r), 0);
+    CHECK_INT(r.requeued, 0);
+    /* progress renews it */
+    CHECK_INT(store_progress(a, id, "A", 1, 3000, 5000, &cancel), 0);
+    CHECK_INT(store_reclaim(b, 3, 7999, &r), 0);
+    CHECK_INT(r.requeued, 0);
+    /* A stops renewing: B re-queues it in its old place */
+    CHECK_INT(store_reclaim(b, 3, 8001, &r), 0);
+    CHECK_INT(r.requeued, 1);
+    CHECK_INT(store_get(b, id, &j), 0);
+    CHECK_INT(j.state, STORE_QUEUED);
+    CHECK_INT(j.position, 1);
+    CHECK_INT(j.attempts, 1);
+    store_job_release(&j);
+    /* A, if it was only slow, finds the job is no longer its own */
+    CHECK_INT(store_progress(a, id, "A", 2, 8100, 5000, &cancel), FX_ENOENT);
+    CHECK_INT(store_claim(b, "B", 8200, 5000, &j), 0);
+    CHECK_INT(j.attempts, 2);
+    store_job_release(&j);
+    CHECK_INT(store_progress(a, id, "A", 2, 8300, 5000, &cancel), FX_ENOENT);
+    CHECK_INT(store_complete(a, id, "A", png, sizeof(png), 8400), FX_ENOENT);
+    CHECK_INT(store_progress(b, id, "B", 1, 8300, 5000, &cancel), 0);
+
+    /* attempts: started twice with max_attempts 2, a lost lease fails it */
+    CHECK_INT(store_reclaim(a, 2, 13301, &r), 0);
+    CHECK_INT(r.failed, 1);
+    CHECK_INT(r.requeued, 0);
+    CHECK_INT(store_get(a, id, &j), 0);
+    CHECK_INT(j.state, STORE_FAILED);
+    CHECK_STR(j.error_code, "interrupted");
+    CHECK(strstr(j.error_message, "lease") != NULL);
+    store_job_release(&j);
+
+    /* a cancel asked before the lease ran out is kept */
+    CHECK_INT(enqueue(a, 301, 100, NULL), 0);
+    id_of(301, id);
+    CHECK_INT(store_claim(a, "A", 20000, 5000, &j), 0);
+    store_job_release(&j);
+    CHECK_INT(store_cancel(b, id, 21000, &s), 0);
+    CHECK_INT(store_reclaim(b, 3, 25001, &r), 0);
+    CHECK_INT(r.cancelled, 1);
+    CHECK_INT(r.requeued, 0);
+    CHECK_INT(store_get(a, id, &j), 0);
+    CHECK_INT(j.state, STORE_CANCELLED);
+    store_job_release(&j);
+    CHECK_COUNTS(a);
+    store_close(a);
+    store_close(b);
+}
+
+/* A full disk is FX_ENOSPC, not FX_EIO: the store on a tiny tmpfs (needs root to mount;
+ * elsewhere the check is skipped and says so). */
+static void test_disk_full(void)
+{
+    char mnt[300], db[320];
+    struct store *st = NULL;
+    char msg[256];
+    int rc = 0, i;
+
+    snprintf(mnt, sizeof(mnt), "%s/small", dir);
+    mkdir(mnt, 0700);
+    if (geteuid() != 0 || mount("tmpfs", mnt, "tmpfs", 0, "size=256k") != 0) {
+        printf("disk full: skipped (cannot mount a small tmpfs here)\n");
+        rmdir(mnt);
+        return;
+    }
+    snprintf(db, sizeof(db), "%s/jobs.db", mnt);
+    CHECK_INT(store_open(db, 1000, &st, msg, sizeof(msg)), 0);
+    if (st) {
+        char params[4096];
+        memset(params, 'a', sizeof(params));
+        memcpy(params, "{\"p\":\"", 6);
+        memcpy(params + sizeof(params) - 3, "\"}", 3);
+        for (i = 0; i < 1000 && rc == 0; i++) {
+            char id[33];
+            id_of(i, id);
+            rc = store_enqueue(st, id, false, params, 1, 4, 1, 100000, NULL);
+        }
+        CHECK_INT(rc, FX_ENOSPC);
+        store_close(st);
+    }
+    umount(mnt);
+    rmdir(mnt);
+}
+
 /* ---- two connections racing to claim ------------------------------------------------------ */
 
 /* Two processes, so that nothing in this process (the store's write mutex) orders them:
@@ -361,7 +681,7 @@ static int race(const char *name, int *claimed)
         return 1;
     for (;;) {
         struct store_job j;
-        int rc = store_claim(st, name, 100, &j);
+        int rc = store_claim(st, name, 100, 60000, &j);
         if (rc == FX_ENOENT)
             break;
         if (rc) {
@@ -386,7 +706,7 @@ static void test_race(void)
     pid_t pid;
 
     /* empty the queue left by the earlier tests */
-    while (store_claim(st, "sweeper", 1, &j) == 0) {
+    while (store_claim(st, "sweeper", 1, 60000, &j) == 0) {
         store_finish(st, j.id, "sweeper", STORE_FAILED, "internal", "cleanup", 1);
         store_job_release(&j);
     }
@@ -470,6 +790,11 @@ int main(int argc, char **argv)
     test_queue();
     test_recover();
     test_cancel_queued();
+    test_counts_and_purge();
+    test_migrate_v1();
+    test_cancel_survives_stop();
+    test_leases();
+    test_disk_full();
     test_race();
     test_bad_files();
     char cmd[300];
