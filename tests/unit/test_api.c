@@ -477,7 +477,7 @@ static void test_sync(void)
     static const unsigned char png[] = {0x89, 'P', 'N', 'G', 1, 2, 3};
 
     /* an empty queue first, so the queue bound does not interfere */
-    while (store_claim(st, "unit", 1, &j) == 0) {
+    while (store_claim(st, "unit", 1, 60000, &j) == 0) {
         store_finish(st, j.id, "unit", STORE_FAILED, "internal", "cleared by the test", 2);
         store_job_release(&j);
     }
@@ -504,7 +504,7 @@ static void test_sync(void)
     api_response_release(&pr);
 
     /* done: the image, whatever the reason of the poll */
-    CHECK_INT(store_claim(st, "unit", 3, &j), 0);
+    CHECK_INT(store_claim(st, "unit", 3, 60000, &j), 0);
     CHECK_STR(j.id, id);
     store_job_release(&j);
     CHECK(!api_generate_poll(&ctx, st, id, API_POLL_CHECK, &pr));
