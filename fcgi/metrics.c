@@ -1,6 +1,8 @@
 /* metrics.c - counters and histograms for GET /metrics. */
 #include "metrics.h"
 
+#include <stdatomic.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,6 +129,21 @@ char *metrics_render(struct fx_metrics *m, const struct metrics_extra *x, size_t
             "# HELP fluxcgi_store_degraded 1 while a finished job waits to be stored.\n"
             "# TYPE fluxcgi_store_degraded gauge\nfluxcgi_store_degraded %d\n",
             (unsigned long long)m->store_write_failures, m->store_degraded);
+    fprintf(f,
+            "# HELP fluxcgi_connections_open FastCGI connections open now (kept-alive ones "
+            "included).\n"
+            "# TYPE fluxcgi_connections_open gauge\nfluxcgi_connections_open %ld\n"
+            "# HELP fluxcgi_connections_total FastCGI connections accepted, refused (max_conns "
+            "with none idle, or a peer not in FCGI_WEB_SERVER_ADDRS) and closed by a timeout.\n"
+            "# TYPE fluxcgi_connections_total counter\n"
+            "fluxcgi_connections_total{event=\"accepted\"} %llu\n"
+            "fluxcgi_connections_total{event=\"refused\"} %llu\n"
+            "fluxcgi_connections_total{event=\"timed_out\"} %llu\n"
+            "# HELP fluxcgi_requests_waiting POST /generate requests waiting for their image.\n"
+            "# TYPE fluxcgi_requests_waiting gauge\nfluxcgi_requests_waiting %ld\n",
+            atomic_load(&m->conns_open), (unsigned long long)atomic_load(&m->conns_accepted),
+            (unsigned long long)atomic_load(&m->conns_refused),
+            (unsigned long long)atomic_load(&m->conns_timed_out), atomic_load(&m->requests_parked));
     hist(f, "fluxcgi_step_seconds", "Time of one denoising step.", &m->step);
     hist(f, "fluxcgi_job_seconds", "Run time of a completed job (claim to stored PNG).", &m->job);
     fprintf(f, "# HELP fluxcgi_http_responses_total HTTP answers by status.\n"

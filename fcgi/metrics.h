@@ -32,6 +32,9 @@ struct fx_metrics {
     uint64_t jobs_completed, jobs_failed, jobs_cancelled;
     uint64_t store_write_failures; /* outcome writes the store refused */
     int store_degraded;            /* 1 while an outcome waits to be stored */
+    /* the FastCGI front end (fcgi/server.c), updated without the lock */
+    _Atomic uint64_t conns_accepted, conns_refused, conns_timed_out;
+    _Atomic long conns_open, requests_parked;
 };
 
 /* Zeroes m and initialises its lock; metrics_release undoes it. */

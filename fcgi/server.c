@@ -284,6 +284,8 @@ static void unpark(struct server *s, struct parked *p)
         }
     pthread_mutex_unlock(&s->mu);
     free(p);
+    if (s->api->metrics)
+        atomic_fetch_sub(&s->api->metrics->requests_parked, 1);
 }
 
 /* Answers or drops the parked requests that are done.  The entries stay in the list while
@@ -402,6 +404,8 @@ static void close_conn(struct server *s, uint32_t slot)
         mark_aborted(s, slot, c->serial);
     epoll_ctl(s->ep, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
+    if (s->api->metrics)
+        atomic_fetch_sub(&s->api->metrics->conns_open, 1);
     fcgi_in_release(&c->in);
     free(c->out);
     free(c);
@@ -664,6 +668,8 @@ static void on_accept(struct server *s)
         }
         if (!peer_allowed(s, fd) || (s->n_conns >= s->p.max_conns && !evict_idle(s))) {
             close(fd);
+            if (s->api->metrics)
+                atomic_fetch_add(&s->api->metrics->conns_refused, 1);
             continue;
         }
         for (int i = 0; i < s->p.max_conns; i++)
@@ -689,6 +695,10 @@ static void on_accept(struct server *s)
         }
         s->conns[slot] = c;
         s->n_conns++;
+        if (s->api->metrics) {
+            atomic_fetch_add(&s->api->metrics->conns_accepted, 1);
+            atomic_fetch_add(&s->api->metrics->conns_open, 1);
+        }
     }
 }
 
@@ -711,6 +721,8 @@ static void register_park(struct server *s, const struct done *d, struct conn *c
     s->parked = p;
     pthread_cond_signal(&s->waiter_cv);
     pthread_mutex_unlock(&s->mu);
+    if (s->api->metrics)
+        atomic_fetch_add(&s->api->metrics->requests_parked, 1);
 }
 
 static void apply_dones(struct server *s)

@@ -143,6 +143,32 @@ class FrontEnd(unittest.TestCase):
         self.ping()
 
 
+def metric(s, name):
+    st, _, b = s.request("GET", "/metrics", timeout=20)
+    for line in b.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError("no %s in /metrics" % name)
+
+
+class KeepAlive(unittest.TestCase):
+    def test_nginx_reuses_fastcgi_connections(self):
+        # used to: a new FastCGI connection per request (and a thread held per kept one)
+        s = Stack("robust-keep", "nginx").start()
+        try:
+            before = metric(s, 'fluxcgi_connections_total{event="accepted"}')
+            for _ in range(40):
+                st, _, b = s.request("GET", "/queue/status", timeout=20)
+                self.assertEqual(st, 200, b)
+            after = metric(s, 'fluxcgi_connections_total{event="accepted"}')
+            # nginx keeps up to 32 connections per worker process: 41 requests over fresh
+            # connections would have been 41 accepts
+            self.assertLess(after - before, 20)
+            self.assertGreaterEqual(metric(s, "fluxcgi_connections_open"), 1)
+        finally:
+            s.stop()
+
+
 class SyncWaits(unittest.TestCase):
     """POST /generate requests that wait for their image."""
 
@@ -154,12 +180,15 @@ class SyncWaits(unittest.TestCase):
 
             def sync(i):
                 st, h, b = s.request("POST", "/generate", {"prompt": "wait %d" % i, "seed": i,
-                                                          "num_inference_steps": 4})
+                                                          "num_inference_steps": 12,
+                                                          "width": 128, "height": 128})
                 answers.append((st, h, b))
 
             threads = [threading.Thread(target=sync, args=(i,)) for i in range(12)]
             for t in threads:
                 t.start()
+            wait_for(lambda: metric(s, "fluxcgi_requests_waiting") >= 1, timeout=60,
+                     what="a parked POST /generate")
             # while they wait (2 handler threads only), the status endpoints answer
             for _ in range(10):
                 st, _, b = s.request("GET", "/ping", timeout=20)
