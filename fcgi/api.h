@@ -3,7 +3,7 @@
  *
  * A handler takes a request struct (method, URI, body) and fills a response struct (status,
  * content type, headers, body), so every route is unit-tested without a web server;
- * fcgi/main.c only moves these structs over libfcgi.
+ * fcgi/server.c only moves these structs over FastCGI.
  *
  * Routes (the path is REQUEST_URI without its query string, the same under nginx and
  * lighttpd; HEAD is answered like GET):

@@ -256,6 +256,9 @@ void api_not_ready(const struct api_ctx *ctx, struct api_response *rs)
         api_send_error(rs, FX_ENOTREADY, "the model is loading; try again shortly");
     else if (r == WORKER_STOPPED)
         api_send_error(rs, FX_ESHUTDOWN, "the service is stopping");
+    else if (ctx->worker && worker_error(ctx->worker)[0])
+        api_send_error(rs, FX_ENOTREADY, "the model is not usable: %.400s",
+                       worker_error(ctx->worker));
     else
-        api_send_error(rs, FX_ENOTREADY, "the model could not be loaded");
+        api_send_error(rs, FX_ENOTREADY, "the model is not usable");
 }

@@ -6,8 +6,8 @@
  * that writes step/steps to the store after every denoising step (and picks up a cancel
  * asked by any process), store the PNG and mark the job completed, or mark it failed /
  * cancelled.  Between jobs, and at least once a second while idle, it deletes results older
- * than the retention time.  Acceptor threads never touch the pipeline: they enqueue, call
- * worker_notify, and wait with worker_wait.
+ * than the retention time.  Handler threads never touch the pipeline: they enqueue and call
+ * worker_notify; the front end's waiter thread waits with worker_wait.
  *
  * An outcome the store refuses (disk full, a lock held past busy_timeout) is kept in memory
  * and retried with backoff until it is stored; meanwhile the worker claims nothing and

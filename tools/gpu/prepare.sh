@@ -8,8 +8,7 @@ set -eu
 cd "$(dirname "$0")/../.."
 
 PKGS="libjson-c5 libjson-c-dev libutf8proc2 libutf8proc-dev libpng16-16 libpng-dev zlib1g
-zlib1g-dev libsentencepiece0 libsentencepiece-dev libsqlite3-0 libsqlite3-dev libfcgi0ldbl
-libfcgi-dev"
+zlib1g-dev libsentencepiece0 libsentencepiece-dev libsqlite3-0 libsqlite3-dev"
 
 rm -rf .gpu/debs
 mkdir -p .gpu/debs
