@@ -548,4 +548,4 @@ load: $(FLUXCGI) tiny-model
 	$(Q)$(SVC_ENV) LOAD_CONNS=$(LOAD_CONNS) LOAD_SECONDS=$(LOAD_SECONDS) $(PYTHON) -m unittest \
 		tests.service.test_load $(if $(V),-v,)
 
--include $(shell find $(FUZZ_DIR)/obj $(FUZZ_DIR)/pic -name '*.d' 2>/dev/null)
+-include $(shell find $(FUZZ_DIR) -name '*.d' 2>/dev/null)
