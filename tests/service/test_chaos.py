@@ -81,6 +81,7 @@ class TestChaos(unittest.TestCase):
         self.unknown = collections.Counter()    # job index -> submissions without an answer
         self.pending = list(range(JOBS))        # job indexes not yet accepted
         self.kills = collections.Counter()
+        self.refused = []                       # answers other than 202 or a gateway error
 
     # ---- helpers ----------------------------------------------------------------------------
 
@@ -93,8 +94,10 @@ class TestChaos(unittest.TestCase):
         if st == 202:
             self.accepted[j["request_id"]] = i
             return True
-        # nginx's 502/504 while fluxcgi is down or dies mid-request: the job may exist
-        self.assertIn(st, (None, 502, 503, 504), j)
+        # nginx's 502/504 while fluxcgi is down or dies mid-request: the job may exist.
+        # (Checked by the test's own thread: submit also runs in helper threads.)
+        if st not in (None, 502, 503, 504):
+            self.refused.append((i, st, j))
         self.unknown[i] += 1
         return False
 
@@ -120,9 +123,7 @@ class TestChaos(unittest.TestCase):
 
     def phase_submit(self):
         batch = self.pending[:self.rng.randint(1, 4)]
-        results = []
-        threads = [threading.Thread(target=lambda i=i: results.append(self.submit(i)))
-                   for i in batch]
+        threads = [threading.Thread(target=self.submit, args=(i,)) for i in batch]
         for t in threads:
             t.start()
         time.sleep(self.rng.uniform(0, 0.05))
@@ -188,6 +189,7 @@ class TestChaos(unittest.TestCase):
             time.sleep(0.1)
         rows = db(s, "SELECT id, state, attempts, json_extract(params, '$.prompt'), "
                      "(SELECT count(*) FROM results r WHERE r.job_seq = j.seq) FROM jobs j")
+        self.assertEqual(self.refused, [], "submissions refused")
         summary = "kills %s; %d accepted, %d unknown answers" % (
             dict(self.kills), len(self.accepted), sum(self.unknown.values()))
         print("\n  chaos: %s; attempts %s" % (
