@@ -452,7 +452,115 @@ test-deploy: $(FLUXGEN) $(FLUXCGI) $(PLUGINS) tiny-model
 
 # ---------------------------------------------------------------------------
 
-test: format-check test-c test-export test-pipeline test-service test-deploy
+test: format-check test-c test-export test-pipeline test-service test-deploy test-fuzz
 
 clean:
 	rm -rf $(BUILD)
+
+# ---------------------------------------------------------------------------
+# Robustness: libFuzzer targets (tests/fuzz/), the chaos and load tests against a live stack,
+# the service bench.  The fuzz targets and every source they reach are compiled by clang with
+# -fsanitize=fuzzer-no-link,address,undefined under $(BUILD)/fuzz, apart from the gcc build;
+# the T5 target reaches SentencePiece through an instrumented plugin in $(BUILD)/fuzz/lib.
+# A new target is tests/fuzz/fuzz_NAME.c, its seeds in tests/fuzz/corpus/NAME/ (and an
+# optional tests/fuzz/NAME.dict), and NAME added to FUZZ_TARGETS.
+
+FUZZ_TARGETS := parse_generate api_handle config tok_clip tok_t5
+FUZZ_SECONDS ?= 60
+# test-fuzz: the committed corpus, then a short bounded mutation run per target
+FUZZ_TEST_SECONDS ?= 10
+FUZZ_CC      := clang
+FUZZ_CXX     := clang++
+FUZZ_DIR     := $(BUILD)/fuzz
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+# Not -Werror for the library sources: gcc's build enforces the warnings; clang may add some.
+FUZZ_CFLAGS   = -std=c17 -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link $(CWARN:-Werror=)
+FUZZ_OBJ     := $(CORE_C:%.c=$(FUZZ_DIR)/obj/%.o) $(SVC_C:%.c=$(FUZZ_DIR)/obj/%.o) \
+                $(SVC_GEN:%.c=$(FUZZ_DIR)/obj/%.o)
+FUZZ_LIB     := $(FUZZ_DIR)/libfluxfuzz.a
+FUZZ_T5      := $(FUZZ_DIR)/lib/libfluxt5.so
+FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
+C_SRC_ALL    += $(wildcard tests/fuzz/*.c)
+# what the targets read at start (tests/fuzz/fuzz_tok_*.c)
+FUZZ_ENV      = FLUX_FUZZ_CLIP=$(TOK_TINY)/tokenizer \
+                FLUX_FUZZ_T5=$(TOK_TINY)/tokenizer_2/spiece.model \
+                FLUXCGI_LIBDIR=$(CURDIR)/$(FUZZ_DIR)/lib \
+                ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
+FUZZ_ARGS     = -timeout=20 -rss_limit_mb=2048 -artifact_prefix=$(FUZZ_DIR)/crash-$$t- \
+                $$(test -f tests/fuzz/$$t.dict && echo -dict=tests/fuzz/$$t.dict)
+
+# Chaos (kill -9 of fluxcgi at every phase) and load (many connections on the status
+# endpoints): the short runs are part of test-service; these are the long ones.
+CHAOS_JOBS   ?= 40
+LOAD_CONNS   ?= 1000
+LOAD_SECONDS ?= 60
+SVC_ENV       = FLUXCGI=$(CURDIR)/$(FLUXCGI) FLUX_MODEL=$(CURDIR)/$(TINY_DIR) \
+                SVC_TEST_DIR=$(CURDIR)/$(BUILD)/svc-test
+
+.PHONY: fuzz test-fuzz fuzz-build chaos load
+
+fuzz-build: $(FUZZ_BIN)
+
+$(FUZZ_DIR)/obj/%.o: %.c | deps
+	@mkdir -p $(@D)
+	@echo "  CC fuzz $<"
+	$(Q)$(FUZZ_CC) $(C_CPPFLAGS) $(FUZZ_CFLAGS) -c $< -o $@
+
+$(FUZZ_DIR)/pic/%.o: %.c | deps
+	@mkdir -p $(@D)
+	@echo "  CC fuzz $< (pic)"
+	$(Q)$(FUZZ_CC) $(C_CPPFLAGS) $(FUZZ_CFLAGS) -fPIC -c $< -o $@
+
+$(FUZZ_DIR)/pic/%.o: %.cc | deps
+	@mkdir -p $(@D)
+	@echo "  CXX fuzz $< (pic)"
+	$(Q)$(FUZZ_CXX) $(C_CPPFLAGS) -std=c++17 -O1 -g $(FUZZ_SAN) -fno-sanitize=vptr \
+		-fsanitize=fuzzer-no-link $(CXXWARN:-Werror=) -fPIC -c $< -o $@
+
+$(FUZZ_LIB): $(FUZZ_OBJ)
+	@echo "  AR fuzz $@"
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+# The sanitizer runtimes live in the fuzz program (linked by clang++, so that new and delete
+# are ASan's too); the plugin's references resolve there.  UBSan's vptr check is off in the
+# plugin: its runtime part is not in a program whose main is C.
+$(FUZZ_T5): $(call T5_PIC,$(FUZZ_DIR))
+	@mkdir -p $(@D)
+	@echo "  SO fuzz $@"
+	$(Q)$(FUZZ_CXX) -shared -Wl,-Bsymbolic -o $@ $^ $(PLUGIN_T5_LIBS)
+
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB) | $(FUZZ_T5)
+	@echo "  LINK fuzz $@"
+	$(Q)$(FUZZ_CC) $(C_CPPFLAGS) -std=c17 -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer $(CWARN) \
+		-c $< -o $@.o
+	$(Q)$(FUZZ_CXX) $(FUZZ_SAN) -fsanitize=fuzzer -o $@ $@.o $(FUZZ_LIB) $(SVC_LIBS) \
+		$(C_DEPS_LIBS)
+
+# Each target for FUZZ_SECONDS; new inputs go to $(BUILD)/fuzz/corpus/NAME (copy the
+# interesting ones into tests/fuzz/corpus/NAME), crashes to $(BUILD)/fuzz/crash-NAME-*.
+fuzz: $(FUZZ_BIN) $(TOK_TINY)/.stamp
+	$(Q)set -e; for t in $(FUZZ_TARGETS); do echo "  FUZZ    $$t ($(FUZZ_SECONDS) s)"; \
+		mkdir -p $(FUZZ_DIR)/corpus/$$t; \
+		$(FUZZ_ENV) $(FUZZ_DIR)/fuzz_$$t $(FUZZ_ARGS) -max_total_time=$(FUZZ_SECONDS) \
+		-print_final_stats=1 $(FUZZ_DIR)/corpus/$$t tests/fuzz/corpus/$$t; done
+
+# Part of test: every committed seed, then FUZZ_TEST_SECONDS of mutation from a fixed seed.
+test-fuzz: $(FUZZ_BIN) $(TOK_TINY)/.stamp
+	$(Q)set -e; for t in $(FUZZ_TARGETS); do echo "  FUZZ    $$t (corpus + $(FUZZ_TEST_SECONDS) s)"; \
+		rm -rf $(FUZZ_DIR)/test-corpus/$$t; mkdir -p $(FUZZ_DIR)/test-corpus/$$t; \
+		$(FUZZ_ENV) $(FUZZ_DIR)/fuzz_$$t $(FUZZ_ARGS) -seed=1 \
+		-max_total_time=$(FUZZ_TEST_SECONDS) $(FUZZ_DIR)/test-corpus/$$t tests/fuzz/corpus/$$t \
+		2> $(FUZZ_DIR)/test-$$t.log || { tail -n 60 $(FUZZ_DIR)/test-$$t.log; exit 1; }; \
+		grep -h '^#[0-9]*.*DONE' $(FUZZ_DIR)/test-$$t.log || true; done
+
+chaos: $(FLUXCGI) $(FLUXGEN) tiny-model
+	@echo "  TEST    chaos ($(CHAOS_JOBS) jobs, kill -9 of fluxcgi at every phase)"
+	$(Q)$(SVC_ENV) FLUXGEN=$(CURDIR)/$(FLUXGEN) CHAOS_JOBS=$(CHAOS_JOBS) $(PYTHON) -m unittest \
+		tests.service.test_chaos $(if $(V),-v,)
+
+load: $(FLUXCGI) tiny-model
+	@echo "  TEST    load ($(LOAD_CONNS) connections, $(LOAD_SECONDS) s)"
+	$(Q)$(SVC_ENV) LOAD_CONNS=$(LOAD_CONNS) LOAD_SECONDS=$(LOAD_SECONDS) $(PYTHON) -m unittest \
+		tests.service.test_load $(if $(V),-v,)
+
+-include $(shell find $(FUZZ_DIR) -name '*.d' 2>/dev/null)

@@ -59,6 +59,21 @@ def render(template, subs, overrides=None):
     return text
 
 
+# The load test opens 1000 client connections at once; each holds a second one to fluxcgi.
+NGINX_CONNECTIONS = 4096
+
+
+def nginx_connections(text, least):
+    """Raises nginx.conf's worker_connections to at least `least` (never lowers it) and
+    its workers' file limit to match."""
+    m = re.search(r"worker_connections\s+(\d+);", text)
+    if m and int(m.group(1)) < least:
+        text = text[:m.start(1)] + str(least) + text[m.end(1):]
+    if "worker_rlimit_nofile" not in text:
+        text = text.replace("events {", "worker_rlimit_nofile %d;\n\nevents {" % (2 * least), 1)
+    return text
+
+
 def which_or_fail(name, extra=()):
     for d in list(extra) + os.environ.get("PATH", "").split(":") + ["/usr/sbin", "/sbin"]:
         p = os.path.join(d, name)
@@ -127,8 +142,11 @@ class Stack:
             subs = {"PREFIX": self.prefix, "USER": user, "LISTEN": "127.0.0.1:%d" % self.port,
                     "SOCKET": self.socket, "CONF": CONF}
             for t in ("nginx.conf", "fluxcgi-site.conf"):
+                text = render(t, subs)
+                if t == "nginx.conf":
+                    text = nginx_connections(text, NGINX_CONNECTIONS)
                 with open(os.path.join(self.prefix, t), "w") as f:
-                    f.write(render(t, subs))
+                    f.write(text)
             for d in ("body", "fastcgi", "proxy", "uwsgi", "scgi"):
                 os.makedirs(os.path.join(self.prefix, "tmp", d), exist_ok=True)
             cmd = [nginx, "-p", self.prefix, "-c", os.path.join(self.prefix, "nginx.conf"),
