@@ -465,7 +465,7 @@ clean:
 # A new target is tests/fuzz/fuzz_NAME.c, its seeds in tests/fuzz/corpus/NAME/ (and an
 # optional tests/fuzz/NAME.dict), and NAME added to FUZZ_TARGETS.
 
-FUZZ_TARGETS := parse_generate api_handle config tok_clip tok_t5
+FUZZ_TARGETS := parse_generate api_handle config tok_clip tok_t5 fcgi_proto
 FUZZ_SECONDS ?= 60
 # test-fuzz: the committed corpus, then a short bounded mutation run per target
 FUZZ_TEST_SECONDS ?= 10

@@ -2,14 +2,16 @@
  * fuzz_api_handle.c - libFuzzer target for the HTTP router (api_handle, fcgi/api.c and the
  * routes) over a real store: a temp SQLite file under /tmp, opened once.
  *
- * Input layout: byte 0 picks the method (bits 0-2), the worker's readiness (bits 3-4) and
- * the front end's "body too large" flag (bit 5); the URI follows up to the first '\n'
- * (cut at a NUL, as a FastCGI parameter would be); the rest is the body.
+ * Input layout: byte 0 picks the method (bits 0-2), the worker's readiness (bits 3-4), the
+ * front end's "body too large" (bit 5) and "body length differs" (bit 7) flags; the URI follows up
+ * to the first '\n' (cut at a NUL, as a FastCGI parameter would be); the rest is the body.
  *
  * The store holds five jobs with fixed ids (..01 queued, ..02 running, ..03 completed with
  * an image, ..04 failed, ..05 cancelled) so that the routes on known ids are reached; jobs
  * that an input creates are cancelled after it, which keeps the queue from filling up.
- * sync_timeout is 0, so POST /generate answers 504 at once instead of waiting for a worker.
+ * A POST /generate parks its request (no answer yet): the front end would answer it with
+ * api_generate_poll, so the target does that too, as if its sync_timeout had run out (504),
+ * or as if the service stopped (503), chosen by bit 6 of byte 0.
  *
  * Checked beyond memory safety: every answer has a status of 200..599 and a content type;
  * a JSON answer parses; every error (>= 400) is {"error":{"code","message"}}, except
@@ -72,7 +74,7 @@ static void fixed_job(const char *id, int state)
             die("cancel", rc);
         return;
     }
-    if ((rc = store_claim(st, "fuzz", now_ms(), &j)) || strcmp(j.id, id) != 0)
+    if ((rc = store_claim(st, "fuzz", now_ms(), 60000, &j)) || strcmp(j.id, id) != 0)
         die("claim", rc);
     store_job_release(&j);
     if (state == STORE_COMPLETED)
@@ -215,9 +217,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const uint8_t *nl;
     size_t ulen;
     char *uri, *body = NULL;
+    uint8_t data0;
 
     if (size == 0)
         return 0;
+    data0 = data[0];
+    rq.bad_length = (data0 >> 7) & 1;
     rq.method = methods[data[0] & 7];
     atomic_store(&readiness, (data[0] >> 3) & 3);
     rq.body_too_large = (data[0] >> 5) & 1;
@@ -245,6 +250,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     rq.body = body;
     rq.body_len = body ? size : 0;
     api_handle(&ctx, st, &rq, &rs);
+    if (rs.park) {
+        struct api_response parked = rs;
+        if (!api_generate_poll(&ctx, st, parked.park_id,
+                               (data0 & 0x40) ? API_POLL_STOPPING : API_POLL_TIMEOUT, &rs))
+            abort(); /* a timeout or a stop always answers */
+        api_response_release(&parked);
+    }
     check(&rq, &rs);
     forget(&rs);
     api_response_release(&rs);
