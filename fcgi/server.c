@@ -89,6 +89,7 @@ struct server {
     struct conn **conns; /* max_conns slots */
     int n_conns;
     uint64_t next_serial;
+    int64_t relisten_at; /* monotonic ms: watch the listener again (after EMFILE); 0: no */
 
     pthread_t io_thread, waiter_thread, *handler_threads;
     int n_handlers;
@@ -662,9 +663,15 @@ static void on_accept(struct server *s)
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
-            if (errno == EMFILE || errno == ENFILE)
-                log_printf("warn", "accept: %s (raise the open-file limit)", strerror(errno));
-            return; /* EAGAIN, or an error that the next wake-up retries */
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* the pending connection stays in the backlog and would wake the loop again
+                 * at once: stop watching the listener for a moment */
+                log_printf("warn", "accept: %s (raise the open-file limit or lower max_conns)",
+                           strerror(errno));
+                epoll_ctl(s->ep, EPOLL_CTL_DEL, s->p.listen_fd, NULL);
+                s->relisten_at = mono_ms() + 200;
+            }
+            return; /* EAGAIN, or an error that a later wake-up retries */
         }
         if (!peer_allowed(s, fd) || (s->n_conns >= s->p.max_conns && !evict_idle(s))) {
             close(fd);
@@ -812,6 +819,12 @@ static void *io_main(void *arg)
         if (stop_accept && listening) {
             epoll_ctl(s->ep, EPOLL_CTL_DEL, s->p.listen_fd, NULL);
             listening = false;
+        }
+        if (s->relisten_at && now >= s->relisten_at) {
+            struct epoll_event lev = {.events = EPOLLIN, .data.u64 = TAG_LISTEN};
+            s->relisten_at = 0;
+            if (listening)
+                epoll_ctl(s->ep, EPOLL_CTL_ADD, s->p.listen_fd, &lev);
         }
         if (atomic_load(&s->stop_io)) {
             bool pending = false;
