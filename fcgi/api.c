@@ -124,6 +124,18 @@ static bool method_allowed(const char *allow, const char *m)
     return false;
 }
 
+bool api_needs_store(const char *method, const char *uri)
+{
+    const char *allow = "", *id = NULL, *u = uri ? uri : "", *m = method ? method : "";
+    size_t id_len = 0;
+    enum route r = route_of(u, strcspn(u, "?#"), &allow, &id, &id_len);
+    if (r == R_NONE)
+        return false;
+    if (!method_allowed(allow, strcmp(m, "HEAD") == 0 ? "GET" : m))
+        return false;
+    return r != R_PING;
+}
+
 void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
                 struct api_response *rs)
 {

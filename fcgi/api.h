@@ -95,6 +95,11 @@ void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_re
 
 void api_response_release(struct api_response *rs);
 
+/* False when api_handle answers the request from memory alone (GET/HEAD /ping, unknown
+ * paths, methods a route does not take): it may then be called with st NULL, on any thread,
+ * and returns at once. */
+bool api_needs_store(const char *method, const char *uri);
+
 enum api_poll {
     API_POLL_CHECK,   /* has the job ended? */
     API_POLL_TIMEOUT, /* sync_timeout ran out: answer 504 unless it ended */

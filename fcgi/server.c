@@ -209,7 +209,9 @@ struct handler_arg {
     int index;
 };
 
-static void handle(struct server *s, struct store *st, struct task *t)
+/* Answers a task; the answer (or the park) for the event thread, NULL when out of memory
+ * (the connection then times out). */
+static struct done *handle(struct server *s, struct store *st, struct task *t)
 {
     struct api_request rq = {t->method, t->uri, t->body, t->body_len, t->too_large, t->bad_length};
     struct api_response rs;
@@ -218,7 +220,7 @@ static void handle(struct server *s, struct store *st, struct task *t)
     api_handle(s->api, st, &rq, &rs);
     if (d == NULL) {
         api_response_release(&rs);
-        return; /* the connection times out */
+        return NULL;
     }
     d->slot = t->slot;
     d->serial = t->serial;
@@ -229,7 +231,7 @@ static void handle(struct server *s, struct store *st, struct task *t)
         d->bytes = encode(s, t->req_id, &rq, &rs, &d->len);
     }
     api_response_release(&rs);
-    post_done(s, d);
+    return d;
 }
 
 static void free_task(struct task *t)
@@ -262,7 +264,9 @@ static void *handler_main(void *arg)
             s->tasks_tail = &s->tasks;
         s->tasks_in_flight++;
         pthread_mutex_unlock(&s->mu);
-        handle(s, st, t);
+        struct done *d = handle(s, st, t);
+        if (d)
+            post_done(s, d);
         free_task(t);
         pthread_mutex_lock(&s->mu);
         s->tasks_in_flight--;
@@ -483,14 +487,16 @@ static bool flush(struct server *s, uint32_t slot)
     return true;
 }
 
-static void push_task(struct server *s, uint32_t slot, struct conn *c, bool early)
+/* The complete request of c as a task (c is busy with it from now on); NULL when out of
+ * memory (the connection is then closed after what it has to write). */
+static struct task *take_request(struct server *s, uint32_t slot, struct conn *c, bool early)
 {
     struct task *t = calloc(1, sizeof(*t));
     size_t ulen = c->in.params_len + 1;
     if (t == NULL || (t->uri = malloc(ulen)) == NULL) {
         free(t);
         c->close_after = true;
-        return;
+        return NULL;
     }
     c->busy = true;
     c->serial = ++s->next_serial;
@@ -515,11 +521,27 @@ static void push_task(struct server *s, uint32_t slot, struct conn *c, bool earl
         c->in.body_cap = 0;
         t->bad_length = c->in.short_body;
     }
+    return t;
+}
+
+/* Gives a task to the handler threads. */
+static void queue_task(struct server *s, struct task *t)
+{
     pthread_mutex_lock(&s->mu);
     *s->tasks_tail = t;
     s->tasks_tail = &t->next;
     pthread_cond_signal(&s->task_cv);
     pthread_mutex_unlock(&s->mu);
+}
+
+/* Writes the answer of the request c is busy with; false when the connection was closed. */
+static bool answer(struct server *s, uint32_t slot, struct conn *c, const struct done *d)
+{
+    c->busy = false;
+    fcgi_in_done(&c->in);
+    if (d == NULL || d->bytes == NULL || queue_out(c, d->bytes, d->len) || !c->keep)
+        c->close_after = true;
+    return flush(s, slot);
 }
 
 /* Acts on what the bytes read so far complete.  Returns false when the connection was
@@ -540,9 +562,26 @@ static bool parse(struct server *s, uint32_t slot)
             }
             return true;
         case FCGI_EV_REQUEST:
-        case FCGI_EV_EARLY:
-            push_task(s, slot, c, ev == FCGI_EV_EARLY);
+        case FCGI_EV_EARLY: {
+            struct task *t = take_request(s, slot, c, ev == FCGI_EV_EARLY);
+            if (t == NULL)
+                return flush(s, slot);
+            if (api_needs_store(t->method, t->uri)) {
+                queue_task(s, t);
+                break;
+            }
+            /* answered from memory (/ping, unknown paths, refused methods): here, at once,
+             * so that liveness never waits behind requests that read the store */
+            struct done *d = handle(s, NULL, t);
+            bool open = answer(s, slot, c, d);
+            if (d)
+                free(d->bytes);
+            free(d);
+            free_task(t);
+            if (!open)
+                return false;
             break;
+        }
         case FCGI_EV_ABORT:
             /* the answer is still coming (a handler, or a parked wait): the client left */
             if (c->busy) {
@@ -748,13 +787,8 @@ static void apply_dones(struct server *s)
             c = NULL; /* the request it answers is gone */
         if (d->park) {
             register_park(s, d, c);
-        } else if (c) {
-            c->busy = false;
-            fcgi_in_done(&c->in);
-            if (d->bytes == NULL || queue_out(c, d->bytes, d->len) || !c->keep)
-                c->close_after = true;
-            if (flush(s, d->slot))
-                parse(s, d->slot); /* a request that came in behind this one */
+        } else if (c && answer(s, d->slot, c, d)) {
+            parse(s, d->slot); /* a request that came in behind this one */
         }
         free(d->bytes);
         free(d);

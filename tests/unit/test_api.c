@@ -468,6 +468,35 @@ static void test_routes(void)
     api_response_release(&rs);
 }
 
+/* Which requests are answered from memory alone (the event thread answers those itself). */
+static void test_needs_store(void)
+{
+    struct api_response rs;
+    CHECK(!api_needs_store("GET", "/ping"));
+    CHECK(!api_needs_store("HEAD", "/ping?x=1"));
+    CHECK(!api_needs_store("GET", "/nope"));
+    CHECK(!api_needs_store("POST", "/ping"));
+    CHECK(!api_needs_store(NULL, NULL));
+    CHECK(api_needs_store("GET", "/queue/status"));
+    CHECK(api_needs_store("GET", "/metrics"));
+    CHECK(api_needs_store("POST", "/generate"));
+    CHECK(api_needs_store("DELETE", "/queue/0123"));
+    /* and those indeed answer without a store */
+    struct api_request rq = {"GET", "/ping", NULL, 0, false, false};
+    api_handle(&ctx, NULL, &rq, &rs);
+    CHECK_INT(rs.status, 200);
+    api_response_release(&rs);
+    rq.uri = "/elsewhere";
+    api_handle(&ctx, NULL, &rq, &rs);
+    CHECK_INT(rs.status, 404);
+    api_response_release(&rs);
+    rq.uri = "/ping";
+    rq.method = "DELETE";
+    api_handle(&ctx, NULL, &rq, &rs);
+    CHECK_INT(rs.status, 405);
+    api_response_release(&rs);
+}
+
 /* POST /generate parks its request; api_generate_poll answers it. */
 static void test_sync(void)
 {
@@ -569,6 +598,7 @@ int main(int argc, char **argv)
     test_parse();
     test_routes();
     test_sync();
+    test_needs_store();
 
     /* a configured default outside the bounds is refused */
     struct api_ctx bad;
