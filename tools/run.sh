@@ -80,6 +80,14 @@ if [ "$TINY" = 1 ]; then
     printf '\n# make run with the tiny model on the CPU: small defaults\n%s\n%s\n%s\n' \
         "default_steps = 4" "default_width = 256" "default_height = 256" >> "$DIR/fluxcgi.conf"
 fi
+if [ "$DEVICE" = cpu ]; then
+    # fp32 on the CPU: a 2048x2048 request within a manifest's bounds grew past 14 GB; the
+    # tiny model's images stay small, a real model keeps its 1024x1024 default
+    CPU_MAX=1024
+    [ "$TINY" = 1 ] && CPU_MAX=512
+    printf '\n# make run on the CPU: bounded image size and steps\n%s\n%s\n' \
+        "max_size = $CPU_MAX" "max_steps = 50" >> "$DIR/fluxcgi.conf"
+fi
 fill "$CONF/nginx.conf" > "$DIR/nginx.conf"
 fill "$CONF/fluxcgi-site.conf" > "$DIR/fluxcgi-site.conf"
 

@@ -2,6 +2,7 @@
 that says what to do and a non-zero status; a good start serves /ping and SIGTERM stops it
 with status 0.  Every run is bounded and its process group is killed afterwards."""
 
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import tempfile
 import time
 import unittest
+import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -97,6 +99,15 @@ class RunSh(unittest.TestCase):
             time.sleep(0.2)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=30) as r:
             self.assertEqual(r.status, 200)
+        # on the CPU, make run bounds the image size (a 2048x2048 request grew past 14 GB)
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/generate/queue", method="POST",
+            data=json.dumps({"prompt": "big", "width": 2048, "height": 2048}).encode(),
+            headers={"Content-Type": "application/json"})
+        with self.assertRaises(urllib.error.HTTPError) as cm:
+            urllib.request.urlopen(req, timeout=30)
+        self.assertEqual(cm.exception.code, 422)
+        self.assertEqual(json.loads(cm.exception.read())["error"]["code"], "out_of_range")
         os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=TIMEOUT)
         self.assertEqual(proc.returncode, 0, err)

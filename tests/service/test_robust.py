@@ -297,6 +297,18 @@ class Process(unittest.TestCase):
                            timeout=60)
         self.assertEqual(p.returncode, 0, p.stderr)
 
+    def test_store_that_cannot_be_opened_exits_non_zero(self):
+        # used to: an acceptor that could not open the store sent SIGTERM and the process
+        # exited 0, so Restart=on-failure did nothing
+        s = Stack("robust-store", None)
+        with open(s.db, "wb") as f:
+            f.write(b"this is not an SQLite database, but it is not empty either" * 100)
+        p = subprocess.run([FLUXCGI, "--config", s.config], stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=120)
+        self.assertEqual(p.returncode, 1)
+        with open(s.log, errors="replace") as f:
+            self.assertIn(s.db, f.read())
+
     def test_fd0_that_is_not_a_socket(self):
         s = Stack("robust-fd0", None, overrides={"socket": None})
         p = subprocess.run([FLUXCGI, "--config", s.config], stdin=subprocess.DEVNULL,
