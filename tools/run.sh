@@ -85,8 +85,8 @@ if [ "$DEVICE" = cpu ]; then
     # tiny model's images stay small, a real model keeps its 1024x1024 default
     CPU_MAX=1024
     [ "$TINY" = 1 ] && CPU_MAX=512
-    printf '\n# make run on the CPU: bounded image size and steps\n%s\n%s\n' \
-        "max_size = $CPU_MAX" "max_steps = 50" >> "$DIR/fluxcgi.conf"
+    printf '\n# make run on the CPU: a bounded image size\nmax_size = %s\n' "$CPU_MAX" \
+        >> "$DIR/fluxcgi.conf"
 fi
 fill "$CONF/nginx.conf" > "$DIR/nginx.conf"
 fill "$CONF/fluxcgi-site.conf" > "$DIR/fluxcgi-site.conf"
