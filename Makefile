@@ -299,7 +299,8 @@ format-check:
 
 SVC_C      := sql/store.c fcgi/config.c fcgi/jobid.c fcgi/log.c fcgi/metrics.c fcgi/job.c \
               fcgi/worker.c fcgi/api.c fcgi/reply.c fcgi/parse.c fcgi/routes_generate.c \
-              fcgi/routes_queue.c fcgi/routes_ops.c fcgi/fcgi_proto.c fcgi/server.c
+              fcgi/routes_queue.c fcgi/routes_ops.c fcgi/routes_events.c fcgi/fcgi_proto.c \
+              fcgi/server.c
 SVC_GEN    := $(BUILD)/gen/sql/schema_sql.c
 SVC_OBJ    := $(SVC_C:%.c=$(BUILD)/obj/%.o) $(SVC_GEN:%.c=$(BUILD)/obj/%.o)
 SAN_SVC_OBJ := $(SVC_C:%.c=$(BUILD)/san/%.o) $(SVC_GEN:%.c=$(BUILD)/san/%.o)

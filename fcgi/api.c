@@ -57,6 +57,13 @@ int api_http_status(int code)
     }
 }
 
+int64_t api_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int64_t api_now_ms(void)
 {
     struct timespec ts;
@@ -75,6 +82,7 @@ enum route {
     R_JOB_STATUS,
     R_CANCEL,
     R_RESULT,
+    R_EVENTS,
     R_METRICS
 };
 
@@ -93,6 +101,7 @@ static enum route route_of(const char *path, size_t n, const char **allow, const
         {"/generate/queue", false, R_GENERATE_QUEUE, "POST"},
         {"/queue/status", false, R_STATUS, "GET, HEAD"},
         {"/queue/status/", true, R_JOB_STATUS, "GET, HEAD"},
+        {"/queue/events/", true, R_EVENTS, "GET"},
         {"/queue/", true, R_CANCEL, "DELETE"},
         {"/result/", true, R_RESULT, "GET, HEAD"},
         {"/metrics", false, R_METRICS, "GET, HEAD"},
@@ -180,6 +189,9 @@ void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_re
         break;
     case R_CANCEL:
         route_cancel(ctx, st, id, id_len, rs);
+        break;
+    case R_EVENTS:
+        route_events(ctx, st, id, id_len, rs);
         break;
     case R_RESULT:
         route_result(ctx, st, id, id_len, rs);

@@ -19,6 +19,11 @@
  *                                steps), 409 already_finished
  *   GET    /result/{id}          200 image/png; 409 not_finished (with the status JSON);
  *                                the job's error when it failed or was cancelled; 410 expired
+ *   GET    /queue/events/{id}    Server-Sent Events: `state` and `progress` events (step,
+ *                                steps, eta_s) as the job moves, then `end` with its final
+ *                                status (and result_url); the handler answers the head and
+ *                                the first events and parks the stream: api_events_poll
+ *                                writes the rest
  *   GET    /metrics              Prometheus text
  * Every error is {"error":{"code":"...","message":"..."}} with a code from core/err.h
  * (fx_errcode) and the status from api_http_status.  Ids are 32 lower-case hex digits;
@@ -33,6 +38,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "../core/pipeline.h"
 #include "../sql/store.h"
@@ -69,6 +75,13 @@ struct api_request {
     bool bad_length;     /* the body's length is not the declared CONTENT_LENGTH */
 };
 
+/* What an event stream has sent so far (route_events starts it in api_response.events). */
+struct api_events {
+    int state; /* enum store_state last sent; -1 none */
+    int step;
+    int64_t last_sent_ms; /* monotonic: the last event or keep-alive comment */
+};
+
 #define API_MAX_HEADERS 4
 
 struct api_header {
@@ -87,6 +100,10 @@ struct api_response {
      * end answers the request with api_generate_poll once it ends */
     bool park;
     char park_id[STORE_ID_LEN + 1];
+    /* GET /queue/events/{id}: status, head and body are the start of an event stream that
+     * stays open (park_id names the job); the front end goes on with api_events_poll */
+    bool stream;
+    struct api_events events;
 };
 
 /* Answers one request.  *rs is overwritten; release it with api_response_release. */
@@ -114,6 +131,16 @@ enum api_poll {
  */
 bool api_generate_poll(const struct api_ctx *ctx, struct store *st, const char *id,
                        enum api_poll why, struct api_response *rs);
+
+/*
+ * The next part of the event stream of job id: events for what changed since *ev (a state
+ * change, a step), a keep-alive comment when nothing was sent for 15 s, and once the job has
+ * ended (or the service is stopping: why API_POLL_STOPPING) the `end` event.  Returns true
+ * when the stream is complete with this part; *out (malloc'd, *out_len bytes; NULL when
+ * there is nothing to send) is the text to send.  now_ms is monotonic.
+ */
+bool api_events_poll(const struct api_ctx *ctx, struct store *st, const char *id, enum api_poll why,
+                     struct api_events *ev, int64_t now_ms, char **out, size_t *out_len);
 
 /* The one map from an error code (core/err.h) to an HTTP status; 0 gives 200. */
 int api_http_status(int code);

@@ -22,6 +22,8 @@ static const char CT_PROM[] = "text/plain; version=0.0.4; charset=utf-8";
 
 /* Wall-clock time (Unix epoch milliseconds) for the timestamps stored in job rows. */
 int64_t api_now_ms(void);
+/* Monotonic milliseconds, for intervals. */
+int64_t api_mono_ms(void);
 
 /* ---- reply.c ---- */
 void api_add_header(struct api_response *rs, const char *name, const char *fmt, ...)
@@ -35,6 +37,9 @@ void api_send_error(struct api_response *rs, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void api_send_store_error(struct api_response *rs, int rc, struct store *st);
 enum store_state api_visible_state(const struct api_ctx *ctx, const struct store_job *j);
+/* Seconds left for a running job at the pace of its steps so far; NULL (JSON null) when it
+ * is not running or has no step done. */
+json_object *api_eta(const struct store_job *j);
 /* The status JSON of a job (GET /queue/status/{id}). */
 json_object *api_job_status(const struct api_ctx *ctx, const struct store_job *j);
 /* Answers with the image of a job, or why there is none. */
@@ -58,6 +63,8 @@ void route_queue_status(const struct api_ctx *ctx, struct store *st, struct api_
 void route_job_status(const struct api_ctx *ctx, struct store *st, const char *id, size_t id_len,
                       struct api_response *rs);
 void route_result(const struct api_ctx *ctx, struct store *st, const char *id, size_t id_len,
+                  struct api_response *rs);
+void route_events(const struct api_ctx *ctx, struct store *st, const char *id, size_t id_len,
                   struct api_response *rs);
 void route_cancel(const struct api_ctx *ctx, struct store *st, const char *id, size_t id_len,
                   struct api_response *rs);

@@ -379,6 +379,12 @@ enum fcgi_event fcgi_in_next(struct fcgi_in *in, const struct fcgi_limits *lim)
 uint8_t *fcgi_encode_response(uint16_t id, const char *head, size_t head_len, const char *body,
                               size_t body_len, size_t *out_len)
 {
+    return fcgi_encode_stdout(id, head, head_len, body, body_len, true, out_len);
+}
+
+uint8_t *fcgi_encode_stdout(uint16_t id, const char *head, size_t head_len, const char *body,
+                            size_t body_len, bool end, size_t *out_len)
+{
     size_t data = head_len + body_len, chunk = 65528;
     size_t n_rec = (data + chunk - 1) / chunk;
     size_t size = data + n_rec * FCGI_HEADER_LEN + FCGI_HEADER_LEN + 16;
@@ -400,11 +406,13 @@ uint8_t *fcgi_encode_response(uint16_t id, const char *head, size_t head_len, co
         p += k;
         done += k;
     }
-    put_header(p, FCGI_STDOUT, id, 0, 0);
-    p += FCGI_HEADER_LEN;
-    put_header(p, FCGI_END_REQUEST, id, 8, 0);
-    memset(p + 8, 0, 8);
-    p += 16;
+    if (end) {
+        put_header(p, FCGI_STDOUT, id, 0, 0);
+        p += FCGI_HEADER_LEN;
+        put_header(p, FCGI_END_REQUEST, id, 8, 0);
+        memset(p + 8, 0, 8);
+        p += 16;
+    }
     *out_len = (size_t)(p - out);
     return out;
 }

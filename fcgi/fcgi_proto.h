@@ -132,4 +132,10 @@ const char *fcgi_in_param(const struct fcgi_in *in, const char *name, char *out,
 uint8_t *fcgi_encode_response(uint16_t id, const char *head, size_t head_len, const char *body,
                               size_t body_len, size_t *out_len);
 
+/* The same, but the end of the answer (the empty STDOUT record and END_REQUEST) only when
+ * end is true: a streamed answer is sent in parts.  With no data and end false, returns an
+ * empty malloc'd buffer (*out_len 0). */
+uint8_t *fcgi_encode_stdout(uint16_t id, const char *head, size_t head_len, const char *body,
+                            size_t body_len, bool end, size_t *out_len);
+
 #endif

@@ -109,6 +109,17 @@ enum store_state api_visible_state(const struct api_ctx *ctx, const struct store
     return j->state;
 }
 
+json_object *api_eta(const struct store_job *j)
+{
+    int64_t ran = api_now_ms() - j->started_ms;
+    double eta;
+    if (j->state != STORE_RUNNING || j->step <= 0 || j->started_ms <= 0 || ran <= 0)
+        return NULL;
+    /* the steps so far set the pace (the decode at the end is not counted) */
+    eta = (double)(j->steps - j->step) * ((double)ran / 1000.0) / (double)j->step;
+    return json_object_new_double(round(eta * 10.0) / 10.0);
+}
+
 json_object *api_job_status(const struct api_ctx *ctx, const struct store_job *j)
 {
     json_object *o = json_object_new_object(), *p = json_object_new_object();
@@ -120,6 +131,7 @@ json_object *api_job_status(const struct api_ctx *ctx, const struct store_job *j
     json_object_object_add(p, "step", json_object_new_int(j->step));
     json_object_object_add(p, "steps", json_object_new_int(j->steps));
     json_object_object_add(o, "progress", p);
+    json_object_object_add(o, "eta_s", api_eta(j));
     json_object_object_add(o, "seed", json_object_new_int64((int64_t)j->seed));
     json_object_object_add(o, "attempts", json_object_new_int(j->attempts));
     json_object_object_add(o, "created_at", iso_time(j->created_ms));

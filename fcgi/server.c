@@ -64,13 +64,16 @@ struct done {
     struct done *next;
     uint32_t slot;
     uint64_t serial;
-    uint8_t *bytes; /* the encoded FastCGI answer; NULL for a park */
+    uint8_t *bytes; /* the encoded FastCGI answer (or part of it); NULL for a park */
     size_t len;
-    bool park;
+    bool park;    /* a POST /generate to park */
+    bool stream;  /* the start of an event stream to park (bytes are sent first) */
+    bool partial; /* a part of an event stream: the request stays open */
     char park_id[STORE_ID_LEN + 1];
+    struct api_events events;
 };
 
-/* A parked POST /generate. */
+/* A parked POST /generate, or an open event stream. */
 struct parked {
     struct parked *next;
     uint32_t slot;
@@ -79,6 +82,8 @@ struct parked {
     char id[STORE_ID_LEN + 1];
     int64_t deadline; /* monotonic ms */
     bool aborted;     /* the client went away */
+    bool stream;      /* GET /queue/events/{id}: events is what was sent */
+    struct api_events events;
 };
 
 struct server {
@@ -180,10 +185,10 @@ static uint8_t *encode(struct server *s, uint16_t req_id, const struct api_reque
                        const struct api_response *rs, size_t *len)
 {
     char head[2048];
-    int n =
-        snprintf(head, sizeof(head), "Status: %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n",
-                 rs->status, reason(rs->status), rs->content_type ? rs->content_type : "text/plain",
-                 rs->body_len);
+    int n = snprintf(head, sizeof(head), "Status: %d %s\r\nContent-Type: %s\r\n", rs->status,
+                     reason(rs->status), rs->content_type ? rs->content_type : "text/plain");
+    if (!rs->stream && n > 0 && (size_t)n < sizeof(head)) /* a stream has no length */
+        n += snprintf(head + n, sizeof(head) - (size_t)n, "Content-Length: %zu\r\n", rs->body_len);
     for (int i = 0; i < rs->n_headers && n > 0 && (size_t)n < sizeof(head); i++)
         n += snprintf(head + n, sizeof(head) - (size_t)n, "%s: %s\r\n", rs->headers[i].name,
                       rs->headers[i].value);
@@ -199,7 +204,7 @@ static uint8_t *encode(struct server *s, uint16_t req_id, const struct api_reque
         log_printf("warn", "%s %.200s -> %d %.300s", rq && rq->method ? rq->method : "-",
                    rq && rq->uri ? rq->uri : "(waiting POST /generate)", rs->status,
                    rs->content_type && rs->content_type[0] == 'a' && rs->body ? rs->body : "");
-    return fcgi_encode_response(req_id, head, (size_t)n, rs->body, rs->body_len, len);
+    return fcgi_encode_stdout(req_id, head, (size_t)n, rs->body, rs->body_len, !rs->stream, len);
 }
 
 /* ---- handlers ---------------------------------------------------------------------------- */
@@ -229,6 +234,11 @@ static struct done *handle(struct server *s, struct store *st, struct task *t)
         snprintf(d->park_id, sizeof(d->park_id), "%s", rs.park_id);
     } else {
         d->bytes = encode(s, t->req_id, &rq, &rs, &d->len);
+    }
+    if (rs.stream) {
+        d->stream = true;
+        snprintf(d->park_id, sizeof(d->park_id), "%s", rs.park_id);
+        d->events = rs.events;
     }
     api_response_release(&rs);
     return d;
@@ -316,6 +326,31 @@ static void poll_parked(struct server *s, bool stopping)
         pthread_mutex_lock(&s->mu);
         aborted = p->aborted;
         pthread_mutex_unlock(&s->mu);
+        if (aborted && p->stream) {
+            unpark(s, p); /* nothing to cancel: the job goes on */
+            continue;
+        }
+        if (p->stream) {
+            char *out = NULL;
+            size_t out_len = 0;
+            bool end = api_events_poll(s->api, s->waiter_st, p->id,
+                                       stopping ? API_POLL_STOPPING : API_POLL_CHECK, &p->events,
+                                       now, &out, &out_len);
+            if (out || end) {
+                struct done *d = calloc(1, sizeof(*d));
+                if (d) {
+                    d->slot = p->slot;
+                    d->serial = p->serial;
+                    d->partial = !end;
+                    d->bytes = fcgi_encode_stdout(p->req_id, out, out_len, NULL, 0, end, &d->len);
+                    post_done(s, d);
+                }
+            }
+            free(out);
+            if (end)
+                unpark(s, p);
+            continue;
+        }
         if (aborted) {
             bool cancelled = false;
             int rc = store_cancel_queued(s->waiter_st, p->id, api_now_ms(), &cancelled);
@@ -359,14 +394,18 @@ static void *waiter_main(void *arg)
     for (;;) {
         bool stopping, done;
         int rc = 0;
+        bool streams = false;
         pthread_mutex_lock(&s->mu);
         stopping = s->stop_waiter;
         done = s->stop_parked && s->parked == NULL;
+        for (struct parked *p = s->parked; p && !streams; p = p->next)
+            streams = p->stream;
         pthread_mutex_unlock(&s->mu);
         if (done)
             break;
         if (!stopping && s->api->worker) {
-            rc = worker_wait(s->api->worker, &seen, 1000);
+            /* event streams follow every step: look four times a second while one is open */
+            rc = worker_wait(s->api->worker, &seen, streams ? 250 : 1000);
         } else {
             /* no worker to wake us (or it stopped): a short timed wait on our own cv */
             struct timespec ts;
@@ -761,6 +800,8 @@ static void register_park(struct server *s, const struct done *d, struct conn *c
     p->req_id = c ? c->req_id : 0;
     p->aborted = c == NULL;
     p->deadline = mono_ms() + s->p.sync_timeout_ms;
+    p->stream = d->stream;
+    p->events = d->events;
     snprintf(p->id, sizeof(p->id), "%s", d->park_id);
     pthread_mutex_lock(&s->mu);
     p->next = s->parked;
@@ -787,6 +828,16 @@ static void apply_dones(struct server *s)
             c = NULL; /* the request it answers is gone */
         if (d->park) {
             register_park(s, d, c);
+        } else if (d->stream || d->partial) {
+            /* a part of an event stream: the request stays open */
+            if (c && (d->bytes == NULL || queue_out(c, d->bytes, d->len))) {
+                c->close_after = true;
+                c->busy = false;
+            }
+            if (c && !flush(s, d->slot))
+                c = NULL; /* closed (and freed) by the flush */
+            if (d->stream && c && c->busy)
+                register_park(s, d, c);
         } else if (c && answer(s, d->slot, c, d)) {
             parse(s, d->slot); /* a request that came in behind this one */
         }

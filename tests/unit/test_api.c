@@ -468,6 +468,79 @@ static void test_routes(void)
     api_response_release(&rs);
 }
 
+/* GET /queue/events/{id}: the stream's start, then what api_events_poll adds. */
+static void test_events(void)
+{
+    struct api_response rs;
+    struct store_job j;
+    struct api_events ev;
+    char id[STORE_ID_LEN + 1], uri[96], *out = NULL;
+    size_t len = 0;
+    static const unsigned char png[] = {0x89, 'P', 'N', 'G'};
+
+    while (store_claim(st, "unit", 1, 60000, &j) == 0) {
+        store_finish(st, j.id, "unit", STORE_FAILED, "internal", "cleared by the test", 2);
+        store_job_release(&j);
+    }
+    rs = call("POST", "/generate/queue", "{\"prompt\":\"events\",\"seed\":3}");
+    CHECK_INT(rs.status, 202);
+    snprintf(id, sizeof(id), "%s", strrchr(header(&rs, "Location"), '/') + 1);
+    api_response_release(&rs);
+
+    snprintf(uri, sizeof(uri), "/queue/events/%s", id);
+    rs = call("GET", uri, NULL);
+    CHECK_INT(rs.status, 200);
+    CHECK_STR(rs.content_type, "text/event-stream");
+    CHECK(rs.stream);
+    CHECK_STR(rs.park_id, id);
+    CHECK(rs.body && strncmp(rs.body, "event: state\ndata: {", 20) == 0);
+    CHECK(rs.body && strstr(rs.body, "\"status\":\"queued\"") != NULL);
+    CHECK_STR(header(&rs, "X-Accel-Buffering"), "no");
+    ev = rs.events;
+    api_response_release(&rs);
+
+    /* nothing new: nothing to send, until the keep-alive is due */
+    CHECK(!api_events_poll(&ctx, st, id, API_POLL_CHECK, &ev, ev.last_sent_ms + 1000, &out, &len));
+    CHECK(out == NULL);
+    CHECK(!api_events_poll(&ctx, st, id, API_POLL_CHECK, &ev, ev.last_sent_ms + 15000, &out, &len));
+    CHECK(out && strncmp(out, ": keep-alive", 12) == 0);
+    free(out);
+    /* running, then a step */
+    CHECK_INT(store_claim(st, "unit", api_now_ms() - 2000, 60000, &j), 0);
+    store_job_release(&j);
+    CHECK(!api_events_poll(&ctx, st, id, API_POLL_CHECK, &ev, ev.last_sent_ms + 1, &out, &len));
+    CHECK(out && strncmp(out, "event: state\n", 13) == 0 && strstr(out, "\"running\""));
+    free(out);
+    CHECK_INT(store_progress(st, id, "unit", 1, api_now_ms(), 60000, NULL), 0);
+    CHECK(!api_events_poll(&ctx, st, id, API_POLL_CHECK, &ev, ev.last_sent_ms + 1, &out, &len));
+    CHECK(out && strncmp(out, "event: progress\n", 16) == 0);
+    CHECK(out && strstr(out, "\"eta_s\":") != NULL && strstr(out, "\"eta_s\":null") == NULL);
+    free(out);
+    /* done: the end event, with the result's URL */
+    CHECK_INT(store_complete(st, id, "unit", png, sizeof(png), api_now_ms()), 0);
+    CHECK(api_events_poll(&ctx, st, id, API_POLL_CHECK, &ev, ev.last_sent_ms + 1, &out, &len));
+    CHECK(out && strncmp(out, "event: end\n", 11) == 0 && strstr(out, "\"result_url\""));
+    free(out);
+    /* a finished job: the whole stream at once, not kept open */
+    rs = call("GET", uri, NULL);
+    CHECK_INT(rs.status, 200);
+    CHECK(!rs.stream);
+    CHECK(rs.body && strncmp(rs.body, "event: end\n", 11) == 0);
+    api_response_release(&rs);
+    /* stopping ends a stream that is not done */
+    rs = call("POST", "/generate/queue", "{\"prompt\":\"events 2\"}");
+    snprintf(id, sizeof(id), "%s", strrchr(header(&rs, "Location"), '/') + 1);
+    api_response_release(&rs);
+    memset(&ev, 0, sizeof(ev));
+    ev.state = -1;
+    CHECK(api_events_poll(&ctx, st, id, API_POLL_STOPPING, &ev, 1, &out, &len));
+    CHECK(out && strstr(out, ": the service is stopping") != NULL);
+    free(out);
+    expect_error("GET", "/queue/events/xyz", NULL, 400, "invalid_id");
+    expect_error("DELETE", "/queue/events/0123456789abcdef0123456789abcdef", NULL, 405,
+                 "method_not_allowed");
+}
+
 /* Which requests are answered from memory alone (the event thread answers those itself). */
 static void test_needs_store(void)
 {
@@ -599,6 +672,7 @@ int main(int argc, char **argv)
     test_routes();
     test_sync();
     test_needs_store();
+    test_events();
 
     /* a configured default outside the bounds is refused */
     struct api_ctx bad;
