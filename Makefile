@@ -491,7 +491,8 @@ uninstall:
 # make install into temp prefixes; the installed fluxcgi behind nginx; the unit verified.
 test-deploy: $(FLUXGEN) $(FLUXCGI) $(PLUGINS) tiny-model
 	@echo "  TEST    deploy (make install, installed fluxcgi behind nginx, systemd unit)"
-	$(Q)FLUX_MODEL=$(CURDIR)/$(TINY_DIR) $(PYTHON) -m unittest discover -s tests/deploy -t . \
+	$(Q)FLUX_MODEL=$(CURDIR)/$(TINY_DIR) FLUXGEN=$(CURDIR)/$(FLUXGEN) $(PYTHON) -m unittest \
+		discover -s tests/deploy -t . \
 		$(if $(V),-v,)
 
 # ---------------------------------------------------------------------------
