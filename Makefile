@@ -43,6 +43,7 @@ help:
 	@echo "make fuzz-build      build the libFuzzer targets (clang) under $(BUILD)/fuzz"
 	@echo "make chaos           kill -9 at every phase over CHAOS_JOBS (40) jobs: none lost"
 	@echo "make load            LOAD_CONNS (1000) connections for LOAD_SECONDS (60): 0 errors"
+	@echo "make check-cuda-compile  the shim's CUDA side compiled here (nvidia-cuda-dev headers)"
 	@echo "make bench           bench-tok, bench-pipeline and bench-service (not tests)"
 	@echo "make bench-tok       tokenizer prompts/s: C next to the Python implementations"
 	@echo "make bench-pipeline  fluxgen per phase next to the Python reference pipeline"
@@ -100,18 +101,32 @@ SAN_FLAGS     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanit
 #   make TORCH_DIR=$$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 # (TORCH_ABI: that torch's torch._C._GLIBCXX_USE_CXX11_ABI as 0/1; libtorch_cuda is linked
 # with --no-as-needed when present, so CUDA devices are seen).  Only shim/ sees these flags.
+# With libtorch_cuda, the c10 CUDA headers the shim includes need the CUDA runtime's headers:
+# from CUDA_HOME (default /usr/local/cuda) when it has them, else from the pip wheels beside
+# torch (site-packages/nvidia/*/include).  The shim calls no CUDA runtime function itself
+# (check-cuda-compile checks that), so only the -L directories are added, no -lcudart.
 TORCH_DIR ?=
 TORCH_ABI ?= 1
+CUDA_HOME ?= /usr/local/cuda
 ifeq ($(TORCH_DIR),)
 TORCH_CFLAGS := -isystem /usr/include/torch/csrc/api/include
 TORCH_LIBS   := -Wl,--no-as-needed -ltorch -ltorch_cpu -lc10 -Wl,--as-needed
 else
 TORCH_CUDA   := $(wildcard $(TORCH_DIR)/lib/libtorch_cuda.so)
+TORCH_NVIDIA := $(patsubst %/include/,%,$(dir $(wildcard $(TORCH_DIR)/../nvidia/*/include/*.h)))
+CUDA_DIRS    := $(if $(TORCH_CUDA),$(if $(wildcard $(CUDA_HOME)/include/cuda_runtime_api.h),\
+                  $(CUDA_HOME),$(sort $(TORCH_NVIDIA))))
+CUDA_LIBDIRS := $(wildcard $(addsuffix /lib64,$(CUDA_DIRS)) $(addsuffix /lib,$(CUDA_DIRS)))
 TORCH_CFLAGS := -isystem $(TORCH_DIR)/include -isystem $(TORCH_DIR)/include/torch/csrc/api/include \
+                $(addprefix -isystem ,$(addsuffix /include,$(CUDA_DIRS))) \
                 -D_GLIBCXX_USE_CXX11_ABI=$(TORCH_ABI) $(if $(TORCH_CUDA),-DSHIM_WITH_CUDA)
-TORCH_LIBS   := -L$(TORCH_DIR)/lib -Wl,-rpath,$(TORCH_DIR)/lib -Wl,--no-as-needed -ltorch \
-                -ltorch_cpu -lc10 $(if $(TORCH_CUDA),-ltorch_cuda -lc10_cuda) -Wl,--as-needed
+TORCH_LIBS   := -L$(TORCH_DIR)/lib -Wl,-rpath,$(TORCH_DIR)/lib $(addprefix -L,$(CUDA_LIBDIRS)) \
+                -Wl,--no-as-needed -ltorch -ltorch_cpu -lc10 \
+                $(if $(TORCH_CUDA),-ltorch_cuda -lc10_cuda) -Wl,--as-needed
 endif
+# The shim's C++ standard: the newest that the compiler and these torch headers accept
+# (libtorch 2.12+ needs C++20), probed once per torch into $(TORCH_STD) and read at build time.
+TORCH_STD := $(BUILD)/cxxstd/torch$(subst /,_,$(TORCH_DIR))
 
 CORE_C    := core/err.c core/text.c core/tok_clip.c core/sched.c core/sha256.c core/npy.c \
              core/pngw.c core/manifest.c core/pipeline.c core/plugin.c core/tok_t5_dl.c \
@@ -148,6 +163,17 @@ BENCH_T5   := $(REAL_T5)
 c: $(CORE_LIB) $(FLUXGEN) $(PLUGINS)
 
 $(BUILD)/pic/shim/shim.o $(BUILD)/san/pic/shim/shim.o: C_CPPFLAGS += $(TORCH_CFLAGS)
+$(BUILD)/pic/shim/shim.o $(BUILD)/san/pic/shim/shim.o: CXXFLAGS_FX = -std=$(file <$(TORCH_STD)) \
+	$(OPT) $(CXXWARN)
+$(BUILD)/pic/shim/shim.o $(BUILD)/san/pic/shim/shim.o: $(TORCH_STD)
+
+$(TORCH_STD): | deps
+	@mkdir -p $(@D)
+	$(Q)for s in c++20 c++17; do \
+		if echo '#include <torch/script.h>' | $(CXX) -std=$$s $(TORCH_CFLAGS) -fsyntax-only \
+			-x c++ - 2>/dev/null; then echo $$s > $@; echo "  CXXSTD  $$s (torch headers)"; \
+			exit 0; fi; done; \
+		echo "neither c++20 nor c++17 compiles <torch/script.h> with $(CXX)" >&2; exit 1
 # shim.h is C: the unit test that includes it is compiled -pedantic as well.
 $(BUILD)/obj/tests/unit/test_shim.o $(BUILD)/san/tests/unit/test_shim.o: CFLAGS_FX += -pedantic
 
@@ -287,6 +313,24 @@ bench-tok: $(BENCH_BIN) $(TOK_TINY)/.stamp
 
 bench-pipeline: $(FLUXGEN) tiny-model
 	$(Q)$(PYTHON) tests/bench/bench_pipeline.py --fluxgen $(FLUXGEN) --model $(TINY_DIR)
+
+# The CUDA side of the shim, compiled (not linked) on a machine without CUDA: the torch
+# headers in use with -DSHIM_WITH_CUDA, the CUDA runtime headers of Debian's nvidia-cuda-dev
+# (non-free; tools/gpu/cuda-headers.sh fetches it with apt-get download, installs nothing)
+# and c10's generated cuda_cmake_macros.h.  Then: no CUDA runtime symbol may be referenced
+# directly (a pip torch ships libcudart.so.N without the unversioned link name).
+CUDA_CHECK := $(BUILD)/cuda-check
+.PHONY: check-cuda-compile
+check-cuda-compile: $(TORCH_STD)
+	$(Q)tools/gpu/cuda-headers.sh $(CUDA_CHECK)
+	@echo "  CXX     shim/shim.cc -DSHIM_WITH_CUDA ($(file <$(TORCH_STD)), CUDA headers of $(CUDA_CHECK))"
+	$(Q)$(CXX) -std=$(file <$(TORCH_STD)) $(OPT) $(CXXWARN) -fPIC -D_GNU_SOURCE -DSHIM_WITH_CUDA \
+		$(TORCH_CFLAGS) -idirafter $(CUDA_CHECK)/c10 -idirafter $(CUDA_CHECK)/cuda/usr/include \
+		-c shim/shim.cc -o $(CUDA_CHECK)/shim.o
+	$(Q)if nm -u $(CUDA_CHECK)/shim.o | grep -E ' cu(da|blas|dnn)[A-Za-z_]*$$'; then \
+		echo "shim.o calls the CUDA runtime directly (above); go through c10/torch" >&2; \
+		exit 1; fi
+	@echo "  OK      the CUDA side of the shim compiles; no direct CUDA runtime calls"
 
 format-check:
 	@echo "  FORMAT  $(words $(C_SRC_ALL)) files"
@@ -453,7 +497,8 @@ uninstall:
 # make install into temp prefixes; the installed fluxcgi behind nginx; the unit verified.
 test-deploy: $(FLUXGEN) $(FLUXCGI) $(PLUGINS) tiny-model
 	@echo "  TEST    deploy (make install, installed fluxcgi behind nginx, systemd unit)"
-	$(Q)FLUX_MODEL=$(CURDIR)/$(TINY_DIR) $(PYTHON) -m unittest discover -s tests/deploy -t . \
+	$(Q)FLUX_MODEL=$(CURDIR)/$(TINY_DIR) FLUXGEN=$(CURDIR)/$(FLUXGEN) $(PYTHON) -m unittest \
+		discover -s tests/deploy -t . \
 		$(if $(V),-v,)
 
 # ---------------------------------------------------------------------------

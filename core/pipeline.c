@@ -361,6 +361,10 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
         r->prompt == NULL)
         return fx_fail(msg, msg_len, FX_EINVAL, "request not validated");
     out->seed = r->has_seed ? r->seed : fx_random_seed();
+    /* CUDA's current device is per thread: the caller may not be the thread that loaded. */
+    rc = from_shim(shim_use_device(p->model, msg, msg_len));
+    if (rc)
+        goto out;
     int64_t mem_now, mem_peak;
     rc = from_shim(shim_memory_stats(p->model, &mem_now, &mem_peak, true, msg, msg_len));
     if (rc)

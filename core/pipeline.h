@@ -109,6 +109,8 @@ void fx_result_release(struct fx_result *r);
  * Runs one request (which must have passed fx_request_validate).  On success returns 0 and
  * fills *out.  Errors: FX_ECANCELED (the cancel flag was set), FX_EINVAL, FX_ENOMEM,
  * FX_ERUNTIME (libtorch failed: msg says why), FX_EIO (a latent dump could not be written).
+ * It first makes the model's device the calling thread's current CUDA device, so any one
+ * thread at a time may generate (fx_pipeline_load does the same on the loading thread).
  */
 int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
                          const struct fx_hooks *hooks, struct fx_result *out, char *msg,

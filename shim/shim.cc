@@ -6,6 +6,10 @@
 #include <torch/cuda.h>
 #include <torch/script.h>
 
+// Only c10/torch functions, never the CUDA runtime's own (cudaSetDevice...): a pip torch
+// ships libcudart.so.N without the unversioned name that -lcudart would need, and its headers
+// only where the Makefile looks for them.  Inline c10 code that calls the runtime
+// (c10::cuda::CUDAGuard) is avoided for the same reason; make check-cuda-compile checks it.
 #ifdef SHIM_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -138,6 +142,17 @@ shim_status load_module(const char *what, const char *path, const c10::Device &d
     return SHIM_OK;
 }
 
+// CUDA's current device is per thread; the model's device becomes the caller's.
+void use_device(const c10::Device &dev)
+{
+#ifdef SHIM_WITH_CUDA
+    if (dev.is_cuda())
+        c10::cuda::set_device(dev.index());
+#else
+    (void)dev; // a libtorch without CUDA has no CUDA model (shim_model_load refuses it)
+#endif
+}
+
 at::Tensor run(torch::jit::Module &mod, std::vector<c10::IValue> args)
 {
     c10::IValue r = mod.forward(std::move(args));
@@ -187,6 +202,7 @@ shim_status shim_model_load(const struct shim_params *p, shim_model **out, char 
             return invalid(msg, msg_len, "cpu_threads must be >= 0");
         if (p->cpu_threads > 0)
             at::set_num_threads(p->cpu_threads);
+        use_device(dev);
         auto *m = new shim_model();
         m->device = dev;
         m->device_name = dev.str();
@@ -480,10 +496,19 @@ shim_status shim_sync(shim_model *m, char *msg, size_t msg_len)
     if (m == nullptr)
         return invalid(msg, msg_len, "no model");
     return guard(msg, msg_len, [&]() -> shim_status {
-#ifdef SHIM_WITH_CUDA
+        // c10::cuda::device_synchronize() would wait for the thread's current device only
         if (m->device.is_cuda())
-            c10::cuda::device_synchronize();
-#endif
+            torch::cuda::synchronize(m->device.index());
+        return SHIM_OK;
+    });
+}
+
+shim_status shim_use_device(shim_model *m, char *msg, size_t msg_len)
+{
+    if (m == nullptr)
+        return invalid(msg, msg_len, "no model");
+    return guard(msg, msg_len, [&]() -> shim_status {
+        use_device(m->device);
         return SHIM_OK;
     });
 }

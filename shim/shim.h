@@ -15,7 +15,9 @@
  * Threads: a shim_model and the tensors made from it belong to one thread at a time (the
  * worker that drives the pipeline); none of these functions may run concurrently on the same
  * model.  Different models may be used from different threads.  Every call runs under
- * c10::InferenceMode (no autograd state).
+ * c10::InferenceMode (no autograd state).  CUDA keeps a current device per thread:
+ * shim_model_load makes the model's device current on the loading thread, and a thread that
+ * takes a model over calls shim_use_device first (core/pipeline.c does so per generation).
  *
  * Tensors stay on the model's device between calls; only shim_tensor_from_* and
  * shim_tensor_to_host cross between host and device.
@@ -72,8 +74,9 @@ typedef struct shim_model shim_model;
 typedef struct shim_tensor shim_tensor;
 
 /*
- * Loads the four modules onto p->device.  On success returns SHIM_OK and sets *out (free
- * with shim_model_free).  SHIM_ENOENT names the missing file, SHIM_EFORMAT a corrupt one,
+ * Loads the four modules onto p->device, which it first makes the calling thread's current
+ * CUDA device (shim_use_device).  On success returns SHIM_OK and sets *out (free with
+ * shim_model_free).  SHIM_ENOENT names the missing file, SHIM_EFORMAT a corrupt one,
  * SHIM_EDEVICE an unavailable device.
  */
 shim_status shim_model_load(const struct shim_params *p, shim_model **out, char *msg,
@@ -171,8 +174,18 @@ shim_status shim_run_ae(shim_model *m, const shim_tensor *z, shim_tensor **out, 
 shim_status shim_memory_stats(shim_model *m, int64_t *allocated, int64_t *peak, bool reset_peak,
                               char *msg, size_t msg_len);
 
-/* Blocks until the device has finished queued work (a no-op on the CPU); for timings. */
+/*
+ * Blocks until the model's device (not the thread's current one) has finished its queued
+ * work; a no-op on the CPU.  For timings.
+ */
 shim_status shim_sync(shim_model *m, char *msg, size_t msg_len);
+
+/*
+ * Makes the model's CUDA device the calling thread's current device, so that work which
+ * follows the current device (synchronisation, a first CUDA context) lands on cuda:N and
+ * not on GPU 0; a no-op on the CPU.  Cheap: call it whenever a thread starts using a model.
+ */
+shim_status shim_use_device(shim_model *m, char *msg, size_t msg_len);
 
 #ifdef __cplusplus
 }

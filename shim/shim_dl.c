@@ -55,7 +55,8 @@
       (shim_model * m, int64_t * allocated, int64_t * peak, bool reset_peak, char *msg,            \
        size_t msg_len),                                                                            \
       (m, allocated, peak, reset_peak, msg, msg_len))                                              \
-    X(shim_status, shim_sync, (shim_model * m, char *msg, size_t msg_len), (m, msg, msg_len))
+    X(shim_status, shim_sync, (shim_model * m, char *msg, size_t msg_len), (m, msg, msg_len))      \
+    X(shim_status, shim_use_device, (shim_model * m, char *msg, size_t msg_len), (m, msg, msg_len))
 
 /* Entry points that cannot fail; without the library they do nothing. */
 #define SHIM_PLAIN(X)                                                                              \

@@ -95,13 +95,16 @@ def example_inputs(part, ck, dtype, device):
             torch.full((1,), 3.5, dtype=dtype, device=device))
 
 
-def export_module(ck, part, path, dtype, device, progress, verify):
+def export_module(ck, part, path, dtype, device, progress, verify, hash_files=True):
+    """Scripts and saves one part; returns its manifest entry (sha256 None without hash_files)."""
     progress(f"loading {part}")
     module = ck.load(part, dtype, device,
                      progress=lambda i, n: progress(f"  {part}: {i}/{n} tensors"))
     progress(f"scripting {part}")
     scripted = torch.jit.script(module)
+    progress(f"saving {part}")
     torch.jit.save(scripted, path)
+    progress(f"saved {part} ({os.path.getsize(path) / 1e9:.3f} GB)")
     del module, scripted
     gc.collect()
     if verify:
@@ -113,7 +116,7 @@ def export_module(ck, part, path, dtype, device, progress, verify):
             raise RuntimeError(f"{part}: the exported module gives non-finite values")
         del m
     return {"file": os.path.basename(path), "bytes": os.path.getsize(path),
-            "sha256": sha256_file(path)}
+            "sha256": sha256_file(path) if hash_files else None}
 
 
 def clip_special_ids(vocab_path):
@@ -172,10 +175,14 @@ def build_manifest(ck, name, dtype_name, device, modules, sources):
     }
 
 
-def write_model_dir(ck, out, source_root, name, dtype_name, device, force, verify, progress):
+def write_model_dir(ck, out, source_root, name, dtype_name, device, force, verify, progress,
+                    hash_files=True, reuse=None, extra=None):
     """Writes the model dir for a resolved checkpoint (anything with the Checkpoint interface:
     params, tokenizer dirs, source_files() and load()). Assembled in a temporary sibling and
-    renamed into place; nothing is left behind on failure."""
+    renamed into place; nothing is left behind on failure. hash_files=False leaves the
+    modules' sha256 out (None); reuse maps a part to (file path, manifest entry) of a module
+    already written with the same weights, hard-linked (or copied) instead of exported;
+    extra adds top-level manifest keys."""
     dtype = DTYPES[dtype_name]
     out = os.path.abspath(out)
     if os.path.exists(out) and not force:
@@ -192,15 +199,26 @@ def write_model_dir(ck, out, source_root, name, dtype_name, device, force, verif
                             "sha256": sha256_file(path, progress)})
         modules = {}
         for part in ("clip", "t5", "transformer", "ae"):
-            modules[part] = export_module(ck, part, os.path.join(tmp, MODULE_FILES[part]), dtype,
-                                          device, progress, verify)
+            dst = os.path.join(tmp, MODULE_FILES[part])
+            if reuse and part in reuse:
+                src, entry = reuse[part]
+                progress(f"reusing {part} from {src}")
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copyfile(src, dst)
+                modules[part] = dict(entry, file=MODULE_FILES[part])
+                continue
+            modules[part] = export_module(ck, part, dst, dtype, device, progress, verify,
+                                          hash_files)
         for sub, names in (("tokenizer", ("vocab.json", "merges.txt")),
                            ("tokenizer_2", ("spiece.model",))):
             src_dir = ck.tokenizer_dir if sub == "tokenizer" else ck.tokenizer2_dir
             os.makedirs(os.path.join(tmp, sub))
             for n in names:
                 shutil.copyfile(os.path.join(src_dir, n), os.path.join(tmp, sub, n))
-        manifest = build_manifest(ck, name, dtype_name, device, modules, sources)
+        manifest = dict(build_manifest(ck, name, dtype_name, device, modules, sources),
+                        **(extra or {}))
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2)
             f.write("\n")

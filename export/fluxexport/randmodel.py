@@ -2,16 +2,22 @@
 checkpoint files): for benchmarks at the real FLUX.1 sizes, where real weights cannot be had.
 
     python3 -m fluxexport random-model --out DIR --tokenizers MODEL_DIR
-        [--dims full|tiny] [--depth N] [--single N] [--device cuda] [--dtype bf16] [--seed 0]
+        [--dims full|tiny] [--depth N] [--single N] [--t5-layers N] [--device cuda]
+        [--dtype bf16] [--seed 0] [--reuse MODEL_DIR]
 
 --dims full is FLUX.1-dev / Krea-dev (transformer 3072 wide, 19 + 38 blocks, T5-XXL, CLIP-L,
-the 16-channel AE); --depth / --single give fewer blocks (label results so). The tokenizer
-files come from an existing model dir (e.g. build/models/tiny): their ids stay inside the real
-vocabularies. The weights are N(0, 1/fan_in) matrices, unit norm scales and small biases; the
-images are noise, the compute is the real one.
+the 16-channel AE); --depth / --single (and --t5-layers) give fewer blocks (label results so).
+The tokenizer files come from an existing model dir (e.g. build/models/tiny): their ids stay
+inside the real vocabularies. The weights are N(0, 1/fan_in) matrices, unit norm scales and
+small biases, drawn on --device directly in --dtype; the images are noise, the compute is the
+real one. The modules are not hashed (sha256 null in the manifest: random weights, and hashing
+34 GB takes a minute). --reuse links the modules of an earlier random model dir whose
+parameters, dtype and seed match (the T5-XXL of a 2 + 2 block model serves a 19 + 38 one).
 """
 
 import argparse
+import json
+import os
 import sys
 
 import torch
@@ -69,9 +75,38 @@ class RandomCheckpoint:
         return m.eval()
 
 
-def full_params(depth, single):
+def full_params(depth, single, t5_layers=24):
     return (FluxParams(depth=depth, depth_single_blocks=single), AEParams(), CLIPParams(),
-            T5Params())
+            T5Params(num_layers=t5_layers))
+
+
+MANIFEST_KEYS = {"clip": "clip_text", "t5": "t5_encoder", "transformer": "transformer",
+                 "ae": "ae_decoder"}
+
+
+def reusable(ck, dtype_name, device, root):
+    """The parts of the random model dir root that ck would write again bit for bit: same
+    layout, seed, dtype, device (its generator draws the weights) and parameters.  Returns
+    {part: (path, manifest entry)}."""
+    try:
+        with open(os.path.join(root, "manifest.json")) as f:
+            man = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if man.get("layout") != "random" or man.get("dtype") != dtype_name or \
+            man.get("random_seed") != ck.seed or man.get("device") != device:
+        return {}
+    mine = {"clip": ck.clip_params, "t5": ck.t5_params, "transformer": ck.flux_params,
+            "ae": ck.ae_params}
+    out = {}
+    for part, key in MANIFEST_KEYS.items():
+        entry = man.get("modules", {}).get(key)
+        if not entry or entry.get("params") != json.loads(json.dumps(mine[part].to_dict())):
+            continue
+        path = os.path.join(root, entry["file"])
+        if os.path.isfile(path) and os.path.getsize(path) == entry.get("bytes"):
+            out[part] = (path, {k: v for k, v in entry.items() if k in ("bytes", "sha256")})
+    return out
 
 
 def main(cmd, argv):
@@ -82,28 +117,33 @@ def main(cmd, argv):
     ap.add_argument("--dims", choices=("full", "tiny"), default="full")
     ap.add_argument("--depth", type=int, default=19)
     ap.add_argument("--single", type=int, default=38)
+    ap.add_argument("--t5-layers", type=int, default=24,
+                    help="T5 encoder layers with --dims full (24; fewer only to time the writing)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", choices=sorted(exporter.DTYPES), default="bf16")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default=None)
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--reuse", metavar="MODEL_DIR",
+                    help="an earlier random model dir: link its modules that would be the same")
     args = ap.parse_args(argv)
     progress = exporter.Progress(args.quiet)
     try:
         device = exporter.parse_device(args.device)
         if args.dims == "full":
-            params = full_params(args.depth, args.single)
+            params = full_params(args.depth, args.single, args.t5_layers)
         else:
-            import json
-            import os
             with open(os.path.join(args.tokenizers, "tokenizer", "vocab.json")) as f:
                 clip_vocab = len(json.load(f))
             params = tiny_params(clip_vocab, 320, args.depth, args.single)
         ck = RandomCheckpoint(params, args.tokenizers, args.seed)
         name = args.name or (f"flux-random-{args.dims}-{args.depth}+{args.single}")
+        reuse = reusable(ck, args.dtype, device, args.reuse) if args.reuse else None
+        # random_seed: so that a later --reuse knows the weights are the same
         exporter.write_model_dir(ck, args.out, args.tokenizers, name, args.dtype, device,
-                                 args.force, False, progress)
+                                 args.force, False, progress, hash_files=False, reuse=reuse,
+                                 extra={"random_seed": args.seed})
     except (CheckpointError, OSError, RuntimeError, ValueError) as e:
         print(f"fluxexport: error: {e}", file=sys.stderr)
         return 1

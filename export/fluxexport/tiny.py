@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from . import keymap, stio, tokenizers
+from . import keymap, stio
 from .autoencoder import AEDecoder, AEParams
 from .clip import CLIPParams, CLIPTextModel
 from .flux import Flux, FluxParams
@@ -34,6 +34,9 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def write_tokenizers(root):
     """Writes root/tokenizer (CLIP BPE) and root/tokenizer_2 (T5 spiece). Returns vocab sizes."""
+    # Imported here: training needs 'regex' and sentencepiece, which the GPU machine lacks;
+    # tiny_params (random-model --dims tiny) must import without them.
+    from . import tokenizers
     with open(CORPUS, encoding="utf-8") as f:
         lines = f.read().splitlines()
     merges = tokenizers.learn_clip_merges(lines, CLIP_MERGES)

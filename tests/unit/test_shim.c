@@ -1,8 +1,10 @@
 /*
  * The shim over libtorch: statuses and messages for bad input, seeded noise, the tensor
- * operations of the sampler and the four modules of the tiny model.  This file includes
- * shim.h and is compiled as C17 with -pedantic (the header must stay plain C).
+ * operations of the sampler, the four modules of the tiny model and their use from a second
+ * thread.  This file includes shim.h and is compiled as C17 with -pedantic (the header must
+ * stay plain C).
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -223,10 +225,52 @@ static void test_modules(shim_model *model, const struct fx_manifest *m)
     CHECK(strstr(msg, "Error") != NULL); /* the error itself, not only the interpreter's line */
     CHECK_INT(shim_run_ae(model, y, &out, msg, sizeof(msg)), SHIM_EINVAL);
     CHECK_INT(shim_sync(model, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_sync(NULL, msg, sizeof(msg)), SHIM_EINVAL);
     CHECK_INT(shim_release_cache(model, msg, sizeof(msg)), SHIM_OK);
     CHECK_STR(shim_model_device(model), "cpu");
     shim_tensor_free(t);
     shim_tensor_free(y);
+}
+
+/* A second thread takes the model over (as fluxcgi's worker does): shim_use_device, then
+ * a module call and a synchronisation. */
+struct other_thread {
+    shim_model *model;
+    int64_t clip_bos, clip_eos;
+    shim_status use, run, sync;
+};
+
+static void *other_thread_main(void *arg)
+{
+    struct other_thread *o = arg;
+    char m[256];
+    int64_t ids[77], s[2] = {1, 77};
+    shim_tensor *t = NULL, *y = NULL;
+    for (int i = 0; i < 77; i++)
+        ids[i] = i == 0 ? o->clip_bos : o->clip_eos;
+    o->use = shim_use_device(o->model, m, sizeof(m));
+    o->run = shim_tensor_from_host(o->model, ids, SHIM_I64, s, 2, SHIM_I64, &t, m, sizeof(m));
+    if (o->run == SHIM_OK)
+        o->run = shim_run_clip(o->model, t, &y, m, sizeof(m));
+    o->sync = shim_sync(o->model, m, sizeof(m));
+    shim_tensor_free(y);
+    shim_tensor_free(t);
+    return NULL;
+}
+
+static void test_use_device(shim_model *model, const struct fx_manifest *m)
+{
+    CHECK_INT(shim_use_device(NULL, msg, sizeof(msg)), SHIM_EINVAL);
+    CHECK(strstr(msg, "model") != NULL);
+    CHECK_INT(shim_use_device(model, msg, sizeof(msg)), SHIM_OK);
+    struct other_thread o = {model,          m->clip_bos,    m->clip_eos,
+                             SHIM_EINTERNAL, SHIM_EINTERNAL, SHIM_EINTERNAL};
+    pthread_t th;
+    CHECK_INT(pthread_create(&th, NULL, other_thread_main, &o), 0);
+    CHECK_INT(pthread_join(th, NULL), 0);
+    CHECK_INT(o.use, SHIM_OK);
+    CHECK_INT(o.run, SHIM_OK);
+    CHECK_INT(o.sync, SHIM_OK);
 }
 
 int main(int argc, char **argv)
@@ -251,6 +295,7 @@ int main(int argc, char **argv)
         test_noise(model);
         test_tensor_ops(model);
         test_modules(model, m);
+        test_use_device(model, m);
     }
     shim_model_free(model);
     manifest_free(m);

@@ -1,9 +1,10 @@
 #!/bin/sh
 # Prepares a GPU run on a machine with apt (this one): downloads the Debian 12 packages that
 # the C build needs into .gpu/debs, builds the tiny checkpoints, and records the commit.
-# Everything goes into git-ignored paths that the device call carries:
+# Everything goes into git-ignored paths that the device calls carry (25 MB):
 #   carry: [".gpu", "build/tiny-src", "build/models/tiny"]
-# Then run tools/gpu/device.sh there (see docs/operations.md, "GPU runs").
+# Then, there, one call per stage: tools/gpu/device.sh smoke, then tools/gpu/device.sh full
+# (docs/operations.md, "GPU runs").  Commit first: .gpu/commit names what was measured.
 set -eu
 cd "$(dirname "$0")/../.."
 
