@@ -84,7 +84,8 @@ CWARN   := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes -Wvla 
 CXXWARN := -Wall -Wextra -Werror
 # Recursive (=): pkg-config runs when a recipe needs it, after `deps` has installed it.
 C_DEPS_CFLAGS = $(shell pkg-config --cflags json-c libutf8proc)
-C_DEPS_LIBS   = $(shell pkg-config --libs json-c libutf8proc libpng) -lm -ldl -pthread
+C_DEPS_LIBS   = $(shell pkg-config --libs json-c libutf8proc libpng libturbojpeg libwebpmux libwebp) \
+                -lm -ldl -pthread
 PLUGIN_T5_LIBS = $(shell pkg-config --libs libutf8proc) -lsentencepiece
 C_CPPFLAGS    = -D_GNU_SOURCE -MMD -MP $(C_DEPS_CFLAGS)
 CFLAGS_FX     = -std=c17 $(OPT) $(CWARN)
@@ -109,7 +110,7 @@ TORCH_LIBS   := -L$(TORCH_DIR)/lib -Wl,-rpath,$(TORCH_DIR)/lib -Wl,--no-as-neede
 endif
 
 CORE_C    := core/err.c core/text.c core/tok_clip.c core/sched.c core/sha256.c core/npy.c \
-             core/pngw.c core/manifest.c core/pipeline.c core/plugin.c core/tok_t5_dl.c \
+             core/pngw.c core/imgw.c core/manifest.c core/pipeline.c core/plugin.c core/tok_t5_dl.c \
              shim/shim_dl.c
 CORE_OBJ  := $(CORE_C:%.c=$(BUILD)/obj/%.o)
 SAN_OBJ   := $(CORE_C:%.c=$(BUILD)/san/%.o)
@@ -299,8 +300,9 @@ format-check:
 
 SVC_C      := sql/store.c fcgi/config.c fcgi/jobid.c fcgi/log.c fcgi/metrics.c fcgi/job.c \
               fcgi/worker.c fcgi/api.c fcgi/reply.c fcgi/parse.c fcgi/routes_generate.c \
-              fcgi/routes_queue.c fcgi/routes_ops.c fcgi/fcgi_proto.c fcgi/server.c
-SVC_GEN    := $(BUILD)/gen/sql/schema_sql.c
+              fcgi/routes_queue.c fcgi/routes_ops.c fcgi/fcgi_proto.c fcgi/server.c \
+              fcgi/routes_openai.c fcgi/routes_a1111.c fcgi/routes_docs.c
+SVC_GEN    := $(BUILD)/gen/sql/schema_sql.c $(BUILD)/gen/fcgi/openapi_json.c
 SVC_OBJ    := $(SVC_C:%.c=$(BUILD)/obj/%.o) $(SVC_GEN:%.c=$(BUILD)/obj/%.o)
 SAN_SVC_OBJ := $(SVC_C:%.c=$(BUILD)/san/%.o) $(SVC_GEN:%.c=$(BUILD)/san/%.o)
 SVC_LIB    := $(BUILD)/libfluxsvc.a
@@ -322,12 +324,23 @@ RUN_MODEL  := $(if $(MODEL),$(MODEL),$(TINY_DIR))
 service: $(FLUXCGI)
 
 # sql/schema.sql becomes a C string, so the program carries its own schema.
-$(SVC_GEN): sql/schema.sql
+$(BUILD)/gen/sql/schema_sql.c: sql/schema.sql
 	@mkdir -p $(@D)
 	@echo "  GEN     $@"
 	$(Q)awk 'BEGIN { print "/* generated from sql/schema.sql by the Makefile */"; \
 		print "extern const char store_schema_sql[];"; \
 		print "const char store_schema_sql[] =" } \
+		{ gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); print "    \"" $$0 "\\n\"" } \
+		END { print "    ;" }' $< > $@.tmp && mv $@.tmp $@
+
+# fcgi/openapi.json becomes a C string too (GET /openapi.json fills in the live bounds); like
+# schema.sql it must hold no backslash, which the awk does not escape.
+$(BUILD)/gen/fcgi/openapi_json.c: fcgi/openapi.json
+	@mkdir -p $(@D)
+	@echo "  GEN     $@"
+	$(Q)awk 'BEGIN { print "/* generated from fcgi/openapi.json by the Makefile */"; \
+		print "extern const char api_openapi_template[];"; \
+		print "const char api_openapi_template[] =" } \
 		{ gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); print "    \"" $$0 "\\n\"" } \
 		END { print "    ;" }' $< > $@.tmp && mv $@.tmp $@
 

@@ -69,11 +69,11 @@ struct api_request {
     bool bad_length;     /* the body's length is not the declared CONTENT_LENGTH */
 };
 
-#define API_MAX_HEADERS 4
+#define API_MAX_HEADERS 6
 
 struct api_header {
     char name[32];
-    char value[96];
+    char value[224];
 };
 
 struct api_response {
@@ -114,6 +114,12 @@ enum api_poll {
  */
 bool api_generate_poll(const struct api_ctx *ctx, struct store *st, const char *id,
                        enum api_poll why, struct api_response *rs);
+
+/* The routing table, for the checks that the OpenAPI document lists every route: the number
+ * of routes, and route i's path (a prefix followed by an id when *prefix), with the methods it
+ * takes in *allow ("GET, HEAD").  NULL when i is out of range.  Static strings. */
+size_t api_route_count(void);
+const char *api_route_path(size_t i, bool *prefix, const char **allow);
 
 /* The one map from an error code (core/err.h) to an HTTP status; 0 gives 200. */
 int api_http_status(int code);

@@ -1,7 +1,6 @@
 /* The job store on a temp file with the real schema: queue order and bounds, claim,
  * progress and cancel, completion with the PNG, restart recovery, retention, migrations, job
- * groups,
- * and two connections racing to claim. */
+ * groups, and two connections racing to claim. */
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/mount.h>
