@@ -42,6 +42,7 @@ help:
 	@echo "make bench-tok       tokenizer prompts/s: C next to the Python implementations"
 	@echo "make bench-pipeline  fluxgen per phase next to the Python reference pipeline"
 	@echo "make bench-service   wrk: fluxcgi+nginx next to the seed's FastAPI+uvicorn app"
+	@echo "make vendor-docs     fetch Swagger UI (SWAGGER_UI_VERSION) from npm into conf/docs/"
 	@echo "make clean           remove $(BUILD)/"
 	@echo "make help            this list"
 
@@ -369,13 +370,34 @@ $(SAN_SVC_UNIT_BIN): $(BUILD)/san/unit/%: $(BUILD)/san/tests/unit/%.o $(SAN_SVC_
 	@echo "  LINK san $@"
 	$(Q)$(CC) $(SAN_FLAGS) -o $@ $^ $(SVC_LIBS) $(C_DEPS_LIBS)
 
+# The official OpenAI client (npm), which tests/service/test_clients.py points at the live
+# stack: pinned, installed under $(BUILD)/npm (node 20: openai 5.x; 6 and later want node 22).
+NPM_DIR     := $(BUILD)/npm
+OPENAI_NPM  ?= openai@5.23.2
+NPM_OPENAI  := $(NPM_DIR)/node_modules/openai/package.json
+$(NPM_OPENAI):
+	@mkdir -p $(NPM_DIR)
+	@echo "  NPM     $(OPENAI_NPM) -> $(NPM_DIR)"
+	$(Q)npm install --prefix $(NPM_DIR) --no-audit --no-fund --no-save --silent $(OPENAI_NPM)
+
+# conf/docs/ holds Swagger UI from npm's swagger-ui-dist (conf/docs/README.md): this target
+# fetches SWAGGER_UI_VERSION and copies the files the viewer uses (and the licences) again.
+SWAGGER_UI_VERSION ?= 5.35.0
+.PHONY: vendor-docs
+vendor-docs:
+	@mkdir -p $(BUILD)/vendor
+	$(Q)cd $(BUILD)/vendor && rm -rf package && npm pack --silent swagger-ui-dist@$(SWAGGER_UI_VERSION) \
+		| xargs -n1 tar xzf
+	$(Q)cd $(BUILD)/vendor/package && cp swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt \
+		swagger-ui.css favicon-32x32.png LICENSE NOTICE $(CURDIR)/conf/docs/
+
 # Integration: fluxcgi behind real nginx and real lighttpd (and spawn-fcgi), on loopback
 # ports from temp prefixes under $(BUILD)/svc-test.
-test-service: $(FLUXCGI) tiny-model
+test-service: $(FLUXCGI) tiny-model $(NPM_OPENAI)
 	@echo "  TEST    service (fluxcgi behind nginx and lighttpd)"
 	$(Q)FLUXCGI=$(CURDIR)/$(FLUXCGI) FLUX_MODEL=$(CURDIR)/$(TINY_DIR) \
-		SVC_TEST_DIR=$(CURDIR)/$(BUILD)/svc-test $(PYTHON) -m unittest discover \
-		-s tests/service -t . $(if $(V),-v,)
+		SVC_TEST_DIR=$(CURDIR)/$(BUILD)/svc-test NPM_DIR=$(CURDIR)/$(NPM_DIR) \
+		$(PYTHON) -m unittest discover -s tests/service -t . $(if $(V),-v,)
 
 # Not a test: wrk against /ping and /queue/status through nginx, and the durable enqueue
 # rate, next to the same endpoints in a minimal FastAPI + uvicorn app.
@@ -429,6 +451,8 @@ install: $(FLUXGEN) $(FLUXCGI) $(PLUGINS)
 	$(Q)chmod 0755 $(D)$(BINDIR)/fluxexport
 	$(Q)install -m 0644 $(addprefix conf/,$(CONF_FILES)) $(D)$(SHAREDIR)/conf/
 	$(Q)install -m 0644 conf/errors/* $(D)$(SHAREDIR)/conf/errors/
+	$(Q)install -d $(D)$(SHAREDIR)/conf/docs
+	$(Q)install -m 0644 conf/docs/* $(D)$(SHAREDIR)/conf/docs/
 	$(Q)install -m 0644 sql/schema.sql README.md $(D)$(SHAREDIR)/
 	$(Q)install -d $(D)$(SHAREDIR)/docs
 	$(Q)install -m 0644 docs/*.md $(D)$(SHAREDIR)/docs/

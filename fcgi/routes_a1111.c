@@ -173,10 +173,17 @@ static int parse(const struct api_ctx *ctx, const struct api_request *rq, struct
     }
     g->n = a->batch_size * a->n_iter;
     rc = fx_request_validate(&g->req, &ctx->limits, param, msg, msg_len);
-    if (rc && *param && strcmp(*param, "num_inference_steps") == 0)
+    /* the message names the field as this API calls it */
+    const char *ours = rc ? *param : NULL;
+    if (ours && strcmp(ours, "num_inference_steps") == 0)
         *param = "steps";
-    if (rc && *param && strcmp(*param, "guidance_scale") == 0)
+    if (ours && strcmp(ours, "guidance_scale") == 0)
         *param = a->has_distilled ? "distilled_cfg_scale" : "cfg_scale";
+    if (ours && *param != ours && strncmp(msg, ours, strlen(ours)) == 0) {
+        char tmp[512];
+        snprintf(tmp, sizeof(tmp), "%s%s", *param, msg + strlen(ours));
+        snprintf(msg, msg_len, "%s", tmp);
+    }
 out:
     json_object_put(o);
     if (rc)

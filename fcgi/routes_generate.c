@@ -110,7 +110,7 @@ static int enqueue_native(const struct api_ctx *ctx, struct store *st, const str
         if (rc == FX_ENOMEM)
             snprintf(msg, sizeof(msg), "out of memory");
         api_send_error(rs, rc, "%s", msg);
-        return rc;
+        goto out;
     }
     if (sync && g->n != 1) {
         api_send_error(rs, FX_EINVAL,

@@ -19,7 +19,7 @@ PYTHON="python3 python3-numpy python3-pil"
 DEBIAN_TORCH="python3-torch libtorch-dev"
 TOKENIZERS="sentencepiece python3-sentencepiece python3-regex"
 WEB="nginx-light lighttpd curl spawn-fcgi"
-TESTS="clang-format wrk python3-fastapi python3-uvicorn systemd clang libclang-rt-14-dev"
+TESTS="clang-format wrk python3-fastapi python3-uvicorn systemd clang libclang-rt-14-dev chromium"
 MONITORING="prometheus"
 
 profile=all
