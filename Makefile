@@ -400,10 +400,13 @@ test-service: $(FLUXCGI) tiny-model $(NPM_OPENAI)
 		$(PYTHON) -m unittest discover -s tests/service -t . $(if $(V),-v,)
 
 # Not a test: wrk against /ping and /queue/status through nginx, and the durable enqueue
-# rate, next to the same endpoints in a minimal FastAPI + uvicorn app.
+# rate, next to the same endpoints in a minimal FastAPI + uvicorn app.  FLUXCGI_BEFORE=BINARY
+# (built from an earlier commit) adds the fast endpoints of both binaries, in turns.
+FLUXCGI_BEFORE ?=
 bench-service: $(FLUXCGI) tiny-model
 	$(Q)FLUXCGI=$(CURDIR)/$(FLUXCGI) FLUX_MODEL=$(CURDIR)/$(TINY_DIR) \
-		SVC_TEST_DIR=$(CURDIR)/$(BUILD)/svc-bench $(PYTHON) tests/bench/bench_service.py
+		SVC_TEST_DIR=$(CURDIR)/$(BUILD)/svc-bench FLUXCGI_BEFORE=$(FLUXCGI_BEFORE) \
+		$(PYTHON) tests/bench/bench_service.py
 
 # Serves $(RUN_MODEL) through nginx on http://127.0.0.1:$(RUN_PORT) in the foreground.
 run: deps $(FLUXCGI) $(if $(MODEL),,tiny-model)
