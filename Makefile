@@ -48,6 +48,7 @@ help:
 	@echo "make bench-tok       tokenizer prompts/s: C next to the Python implementations"
 	@echo "make bench-pipeline  fluxgen per phase next to the Python reference pipeline"
 	@echo "make bench-service   wrk: nginx alone, fluxcgi+nginx and the seed's FastAPI app"
+	@echo "make vendor-docs     fetch Swagger UI (SWAGGER_UI_VERSION) from npm into conf/docs/"
 	@echo "make clean           remove $(BUILD)/"
 	@echo "make help            this list"
 
@@ -90,7 +91,8 @@ CWARN   := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes -Wvla 
 CXXWARN := -Wall -Wextra -Werror
 # Recursive (=): pkg-config runs when a recipe needs it, after `deps` has installed it.
 C_DEPS_CFLAGS = $(shell pkg-config --cflags json-c libutf8proc)
-C_DEPS_LIBS   = $(shell pkg-config --libs json-c libutf8proc libpng) -lm -ldl -pthread
+C_DEPS_LIBS   = $(shell pkg-config --libs json-c libutf8proc libpng libturbojpeg libwebpmux libwebp) \
+                -lm -ldl -pthread
 PLUGIN_T5_LIBS = $(shell pkg-config --libs libutf8proc) -lsentencepiece
 C_CPPFLAGS    = -D_GNU_SOURCE -MMD -MP $(C_DEPS_CFLAGS)
 CFLAGS_FX     = -std=c17 $(OPT) $(CWARN)
@@ -129,7 +131,7 @@ endif
 TORCH_STD := $(BUILD)/cxxstd/torch$(subst /,_,$(TORCH_DIR))
 
 CORE_C    := core/err.c core/text.c core/tok_clip.c core/sched.c core/sha256.c core/npy.c \
-             core/pngw.c core/manifest.c core/pipeline.c core/plugin.c core/tok_t5_dl.c \
+             core/pngw.c core/imgw.c core/manifest.c core/pipeline.c core/plugin.c core/tok_t5_dl.c \
              shim/shim_dl.c
 CORE_OBJ  := $(CORE_C:%.c=$(BUILD)/obj/%.o)
 SAN_OBJ   := $(CORE_C:%.c=$(BUILD)/san/%.o)
@@ -349,8 +351,8 @@ format-check:
 SVC_C      := sql/store.c fcgi/config.c fcgi/jobid.c fcgi/log.c fcgi/metrics.c fcgi/job.c \
               fcgi/worker.c fcgi/api.c fcgi/reply.c fcgi/parse.c fcgi/routes_generate.c \
               fcgi/routes_queue.c fcgi/routes_ops.c fcgi/routes_events.c fcgi/fcgi_proto.c \
-              fcgi/server.c
-SVC_GEN    := $(BUILD)/gen/sql/schema_sql.c
+              fcgi/server.c fcgi/routes_openai.c fcgi/routes_a1111.c fcgi/routes_docs.c
+SVC_GEN    := $(BUILD)/gen/sql/schema_sql.c $(BUILD)/gen/fcgi/openapi_json.c
 SVC_OBJ    := $(SVC_C:%.c=$(BUILD)/obj/%.o) $(SVC_GEN:%.c=$(BUILD)/obj/%.o)
 SAN_SVC_OBJ := $(SVC_C:%.c=$(BUILD)/san/%.o) $(SVC_GEN:%.c=$(BUILD)/san/%.o)
 SVC_LIB    := $(BUILD)/libfluxsvc.a
@@ -372,12 +374,23 @@ RUN_MODEL  := $(if $(MODEL),$(MODEL),$(TINY_DIR))
 service: $(FLUXCGI)
 
 # sql/schema.sql becomes a C string, so the program carries its own schema.
-$(SVC_GEN): sql/schema.sql
+$(BUILD)/gen/sql/schema_sql.c: sql/schema.sql
 	@mkdir -p $(@D)
 	@echo "  GEN     $@"
 	$(Q)awk 'BEGIN { print "/* generated from sql/schema.sql by the Makefile */"; \
 		print "extern const char store_schema_sql[];"; \
 		print "const char store_schema_sql[] =" } \
+		{ gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); print "    \"" $$0 "\\n\"" } \
+		END { print "    ;" }' $< > $@.tmp && mv $@.tmp $@
+
+# fcgi/openapi.json becomes a C string too (GET /openapi.json fills in the live bounds); like
+# schema.sql it must hold no backslash, which the awk does not escape.
+$(BUILD)/gen/fcgi/openapi_json.c: fcgi/openapi.json
+	@mkdir -p $(@D)
+	@echo "  GEN     $@"
+	$(Q)awk 'BEGIN { print "/* generated from fcgi/openapi.json by the Makefile */"; \
+		print "extern const char api_openapi_template[];"; \
+		print "const char api_openapi_template[] =" } \
 		{ gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); print "    \"" $$0 "\\n\"" } \
 		END { print "    ;" }' $< > $@.tmp && mv $@.tmp $@
 
@@ -406,19 +419,43 @@ $(SAN_SVC_UNIT_BIN): $(BUILD)/san/unit/%: $(BUILD)/san/tests/unit/%.o $(SAN_SVC_
 	@echo "  LINK san $@"
 	$(Q)$(CC) $(SAN_FLAGS) -o $@ $^ $(SVC_LIBS) $(C_DEPS_LIBS)
 
+# The official OpenAI client (npm), which tests/service/test_clients.py points at the live
+# stack: pinned, installed under $(BUILD)/npm (node 20: openai 5.x; 6 and later want node 22).
+NPM_DIR     := $(BUILD)/npm
+OPENAI_NPM  ?= openai@5.23.2
+NPM_OPENAI  := $(NPM_DIR)/node_modules/openai/package.json
+$(NPM_OPENAI):
+	@mkdir -p $(NPM_DIR)
+	@echo "  NPM     $(OPENAI_NPM) -> $(NPM_DIR)"
+	$(Q)npm install --prefix $(NPM_DIR) --no-audit --no-fund --no-save --silent $(OPENAI_NPM)
+
+# conf/docs/ holds Swagger UI from npm's swagger-ui-dist (conf/docs/README.md): this target
+# fetches SWAGGER_UI_VERSION and copies the files the viewer uses (and the licences) again.
+SWAGGER_UI_VERSION ?= 5.35.0
+.PHONY: vendor-docs
+vendor-docs:
+	@mkdir -p $(BUILD)/vendor
+	$(Q)cd $(BUILD)/vendor && rm -rf package && npm pack --silent swagger-ui-dist@$(SWAGGER_UI_VERSION) \
+		| xargs -n1 tar xzf
+	$(Q)cd $(BUILD)/vendor/package && cp swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt \
+		swagger-ui.css favicon-32x32.png LICENSE NOTICE $(CURDIR)/conf/docs/
+
 # Integration: fluxcgi behind real nginx and real lighttpd (and spawn-fcgi), on loopback
 # ports from temp prefixes under $(BUILD)/svc-test.
-test-service: $(FLUXCGI) tiny-model
+test-service: $(FLUXCGI) tiny-model $(NPM_OPENAI)
 	@echo "  TEST    service (fluxcgi behind nginx and lighttpd)"
 	$(Q)FLUXCGI=$(CURDIR)/$(FLUXCGI) FLUX_MODEL=$(CURDIR)/$(TINY_DIR) \
-		SVC_TEST_DIR=$(CURDIR)/$(BUILD)/svc-test $(PYTHON) -m unittest discover \
-		-s tests/service -t . $(if $(V),-v,)
+		SVC_TEST_DIR=$(CURDIR)/$(BUILD)/svc-test NPM_DIR=$(CURDIR)/$(NPM_DIR) \
+		$(PYTHON) -m unittest discover -s tests/service -t . $(if $(V),-v,)
 
 # Not a test: wrk against /ping and /queue/status through nginx, and the durable enqueue
-# rate, next to the same endpoints in a minimal FastAPI + uvicorn app.
+# rate, next to the same endpoints in a minimal FastAPI + uvicorn app.  FLUXCGI_BEFORE=BINARY
+# (built from an earlier commit) adds the fast endpoints of both binaries, in turns.
+FLUXCGI_BEFORE ?=
 bench-service: $(FLUXCGI) tiny-model
 	$(Q)FLUXCGI=$(CURDIR)/$(FLUXCGI) FLUX_MODEL=$(CURDIR)/$(TINY_DIR) \
-		SVC_TEST_DIR=$(CURDIR)/$(BUILD)/svc-bench $(PYTHON) tests/bench/bench_service.py
+		SVC_TEST_DIR=$(CURDIR)/$(BUILD)/svc-bench FLUXCGI_BEFORE=$(FLUXCGI_BEFORE) \
+		$(PYTHON) tests/bench/bench_service.py
 
 # Serves $(RUN_MODEL) through nginx on http://127.0.0.1:$(RUN_PORT) in the foreground.
 run: deps $(FLUXCGI) $(if $(MODEL),,tiny-model)
@@ -466,6 +503,8 @@ install: $(FLUXGEN) $(FLUXCGI) $(PLUGINS)
 	$(Q)chmod 0755 $(D)$(BINDIR)/fluxexport
 	$(Q)install -m 0644 $(addprefix conf/,$(CONF_FILES)) $(D)$(SHAREDIR)/conf/
 	$(Q)install -m 0644 conf/errors/* $(D)$(SHAREDIR)/conf/errors/
+	$(Q)install -d $(D)$(SHAREDIR)/conf/docs
+	$(Q)install -m 0644 conf/docs/* $(D)$(SHAREDIR)/conf/docs/
 	$(Q)install -m 0644 sql/schema.sql README.md $(D)$(SHAREDIR)/
 	$(Q)install -d $(D)$(SHAREDIR)/docs
 	$(Q)install -m 0644 docs/*.md $(D)$(SHAREDIR)/docs/

@@ -14,9 +14,9 @@
 
 #include "../shim/shim.h"
 #include "err.h"
+#include "imgw.h"
 #include "manifest.h"
 #include "npy.h"
-#include "pngw.h"
 #include "sched.h"
 #include "text.h"
 #include "tok_clip.h"
@@ -122,6 +122,15 @@ int fx_request_validate(const struct fx_request *r, const struct fx_limits *l, c
         *field = "seed";
         return fx_fail(msg, msg_len, FX_ERANGE, "seed: must be from 0 to %llu",
                        (unsigned long long)FX_SEED_MAX);
+    }
+    if (imgw_name((enum imgw_format)r->format) == NULL) {
+        *field = "output_format";
+        return fx_fail(msg, msg_len, FX_EINVAL, "output_format: must be png, jpeg or webp");
+    }
+    if (r->quality < 0 || r->quality > 100) {
+        *field = "output_quality";
+        return fx_fail(msg, msg_len, FX_ERANGE, "output_quality: must be from 1 to 100, got %d",
+                       r->quality);
     }
     return 0;
 }
@@ -296,7 +305,8 @@ static char *valid_utf8(const char *s, size_t n)
     return out;
 }
 
-/* The PNG's "parameters" text: the request as JSON, with the model and program version. */
+/* The image's JSON parameters (PNG iTXt "fluxcgi", JPEG COM, WebP XMP): the request as
+ * JSON, with the model and program version. */
 static char *params_json(const struct fx_pipeline *p, const struct fx_request *r, uint64_t seed)
 {
     char *prompt = valid_utf8(r->prompt, r->prompt_len);
@@ -322,6 +332,19 @@ out:
     return s;
 }
 
+/* The same as the A1111-style text that image viewers show (core/imgw.h). */
+static char *a1111_text(const struct fx_pipeline *p, const struct fx_request *r, uint64_t seed)
+{
+    char *prompt = valid_utf8(r->prompt, r->prompt_len), *s = NULL;
+    struct imgw_gen g = {prompt,       r->steps,       r->width,
+                         r->height,    r->guidance,    seed,
+                         p->man->name, p->man->sha256, "fluxcgi " FX_VERSION};
+    if (prompt)
+        s = imgw_a1111_text(&g);
+    free(prompt);
+    return s;
+}
+
 /* Decoder output (3, H, W) floats -> interleaved RGB bytes, as the reference converts. */
 static void to_rgb8(const float *chw, int w, int h, uint8_t *rgb)
 {
@@ -343,7 +366,7 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
     int32_t clip_ids[TOK_CLIP_LEN], t5_ids[TOK_T5_LEN];
     float *sig = NULL, *host = NULL, *pos = NULL;
     uint8_t *rgb8 = NULL;
-    char *params = NULL;
+    char *params = NULL, *a1111 = NULL;
     double t0;
     int rc;
 
@@ -499,17 +522,20 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
     if (rc)
         goto out;
 
-    /* png */
+    /* the image file, with the parameters as JSON and as A1111 text in its metadata */
     t0 = now();
     params = params_json(p, r, out->seed);
-    if (params == NULL) {
+    a1111 = a1111_text(p, r, out->seed);
+    if (params == NULL || a1111 == NULL) {
         rc = FX_ENOMEM;
         goto out;
     }
-    struct pngw_text text = {"parameters", params};
-    rc = pngw_encode(rgb8, r->width, r->height, &text, 1, &out->png, &out->png_len);
+    struct imgw_meta meta = {params, a1111};
+    rc = imgw_encode((enum imgw_format)r->format, r->quality, rgb8, r->width, r->height, &meta,
+                     &out->png, &out->png_len);
     if (rc) {
-        fx_fail(msg, msg_len, rc, "encoding the PNG: %s", fx_strerror(rc));
+        fx_fail(msg, msg_len, rc, "encoding the %s image: %s",
+                imgw_name((enum imgw_format)r->format), fx_strerror(rc));
         goto out;
     }
     out->t_png = now() - t0;
@@ -520,6 +546,7 @@ out:
     free(pos);
     free(rgb8);
     free(params);
+    free(a1111);
     if (rc)
         fx_result_release(out);
     return rc;

@@ -30,6 +30,8 @@ struct fx_request {
     double guidance;
     uint64_t seed;
     bool has_seed; /* false: a random seed is chosen and reported */
+    int format;    /* the image's format, an enum imgw_format (core/imgw.h): 0 is PNG */
+    int quality;   /* JPEG / WebP quality 1..100; 0: the default (IMGW_DEFAULT_QUALITY) */
 };
 
 /* Bounds a request must respect. */
@@ -52,7 +54,8 @@ void fx_limits_default(struct fx_limits *l, const struct fx_manifest *m);
 /*
  * Checks a request.  Returns 0, or FX_EINVAL / FX_ERANGE with *field set to the offending
  * field's name ("prompt", "width", "height", "num_inference_steps", "guidance_scale",
- * "seed") and msg[0..msg_len) a one-line reason.  field and msg may be NULL.
+ * "seed", "output_format", "output_quality") and msg[0..msg_len) a one-line reason.  field
+ * and msg may be NULL.
  */
 int fx_request_validate(const struct fx_request *r, const struct fx_limits *l, const char **field,
                         char *msg, size_t msg_len);
@@ -95,7 +98,7 @@ struct fx_hooks {
 
 /* What one generation produced.  Release with fx_result_release. */
 struct fx_result {
-    uint8_t *png; /* malloc'd PNG file bytes */
+    uint8_t *png; /* malloc'd image file bytes, in the request's format (PNG unless asked) */
     size_t png_len;
     uint64_t seed;                 /* the seed used (chosen when the request had none) */
     size_t clip_tokens, t5_tokens; /* prompt lengths before truncation (bos/eos counted) */

@@ -80,32 +80,77 @@ enum route {
     R_GENERATE_QUEUE,
     R_STATUS,
     R_JOB_STATUS,
+    R_GROUP,
     R_CANCEL,
     R_RESULT,
     R_EVENTS,
-    R_METRICS
+    R_METRICS,
+    R_OPENAPI,
+    R_OPENAI_IMAGES,
+    R_OPENAI_MODELS,
+    R_A1111_TXT2IMG,
+    R_A1111_PROGRESS,
+    R_A1111_INTERRUPT,
+    R_A1111_OPTIONS,
+    R_A1111_LIST
 };
+
+/* The routing table: a path (a prefix when it ends in '/', followed by an id) and the
+ * methods it takes.  First match wins, so a longer prefix comes before a shorter one.  The
+ * OpenAPI document (fcgi/openapi.json) lists exactly these (tests/unit/test_api.c). */
+static const struct api_route_def {
+    const char *path;
+    bool prefix;
+    enum route r;
+    const char *allow;
+} routes[] = {
+    {"/ping", false, R_PING, "GET, HEAD"},
+    {"/generate", false, R_GENERATE, "POST"},
+    {"/generate/queue", false, R_GENERATE_QUEUE, "POST"},
+    {"/queue/status", false, R_STATUS, "GET, HEAD"},
+    {"/queue/status/", true, R_JOB_STATUS, "GET, HEAD"},
+    {"/queue/group/", true, R_GROUP, "GET, HEAD, DELETE"},
+    {"/queue/events/", true, R_EVENTS, "GET"},
+    {"/queue/", true, R_CANCEL, "DELETE"},
+    {"/result/", true, R_RESULT, "GET, HEAD"},
+    {"/metrics", false, R_METRICS, "GET, HEAD"},
+    {"/openapi.json", false, R_OPENAPI, "GET, HEAD"},
+    {"/v1/images/generations", false, R_OPENAI_IMAGES, "POST"},
+    {"/v1/models", false, R_OPENAI_MODELS, "GET, HEAD"},
+    {"/sdapi/v1/txt2img", false, R_A1111_TXT2IMG, "POST"},
+    {"/sdapi/v1/progress", false, R_A1111_PROGRESS, "GET, HEAD"},
+    {"/sdapi/v1/interrupt", false, R_A1111_INTERRUPT, "POST"},
+    {"/sdapi/v1/options", false, R_A1111_OPTIONS, "GET, HEAD, POST"},
+    {"/sdapi/v1/sd-models", false, R_A1111_LIST, "GET, HEAD"},
+    {"/sdapi/v1/samplers", false, R_A1111_LIST, "GET, HEAD"},
+    {"/sdapi/v1/schedulers", false, R_A1111_LIST, "GET, HEAD"},
+    {"/sdapi/v1/upscalers", false, R_A1111_LIST, "GET, HEAD"},
+    {"/sdapi/v1/latent-upscale-modes", false, R_A1111_LIST, "GET, HEAD"},
+    {"/sdapi/v1/sd-vae", false, R_A1111_LIST, "GET, HEAD"},
+    {"/sdapi/v1/loras", false, R_A1111_LIST, "GET, HEAD"},
+    {"/sdapi/v1/prompt-styles", false, R_A1111_LIST, "GET, HEAD"},
+};
+
+size_t api_route_count(void)
+{
+    return sizeof(routes) / sizeof(routes[0]);
+}
+
+const char *api_route_path(size_t i, bool *prefix, const char **allow)
+{
+    if (i >= api_route_count())
+        return NULL;
+    if (prefix)
+        *prefix = routes[i].prefix;
+    if (allow)
+        *allow = routes[i].allow;
+    return routes[i].path;
+}
 
 /* The route of a path and the methods it takes; *id gets the id segment of /x/{id}. */
 static enum route route_of(const char *path, size_t n, const char **allow, const char **id,
                            size_t *id_len)
 {
-    static const struct {
-        const char *path;
-        bool prefix;
-        enum route r;
-        const char *allow;
-    } routes[] = {
-        {"/ping", false, R_PING, "GET, HEAD"},
-        {"/generate", false, R_GENERATE, "POST"},
-        {"/generate/queue", false, R_GENERATE_QUEUE, "POST"},
-        {"/queue/status", false, R_STATUS, "GET, HEAD"},
-        {"/queue/status/", true, R_JOB_STATUS, "GET, HEAD"},
-        {"/queue/events/", true, R_EVENTS, "GET"},
-        {"/queue/", true, R_CANCEL, "DELETE"},
-        {"/result/", true, R_RESULT, "GET, HEAD"},
-        {"/metrics", false, R_METRICS, "GET, HEAD"},
-    };
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         size_t k = strlen(routes[i].path);
         if (routes[i].prefix ? n >= k && memcmp(path, routes[i].path, k) == 0
@@ -142,7 +187,8 @@ bool api_needs_store(const char *method, const char *uri)
         return false;
     if (!method_allowed(allow, strcmp(m, "HEAD") == 0 ? "GET" : m))
         return false;
-    return r != R_PING;
+    /* answered from memory: fixed lists and the ping */
+    return r != R_PING && r != R_OPENAI_MODELS && r != R_A1111_OPTIONS && r != R_A1111_LIST;
 }
 
 void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
@@ -199,6 +245,35 @@ void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_re
     case R_METRICS:
         route_metrics(ctx, st, rs);
         break;
+    case R_GROUP:
+        route_group(ctx, st, as, id, id_len, rs);
+        break;
+    case R_OPENAPI:
+        route_openapi(ctx, rs);
+        break;
+    case R_OPENAI_IMAGES:
+        route_openai_images(ctx, st, rq, rs);
+        break;
+    case R_OPENAI_MODELS:
+        route_openai_models(ctx, rs);
+        break;
+    case R_A1111_TXT2IMG:
+        route_a1111_txt2img(ctx, st, rq, rs);
+        break;
+    case R_A1111_PROGRESS:
+        route_a1111_progress(ctx, st, rs);
+        break;
+    case R_A1111_INTERRUPT:
+        route_a1111_interrupt(ctx, st, rs);
+        break;
+    case R_A1111_OPTIONS:
+    case R_A1111_LIST: {
+        char what[32];
+        size_t k = strlen("/sdapi/v1/");
+        snprintf(what, sizeof(what), "%.*s", (int)(n - k), uri + k);
+        route_a1111_info(ctx, as, what, rs);
+        break;
+    }
     case R_NONE:
         break;
     }

@@ -25,6 +25,14 @@
  *                                the first events and parks the stream: api_events_poll
  *                                writes the rest
  *   GET    /metrics              Prometheus text
+ *   GET    /queue/group/{gid}    a job group (several images of one request); DELETE cancels it
+ *   POST   /v1/images/generations  the OpenAI Images API (routes_openai.c), GET /v1/models
+ *   POST   /sdapi/v1/txt2img     the A1111 / Forge API and the routes front-ends read to
+ *                                connect: progress, interrupt, options, sd-models, ...
+ *                                (routes_a1111.c)
+ *   GET    /openapi.json         the OpenAPI document of all of these (routes_docs.c)
+ * The sync-style routes (POST /generate, the OpenAI and A1111 ones) park their request on a
+ * job; the job (and its group) in the store say how api_generate_poll answers it.
  * Every error is {"error":{"code":"...","message":"..."}} with a code from core/err.h
  * (fx_errcode) and the status from api_http_status.  Ids are 32 lower-case hex digits;
  * anything else in an id position is 400 invalid_id.  A field error's message starts with
@@ -82,11 +90,11 @@ struct api_events {
     int64_t last_sent_ms; /* monotonic: the last event or keep-alive comment */
 };
 
-#define API_MAX_HEADERS 4
+#define API_MAX_HEADERS 6
 
 struct api_header {
     char name[32];
-    char value[96];
+    char value[224];
 };
 
 struct api_response {
@@ -142,19 +150,28 @@ bool api_generate_poll(const struct api_ctx *ctx, struct store *st, const char *
 bool api_events_poll(const struct api_ctx *ctx, struct store *st, const char *id, enum api_poll why,
                      struct api_events *ev, int64_t now_ms, char **out, size_t *out_len);
 
+/* The routing table, for the checks that the OpenAPI document lists every route: the number
+ * of routes, and route i's path (a prefix followed by an id when *prefix), with the methods it
+ * takes in *allow ("GET, HEAD").  NULL when i is out of range.  Static strings. */
+size_t api_route_count(void);
+const char *api_route_path(size_t i, bool *prefix, const char **allow);
+
 /* The one map from an error code (core/err.h) to an HTTP status; 0 gives 200. */
 int api_http_status(int code);
 
 /*
  * Parses a generation request body: a JSON object with prompt (required), guidance_scale,
- * num_inference_steps, width, height and seed (null or absent: random), defaults from ctx,
- * then fx_request_validate with ctx->limits.  On success returns 0 and fills *out, whose
+ * num_inference_steps, width, height, seed (null, absent or -1: random), n, output_format
+ * and output_quality, defaults from ctx (null is a field's default), then
+ * fx_request_validate with ctx->limits.  Integers may be written 4.0 or "4", numbers "3.5"
+ * (what the seed's FastAPI service accepted); unknown fields are ignored (api_parse_native,
+ * api_int.h, lists them; n is dropped here).  On success returns 0 and fills *out, whose
  * prompt points into *prompt (malloc'd, caller frees).  Errors: FX_EFORMAT (not JSON, bytes
  * that are not UTF-8, nesting deeper than 16, trailing bytes: 400), FX_EUTF8 (a prompt with
- * overlong forms or surrogates, which json-c lets through: 400), FX_EINVAL (an unknown field, a
- * wrong type, a float for an integer, a missing or empty prompt: 422), FX_ERANGE (a value
- * outside the limits: 422), FX_ENOMEM; *field names the field (NULL for the body as a
- * whole) and msg says why.
+ * overlong forms or surrogates, which json-c lets through: 400), FX_EINVAL (a wrong type, a
+ * fraction for an integer, a missing or empty prompt: 422), FX_ERANGE (a value outside the
+ * limits: 422), FX_ENOMEM; *field names the field (NULL for the body as a whole) and msg
+ * says why.
  */
 int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
                        struct fx_request *out, char **prompt, const char **field, char *msg,

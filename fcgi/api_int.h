@@ -3,8 +3,10 @@
  *
  * fcgi/api.c routes a request to one handler; the handlers live one file per family of
  * routes: routes_generate.c (POST /generate, /generate/queue), routes_queue.c (status,
- * result, cancel), routes_ops.c (/ping, /metrics).  reply.c builds answers (JSON, errors,
- * the status view of a job, images) and parse.c reads generation requests.
+ * result, cancel, groups), routes_ops.c (/ping, /metrics), routes_openai.c (the OpenAI
+ * Images API), routes_a1111.c (the A1111 / Forge API), routes_docs.c (/openapi.json).  reply.c
+ * builds answers (JSON, errors, the status view of a job, images) and parse.c reads generation
+ * requests.
  */
 #ifndef FX_API_INT_H
 #define FX_API_INT_H
@@ -18,6 +20,7 @@
 
 static const char CT_JSON[] = "application/json";
 static const char CT_PNG[] = "image/png";
+static const char CT_TEXT[] = "text/plain; charset=utf-8";
 static const char CT_PROM[] = "text/plain; version=0.0.4; charset=utf-8";
 
 /* Wall-clock time (Unix epoch milliseconds) for the timestamps stored in job rows. */
@@ -52,6 +55,129 @@ int api_load_job(struct store *st, const char *id, size_t id_len, struct api_res
 bool api_ready(const struct api_ctx *ctx);
 void api_not_ready(const struct api_ctx *ctx, struct api_response *rs);
 
+/* ---- parse.c: reading request bodies ---- */
+
+/* Images one request may ask for (n, batch_size * n_iter): OpenAI's own bound. */
+#define API_MAX_IMAGES 10
+
+/* The fields of a body that its route does not know: ignored, and named back to the client
+ * (X-Ignored-Fields) so that a typo is visible. */
+struct api_ignored {
+    char list[200]; /* comma-separated, cut with "..." when long */
+    int n;
+    bool cut;
+};
+void api_ignored_add(struct api_ignored *ig, const char *key);
+
+/* A parsed generation request of any API. */
+struct api_gen {
+    struct fx_request req; /* req.prompt points at prompt */
+    char *prompt;          /* malloc'd */
+    int n;                 /* images, 1..API_MAX_IMAGES */
+    struct api_ignored ignored;
+};
+/* req = ctx->defaults without prompt or seed, n = 1, nothing ignored. */
+void api_gen_init(const struct api_ctx *ctx, struct api_gen *g);
+void api_gen_release(struct api_gen *g);
+
+/*
+ * The native body (POST /generate, /generate/queue): the fields of api_native_fields.
+ * Unknown fields are ignored and listed in g->ignored; null is a field's default.  Same
+ * errors as api_parse_generate.  On success g owns the prompt (api_gen_release).
+ */
+int api_parse_native(const struct api_ctx *ctx, const char *body, size_t len, struct api_gen *g,
+                     const char **field, char *msg, size_t msg_len);
+
+/* The strict JSON reading of api_parse_generate: *out is the body's object (the caller puts
+ * it).  Errors: FX_EFORMAT, FX_EINVAL (not an object), FX_ETOOBIG, FX_ENOMEM. */
+int api_parse_object(const char *body, size_t len, json_object **out, const char **field, char *msg,
+                     size_t msg_len);
+
+/*
+ * Field readers that accept what the seed's FastAPI service accepted: an integer as 4, 4.0
+ * or "4"; a number as 3.5 or "3.5".  Each returns 0, or FX_EINVAL / FX_ERANGE with *field
+ * set to name (which must outlive the call's use of *field) and msg saying why.
+ * api_get_seed: null or -1 is a random seed (*has false).  api_get_prompt: a string, valid
+ * UTF-8 without NUL (FX_EUTF8), copied into *prompt (freeing the old one).
+ * api_get_enum: one of the NULL-terminated allowed strings; *out is its index.
+ */
+int api_get_int(json_object *v, const char *name, int64_t lo, int64_t hi, int64_t *out,
+                const char **field, char *msg, size_t msg_len);
+int api_get_number(json_object *v, const char *name, double *out, const char **field, char *msg,
+                   size_t msg_len);
+int api_get_seed(json_object *v, const char *name, uint64_t *seed, bool *has, const char **field,
+                 char *msg, size_t msg_len);
+int api_get_prompt(json_object *v, const char *name, char **prompt, size_t *len, const char **field,
+                   char *msg, size_t msg_len);
+int api_get_enum(json_object *v, const char *name, const char *const *allowed, int *out,
+                 const char **field, char *msg, size_t msg_len);
+/* "png", "jpeg" (or "jpg"), "webp" -> an enum imgw_format */
+int api_get_format(json_object *v, const char *name, int *format, const char **field, char *msg,
+                   size_t msg_len);
+
+/* The index of key in a NULL-terminated table of field names, -1 when absent. */
+int api_field_index(const char *const *table, const char *key);
+
+/* The field tables of the request bodies: the parsers dispatch on them, and the OpenAPI
+ * document's request schemas must list exactly these (tests/unit/test_api.c checks). */
+extern const char *const api_native_fields[];
+extern const char *const api_openai_fields[];
+extern const char *const api_a1111_fields[];
+
+/* ---- routes_generate.c: queueing and the parked answer, for every generation route ---- */
+
+/* What api_enqueue queued. */
+struct api_queued {
+    char gid[JOBID_MAX + 1]; /* "" when one job was queued alone */
+    char ids[API_MAX_IMAGES][JOBID_MAX + 1];
+    uint64_t seeds[API_MAX_IMAGES];
+    long position; /* the first job's */
+    int n;
+};
+
+/*
+ * Queues g->n jobs with consecutive seeds from g->req's (random when it has none), in one
+ * transaction, as a group when group is true or n > 1.  reply (NULL or JSON) is stored with
+ * each job (api_reply_json).  Returns 0 with *q filled, or answers rs in the native error
+ * shape (not ready, queue full, store errors) and returns the error.
+ */
+int api_enqueue(const struct api_ctx *ctx, struct store *st, struct api_gen *g, bool sync,
+                bool group, const char *reply, struct api_queued *q, struct api_response *rs);
+
+/* The reply JSON a job keeps for its waiting client: extra (taken; may be NULL) with "api"
+ * and the ignored fields added.  malloc'd text, NULL when out of memory. */
+char *api_reply_json(const char *api, const struct api_ignored *ig, json_object *extra);
+
+/* Parks rs on job id: api_generate_poll answers it (the headers set so far are dropped). */
+void api_park(struct api_response *rs, const char *id);
+
+/* api_generate_poll for a job of a group: the answer in the API of the group's reply once
+ * every job has ended (or the wait is over).  Same returns as api_generate_poll. */
+bool api_group_poll(const struct api_ctx *ctx, struct store *st, const struct store_job *first,
+                    enum api_poll why, struct api_response *rs);
+
+/* ---- reply.c: more answers ---- */
+
+/* Standard base64 of b[0..n): malloc'd, NUL-terminated, NULL when out of memory. */
+char *api_base64(const uint8_t *b, size_t n);
+
+/* Rewrites an error answer (status >= 400, native shape) into the shape of api ("openai":
+ * error.type and error.param added; "a1111": a top-level "detail" with the message, as
+ * FastAPI clients read it); param (may be NULL) names the offending field. */
+void api_restyle_error(struct api_response *rs, const char *api, const char *param);
+
+/* The content type of stored image bytes (PNG, JPEG or WebP). */
+const char *api_image_type(const uint8_t *b, size_t n);
+
+/* The status JSON of a group (GET /queue/group/{gid}). */
+json_object *api_group_status(const struct api_ctx *ctx, const struct store_job *jobs, int n);
+
+/* ---- routes_openai.c, routes_a1111.c: answers of a finished group ---- */
+void openai_answer(const struct api_ctx *ctx, struct store *st, const struct store_job *jobs, int n,
+                   json_object *reply, struct api_response *rs);
+void a1111_answer(const struct api_ctx *ctx, struct store *st, const struct store_job *jobs, int n,
+                  json_object *reply, struct api_response *rs);
+
 /* ---- the handlers ---- */
 void route_ping(const struct api_ctx *ctx, struct api_response *rs);
 void route_metrics(const struct api_ctx *ctx, struct store *st, struct api_response *rs);
@@ -68,5 +194,19 @@ void route_events(const struct api_ctx *ctx, struct store *st, const char *id, s
                   struct api_response *rs);
 void route_cancel(const struct api_ctx *ctx, struct store *st, const char *id, size_t id_len,
                   struct api_response *rs);
+/* GET (status) and DELETE (cancel) /queue/group/{gid} */
+void route_group(const struct api_ctx *ctx, struct store *st, const char *method, const char *gid,
+                 size_t gid_len, struct api_response *rs);
+void route_openai_images(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
+                         struct api_response *rs);
+void route_openai_models(const struct api_ctx *ctx, struct api_response *rs);
+void route_a1111_txt2img(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
+                         struct api_response *rs);
+void route_a1111_progress(const struct api_ctx *ctx, struct store *st, struct api_response *rs);
+void route_a1111_interrupt(const struct api_ctx *ctx, struct store *st, struct api_response *rs);
+/* GET/POST /sdapi/v1/options and the lists front-ends read to connect (what names it) */
+void route_a1111_info(const struct api_ctx *ctx, const char *method, const char *what,
+                      struct api_response *rs);
+void route_openapi(const struct api_ctx *ctx, struct api_response *rs);
 
 #endif

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../core/err.h"
+#include "../core/imgw.h"
 
 char *job_params_encode(const struct fx_request *r)
 {
@@ -20,6 +21,14 @@ char *job_params_encode(const struct fx_request *r)
         json_object_object_add(o, "width", json_object_new_int(r->width)) ||
         json_object_object_add(o, "height", json_object_new_int(r->height)) ||
         json_object_object_add(o, "seed", json_object_new_int64((int64_t)r->seed)))
+        goto out;
+    /* PNG at the default is what every job before output formats ran: left out */
+    const char *fmt = imgw_name((enum imgw_format)r->format);
+    if (r->format != IMGW_PNG && fmt &&
+        json_object_object_add(o, "output_format", json_object_new_string(fmt)))
+        goto out;
+    if (r->quality != 0 &&
+        json_object_object_add(o, "output_quality", json_object_new_int(r->quality)))
         goto out;
     s = strdup(
         json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
@@ -71,6 +80,17 @@ int job_params_decode(const char *json, struct fx_request *r, char **prompt)
         goto out;
     r->seed = (uint64_t)json_object_get_int64(v);
     r->has_seed = true;
+    if (json_object_object_get_ex(o, "output_format", &v)) {
+        enum imgw_format f;
+        if (!json_object_is_type(v, json_type_string) || !imgw_parse(json_object_get_string(v), &f))
+            goto out;
+        r->format = (int)f;
+    }
+    if (json_object_object_get_ex(o, "output_quality", &v)) {
+        if (!json_object_is_type(v, json_type_int))
+            goto out;
+        r->quality = json_object_get_int(v);
+    }
     rc = 0;
 out:
     json_object_put(o);

@@ -3,8 +3,10 @@
  * seed resolved, so that a job re-run after a restart draws the same image.
  *
  *   {"prompt":"...","guidance_scale":3.5,"num_inference_steps":4,"width":256,"height":256,
- *    "seed":42}
+ *    "seed":42,"output_format":"webp","output_quality":80}
  *
+ * output_format and output_quality are written only when they are not the defaults (PNG, the
+ * default quality), so a job queued before them reads the same.
  * guidance_scale is written with 17 significant digits, so it reads back bit-identical.
  * Thread-safe.
  */

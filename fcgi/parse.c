@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "../core/err.h"
+#include "../core/imgw.h"
 #include "api_int.h"
 
 #define JSON_MAX_DEPTH 16
@@ -149,42 +150,195 @@ static const char *json_strict_text(const char *s, size_t n, size_t *members, si
     return NULL;
 }
 
-/* An integer field that must fit an int. */
-static int get_int_field(struct perr *pe, json_object *v, const char *name, int *out)
+/* ---- compatible field readers ------------------------------------------------------------ */
+
+/*
+ * What the seed's FastAPI (pydantic) service accepted, accepted here with the same meaning:
+ * an integer written as a number with no fraction (4.0, 1e3) or as a string holding one
+ * ("4"); a number written as a string ("3.5").  A fraction for an integer (4.5), a bool, an
+ * object or an array stay errors.  Returns 0 and sets *out, 1 when v is not a number in any
+ * of those forms, FX_ERANGE-free: range is the caller's.
+ */
+static int number_of(json_object *v, double *out, bool *is_int, int64_t *iv)
 {
-    int64_t n;
-    if (json_object_is_type(v, json_type_double))
-        return field_error(pe, name, FX_EINVAL, "%s: must be an integer, not a fraction", name);
-    if (!json_object_is_type(v, json_type_int))
-        return field_error(pe, name, FX_EINVAL, "%s: must be an integer, got %s", name,
-                           json_type_to_name(json_object_get_type(v)));
-    n = json_object_get_int64(v);
-    if (n < INT_MIN || n > INT_MAX || (n == INT64_MAX && json_object_get_uint64(v) > INT64_MAX))
-        return field_error(pe, name, FX_ERANGE, "%s: %s is out of range", name,
-                           json_object_to_json_string(v));
-    *out = (int)n;
+    *is_int = false;
+    if (json_object_is_type(v, json_type_int)) {
+        *iv = json_object_get_int64(v);
+        *out = (double)*iv;
+        /* json-c saturates: tell 2^63 and above apart from INT64_MAX itself */
+        if (*iv == INT64_MAX && json_object_get_uint64(v) > INT64_MAX)
+            *out = 1e300;
+        *is_int = *out < 9.3e18;
+        return 0;
+    }
+    if (json_object_is_type(v, json_type_double)) {
+        *out = json_object_get_double(v);
+        return 0;
+    }
+    if (json_object_is_type(v, json_type_string)) {
+        const char *s = json_object_get_string(v), *p = s;
+        char *end;
+        /* decimal notation only: strtod would also take "inf", "nan" and hex */
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p == '\0' || strspn(p, "0123456789+-.eE \t") != strlen(p))
+            return 1;
+        *out = strtod(p, &end);
+        while (*end == ' ' || *end == '\t')
+            end++;
+        return *end == '\0' && end != p ? 0 : 1;
+    }
+    return 1;
+}
+
+int api_get_int(json_object *v, const char *name, int64_t lo, int64_t hi, int64_t *out,
+                const char **field, char *msg, size_t msg_len)
+{
+    struct perr pe = {field, msg, msg_len};
+    double d = 0;
+    bool is_int;
+    int64_t iv = 0;
+    if (number_of(v, &d, &is_int, &iv))
+        return field_error(&pe, name, FX_EINVAL, "%s: must be an integer, got %s", name,
+                           json_object_is_type(v, json_type_string)
+                               ? "a string that is not a number"
+                               : json_type_to_name(json_object_get_type(v)));
+    if (!is_int) {
+        if (!isfinite(d) || d != floor(d)) {
+            if (!isfinite(d))
+                return field_error(&pe, name, FX_ERANGE, "%s: must be a finite integer", name);
+            return field_error(&pe, name, FX_EINVAL, "%s: must be an integer, not a fraction",
+                               name);
+        }
+        if (d < -9.2e18 || d > 9.2e18)
+            return field_error(&pe, name, FX_ERANGE, "%s: %g is out of range", name, d);
+        iv = (int64_t)d;
+    }
+    if (d > 9.2e18 || iv < lo || iv > hi)
+        return field_error(&pe, name, FX_ERANGE, "%s: must be from %lld to %lld", name,
+                           (long long)lo, (long long)hi);
+    *out = iv;
     return 0;
 }
 
-int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
-                       struct fx_request *out, char **prompt, const char **field, char *msg,
-                       size_t msg_len)
+int api_get_number(json_object *v, const char *name, double *out, const char **field, char *msg,
+                   size_t msg_len)
+{
+    struct perr pe = {field, msg, msg_len};
+    bool is_int;
+    int64_t iv;
+    if (number_of(v, out, &is_int, &iv))
+        return field_error(&pe, name, FX_EINVAL, "%s: must be a number, got %s", name,
+                           json_object_is_type(v, json_type_string)
+                               ? "a string that is not a number"
+                               : json_type_to_name(json_object_get_type(v)));
+    if (!isfinite(*out))
+        return field_error(&pe, name, FX_ERANGE, "%s: must be a finite number", name);
+    return 0;
+}
+
+int api_get_seed(json_object *v, const char *name, uint64_t *seed, bool *has, const char **field,
+                 char *msg, size_t msg_len)
+{
+    int64_t n = 0;
+    int rc;
+    if (v == NULL || json_object_is_type(v, json_type_null)) {
+        *has = false; /* random */
+        return 0;
+    }
+    rc = api_get_int(v, name, -1, (int64_t)FX_SEED_MAX, &n, field, msg, msg_len);
+    if (rc == FX_ERANGE && msg && msg_len)
+        snprintf(msg, msg_len, "%s: must be from 0 to %llu, or -1 or null for a random one", name,
+                 (unsigned long long)FX_SEED_MAX);
+    if (rc)
+        return rc;
+    *has = n >= 0; /* -1: random, as the seed's clients ask for one */
+    *seed = n >= 0 ? (uint64_t)n : 0;
+    return 0;
+}
+
+int api_get_prompt(json_object *v, const char *name, char **prompt, size_t *len, const char **field,
+                   char *msg, size_t msg_len)
+{
+    struct perr pe = {field, msg, msg_len};
+    const char *s;
+    size_t n;
+    if (!json_object_is_type(v, json_type_string))
+        return field_error(&pe, name, FX_EINVAL, "%s: must be a string, got %s", name,
+                           json_type_to_name(json_object_get_type(v)));
+    s = json_object_get_string(v);
+    n = (size_t)json_object_get_string_len(v);
+    if (!utf8_valid((const unsigned char *)s, n))
+        return field_error(&pe, name, FX_EUTF8, "%s: invalid UTF-8", name);
+    if (memchr(s, '\0', n))
+        return field_error(&pe, name, FX_EINVAL, "%s: must not contain NUL characters", name);
+    free(*prompt);
+    *prompt = strdup(s);
+    if (*prompt == NULL)
+        return FX_ENOMEM;
+    *len = n;
+    return 0;
+}
+
+int api_get_enum(json_object *v, const char *name, const char *const *allowed, int *out,
+                 const char **field, char *msg, size_t msg_len)
+{
+    struct perr pe = {field, msg, msg_len};
+    char list[160] = "";
+    const char *s = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+    for (int i = 0; allowed[i]; i++) {
+        if (s && strcmp(s, allowed[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+        size_t k = strlen(list);
+        snprintf(list + k, sizeof(list) - k, "%s%s", i ? ", " : "", allowed[i]);
+    }
+    return field_error(&pe, name, FX_EINVAL, "%s: must be one of %s", name, list);
+}
+
+int api_get_format(json_object *v, const char *name, int *format, const char **field, char *msg,
+                   size_t msg_len)
+{
+    static const char *const formats[] = {"png", "jpeg", "webp", "jpg", NULL};
+    int i = 0, rc = api_get_enum(v, name, formats, &i, field, msg, msg_len);
+    if (rc == 0)
+        *format = i == 3 ? IMGW_JPEG : i;
+    return rc;
+}
+
+void api_ignored_add(struct api_ignored *ig, const char *key)
+{
+    size_t k = strlen(ig->list), room = sizeof(ig->list) - k;
+    char shown[48];
+    size_t i, n = strlen(key);
+    /* at most 40 bytes of a hostile key, printable ASCII without ',' (the list separator) */
+    for (i = 0; i < n && i < 40; i++)
+        shown[i] = key[i] > 0x20 && key[i] < 0x7f && key[i] != ',' ? key[i] : '?';
+    shown[i] = '\0';
+    ig->n++;
+    if (ig->cut)
+        return;
+    if (strlen(shown) + (k ? 1 : 0) + 4 >= room) {
+        snprintf(ig->list + k, room, "%s...", k ? "," : "");
+        ig->cut = true;
+        return;
+    }
+    snprintf(ig->list + k, room, "%s%s%s", k ? "," : "", shown, n > 40 ? "..." : "");
+}
+
+int api_parse_object(const char *body, size_t len, json_object **out, const char **field, char *msg,
+                     size_t msg_len)
 {
     const char *dummy;
     struct perr pe = {field ? field : &dummy, msg, msg_len};
     json_tokener *tok = NULL;
     json_object *o = NULL;
     size_t end;
-    int rc;
+    int rc = 0;
 
-    field = pe.field;
-    *field = NULL;
-    *prompt = NULL;
-    *out = ctx->defaults;
-    out->prompt = NULL;
-    out->prompt_len = 0;
-    out->has_seed = false;
-
+    *pe.field = NULL;
+    *out = NULL;
     if (len == 0)
         return field_error(&pe, NULL, FX_EFORMAT, "malformed JSON: the body is empty");
     if (len > INT_MAX)
@@ -237,107 +391,145 @@ int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
                          json_type_to_name(json_object_get_type(o)));
         goto out;
     }
+out:
+    json_tokener_free(tok);
+    if (rc)
+        json_object_put(o);
+    else
+        *out = o;
+    return rc;
+}
+
+/* ---- the native generation request ------------------------------------------------------- */
+
+/* The fields of POST /generate and /generate/queue; the order is enum native_field's. */
+enum native_field {
+    NF_PROMPT,
+    NF_GUIDANCE,
+    NF_STEPS,
+    NF_WIDTH,
+    NF_HEIGHT,
+    NF_SEED,
+    NF_N,
+    NF_FORMAT,
+    NF_QUALITY,
+    NF_COUNT
+};
+const char *const api_native_fields[NF_COUNT + 1] = {
+    "prompt", "guidance_scale", "num_inference_steps", "width", "height", "seed",
+    "n",      "output_format",  "output_quality",      NULL};
+
+int api_field_index(const char *const *table, const char *key)
+{
+    for (int i = 0; table[i]; i++)
+        if (strcmp(table[i], key) == 0)
+            return i;
+    return -1;
+}
+
+void api_gen_release(struct api_gen *g)
+{
+    if (g) {
+        free(g->prompt);
+        g->prompt = NULL;
+        g->req.prompt = NULL;
+    }
+}
+
+void api_gen_init(const struct api_ctx *ctx, struct api_gen *g)
+{
+    memset(g, 0, sizeof(*g));
+    g->req = ctx->defaults;
+    g->req.prompt = NULL;
+    g->req.prompt_len = 0;
+    g->req.has_seed = false;
+    g->n = 1;
+}
+
+int api_parse_native(const struct api_ctx *ctx, const char *body, size_t len, struct api_gen *g,
+                     const char **field, char *msg, size_t msg_len)
+{
+    const char *dummy;
+    struct perr pe = {field ? field : &dummy, msg, msg_len};
+    json_object *o = NULL;
+    int64_t iv = 0;
+    int rc;
+
+    field = pe.field;
+    api_gen_init(ctx, g);
+    rc = api_parse_object(body, len, &o, field, msg, msg_len);
+    if (rc)
+        return rc;
     json_object_object_foreach(o, key, v)
     {
-        if (strcmp(key, "prompt") == 0) {
-            const char *s;
-            size_t n;
-            if (!json_object_is_type(v, json_type_string)) {
-                rc = field_error(&pe, "prompt", FX_EINVAL, "prompt: must be a string, got %s",
-                                 json_type_to_name(json_object_get_type(v)));
-                goto out;
-            }
-            s = json_object_get_string(v);
-            n = (size_t)json_object_get_string_len(v);
-            if (!utf8_valid((const unsigned char *)s, n)) {
-                rc = field_error(&pe, "prompt", FX_EUTF8, "prompt: invalid UTF-8");
-                goto out;
-            }
-            if (memchr(s, '\0', n)) {
-                rc = field_error(&pe, "prompt", FX_EINVAL,
-                                 "prompt: must not contain NUL characters");
-                goto out;
-            }
-            free(*prompt);
-            *prompt = strdup(s);
-            if (*prompt == NULL) {
-                rc = FX_ENOMEM;
-                goto out;
-            }
-            out->prompt = *prompt;
-            out->prompt_len = n;
-        } else if (strcmp(key, "guidance_scale") == 0) {
-            if (!json_object_is_type(v, json_type_double) &&
-                !json_object_is_type(v, json_type_int)) {
-                rc = field_error(&pe, "guidance_scale", FX_EINVAL,
-                                 "guidance_scale: must be a number, got %s",
-                                 json_type_to_name(json_object_get_type(v)));
-                goto out;
-            }
-            out->guidance = json_object_get_double(v);
-            if (!isfinite(out->guidance)) {
-                rc = field_error(&pe, "guidance_scale", FX_ERANGE,
-                                 "guidance_scale: must be a finite number");
-                goto out;
-            }
-        } else if (strcmp(key, "num_inference_steps") == 0) {
-            if ((rc = get_int_field(&pe, v, "num_inference_steps", &out->steps)))
-                goto out;
-        } else if (strcmp(key, "width") == 0) {
-            if ((rc = get_int_field(&pe, v, "width", &out->width)))
-                goto out;
-        } else if (strcmp(key, "height") == 0) {
-            if ((rc = get_int_field(&pe, v, "height", &out->height)))
-                goto out;
-        } else if (strcmp(key, "seed") == 0) {
-            int64_t n;
-            if (json_object_is_type(v, json_type_null))
-                continue;
-            if (json_object_is_type(v, json_type_double)) {
-                rc = field_error(&pe, "seed", FX_EINVAL,
-                                 "seed: must be an integer, not a "
-                                 "fraction");
-                goto out;
-            }
-            if (!json_object_is_type(v, json_type_int)) {
-                rc = field_error(&pe, "seed", FX_EINVAL, "seed: must be an integer or null, got %s",
-                                 json_type_to_name(json_object_get_type(v)));
-                goto out;
-            }
-            n = json_object_get_int64(v);
-            if (n < 0 || (uint64_t)n > FX_SEED_MAX) {
-                rc = field_error(&pe, "seed", FX_ERANGE, "seed: must be from 0 to %llu",
-                                 (unsigned long long)FX_SEED_MAX);
-                goto out;
-            }
-            out->seed = (uint64_t)n;
-            out->has_seed = true;
-        } else {
-            char shown[64];
-            size_t i, k = strlen(key);
-            /* echo at most 40 printable ASCII bytes of a hostile key */
-            for (i = 0; i < k && i < 40; i++)
-                shown[i] = key[i] >= 0x20 && key[i] < 0x7f ? key[i] : '?';
-            shown[i] = '\0';
-            rc = field_error(&pe, key, FX_EINVAL,
-                             "%s%s: unknown field (known: prompt, "
-                             "guidance_scale, num_inference_steps, width, height, seed)",
-                             shown, k > 40 ? "..." : "");
-            *field = "body";
+        int f = api_field_index(api_native_fields, key);
+        if (f < 0) {
+            api_ignored_add(&g->ignored, key);
+            continue;
+        }
+        /* null is the default of every field; the prompt has none */
+        if (json_object_is_type(v, json_type_null) && f != NF_PROMPT)
+            continue;
+        switch ((enum native_field)f) {
+        case NF_PROMPT:
+            rc = api_get_prompt(v, key, &g->prompt, &g->req.prompt_len, field, msg, msg_len);
+            g->req.prompt = g->prompt;
+            break;
+        case NF_GUIDANCE:
+            rc = api_get_number(v, key, &g->req.guidance, field, msg, msg_len);
+            break;
+        case NF_STEPS:
+        case NF_WIDTH:
+        case NF_HEIGHT:
+            rc = api_get_int(v, key, INT_MIN, INT_MAX, &iv, field, msg, msg_len);
+            if (rc == 0)
+                *(f == NF_STEPS   ? &g->req.steps
+                  : f == NF_WIDTH ? &g->req.width
+                                  : &g->req.height) = (int)iv;
+            break;
+        case NF_SEED:
+            rc = api_get_seed(v, key, &g->req.seed, &g->req.has_seed, field, msg, msg_len);
+            break;
+        case NF_N:
+            rc = api_get_int(v, key, 1, API_MAX_IMAGES, &iv, field, msg, msg_len);
+            g->n = (int)iv;
+            break;
+        case NF_FORMAT:
+            rc = api_get_format(v, key, &g->req.format, field, msg, msg_len);
+            break;
+        case NF_QUALITY:
+            rc = api_get_int(v, key, 1, 100, &iv, field, msg, msg_len);
+            g->req.quality = (int)iv;
+            break;
+        case NF_COUNT:
+            break;
+        }
+        if (rc) {
+            *field = key == NULL ? NULL : api_native_fields[f];
             goto out;
         }
     }
-    if (out->prompt == NULL) {
+    if (g->req.prompt == NULL) {
         rc = field_error(&pe, "prompt", FX_EINVAL, "prompt: required");
         goto out;
     }
-    rc = fx_request_validate(out, &ctx->limits, field, msg, msg_len);
+    rc = fx_request_validate(&g->req, &ctx->limits, field, msg, msg_len);
 out:
     json_object_put(o);
-    json_tokener_free(tok);
-    if (rc) {
-        free(*prompt);
-        *prompt = NULL;
-    }
+    if (rc)
+        api_gen_release(g);
+    return rc;
+}
+
+int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
+                       struct fx_request *out, char **prompt, const char **field, char *msg,
+                       size_t msg_len)
+{
+    struct api_gen g;
+    int rc = api_parse_native(ctx, body, len, &g, field, msg, msg_len);
+    *prompt = rc ? NULL : g.prompt;
+    *out = g.req;
+    if (rc)
+        out->prompt = NULL;
     return rc;
 }

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "../core/err.h"
+#include "../core/imgw.h"
 #include "api_int.h"
 
 #include "../core/manifest.h"
@@ -148,6 +149,10 @@ json_object *api_job_status(const struct api_ctx *ctx, const struct store_job *j
             iso_time(j->expired_ms ? j->expired_ms : j->finished_ms + ctx->cfg->retention_ms));
     if (j->state == STORE_RUNNING && j->cancel)
         json_object_object_add(o, "cancel_requested", json_object_new_boolean(1));
+    if (j->group_id[0]) {
+        json_object_object_add(o, "group_id", json_object_new_string(j->group_id));
+        json_object_object_add(o, "group_index", json_object_new_int(j->group_index));
+    }
     if (j->error_code[0])
         json_object_object_add(o, "error",
                                api_error_object(fx_errcode_parse(j->error_code), j->error_message));
@@ -192,7 +197,7 @@ static void send_no_image(const struct api_ctx *ctx, struct api_response *rs,
 static void send_png(struct api_response *rs, const struct store_job *j, uint8_t *png, size_t len)
 {
     rs->status = 200;
-    rs->content_type = CT_PNG;
+    rs->content_type = api_image_type(png, len);
     rs->body = (char *)png;
     rs->body_len = len;
     api_add_header(rs, "X-Request-Id", "%s", j->id);
@@ -273,4 +278,102 @@ void api_not_ready(const struct api_ctx *ctx, struct api_response *rs)
                        worker_error(ctx->worker));
     else
         api_send_error(rs, FX_ENOTREADY, "the model is not usable");
+}
+
+/* ---- more answers ------------------------------------------------------------------------- */
+
+char *api_base64(const uint8_t *b, size_t n)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *out = malloc((n + 2) / 3 * 4 + 1), *o = out;
+    size_t i = 0;
+    if (out == NULL)
+        return NULL;
+    for (; i + 2 < n; i += 3) {
+        uint32_t v = (uint32_t)b[i] << 16 | (uint32_t)b[i + 1] << 8 | b[i + 2];
+        *o++ = tab[v >> 18];
+        *o++ = tab[(v >> 12) & 63];
+        *o++ = tab[(v >> 6) & 63];
+        *o++ = tab[v & 63];
+    }
+    if (i < n) {
+        uint32_t v = (uint32_t)b[i] << 16 | (i + 1 < n ? (uint32_t)b[i + 1] << 8 : 0);
+        *o++ = tab[v >> 18];
+        *o++ = tab[(v >> 12) & 63];
+        *o++ = i + 1 < n ? tab[(v >> 6) & 63] : '=';
+        *o++ = '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+const char *api_image_type(const uint8_t *b, size_t n)
+{
+    return imgw_mime(imgw_sniff(b, n));
+}
+
+void api_restyle_error(struct api_response *rs, const char *api, const char *param)
+{
+    json_object *o, *e, *m;
+    if (rs->status < 400 || rs->body == NULL || api == NULL || rs->content_type != CT_JSON)
+        return;
+    o = json_tokener_parse(rs->body);
+    if (o == NULL || !json_object_object_get_ex(o, "error", &e) ||
+        !json_object_is_type(e, json_type_object)) {
+        json_object_put(o);
+        return;
+    }
+    if (strcmp(api, "openai") == 0) {
+        /* OpenAI's shape: {"error":{"message","type","param","code"}} */
+        json_object_object_add(e, "type",
+                               json_object_new_string(rs->status >= 500 ? "server_error"
+                                                      : rs->status == 429
+                                                          ? "rate_limit_error"
+                                                          : "invalid_request_error"));
+        json_object_object_add(e, "param", param ? json_object_new_string(param) : NULL);
+    } else if (strcmp(api, "a1111") == 0 && json_object_object_get_ex(e, "message", &m)) {
+        /* FastAPI's shape, which A1111 front-ends show */
+        json_object_object_add(o, "detail", json_object_get(m));
+    }
+    int status = rs->status;
+    free(rs->body);
+    rs->body = NULL;
+    api_send_json(rs, status, o);
+}
+
+json_object *api_group_status(const struct api_ctx *ctx, const struct store_job *jobs, int n)
+{
+    json_object *o = json_object_new_object(), *a = json_object_new_array(),
+                *c = json_object_new_object();
+    long counts[STORE_NSTATES] = {0};
+    const char *state;
+    for (int i = 0; i < n; i++) {
+        counts[api_visible_state(ctx, &jobs[i])]++;
+        json_object_array_add(a, api_job_status(ctx, &jobs[i]));
+    }
+    /* one word for the group: where its least advanced job is */
+    if (counts[STORE_RUNNING] || (counts[STORE_QUEUED] && counts[STORE_QUEUED] < n))
+        state = "running";
+    else if (counts[STORE_QUEUED])
+        state = "queued";
+    else if (counts[STORE_COMPLETED] == n)
+        state = "completed";
+    else if (counts[STORE_EXPIRED] == n)
+        state = "expired";
+    else if (counts[STORE_CANCELLED] == n)
+        state = "cancelled";
+    else if (counts[STORE_FAILED] == n)
+        state = "failed";
+    else
+        state = "finished"; /* ended, not all the same way */
+    for (int i = 0; i < STORE_NSTATES; i++)
+        if (counts[i])
+            json_object_object_add(c, store_state_name((enum store_state)i),
+                                   json_object_new_int64(counts[i]));
+    json_object_object_add(o, "group_id", json_object_new_string(n ? jobs[0].group_id : ""));
+    json_object_object_add(o, "status", json_object_new_string(state));
+    json_object_object_add(o, "size", json_object_new_int(n));
+    json_object_object_add(o, "counts", c);
+    json_object_object_add(o, "jobs", a);
+    return o;
 }

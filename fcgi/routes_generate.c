@@ -1,4 +1,5 @@
-/* routes_generate.c - POST /generate (waits for its job) and POST /generate/queue. */
+/* routes_generate.c - POST /generate (waits for its job) and POST /generate/queue; queueing
+ * and the parked answer shared by every generation route. */
 #include <json-c/json.h>
 #include <limits.h>
 #include <math.h>
@@ -12,14 +13,91 @@
 #include "api_int.h"
 #include "job.h"
 
-/* Validates the body and queues it; on success fills id/seed/position and returns 0, else
- * has answered already and returns the error. */
-static int enqueue(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
-                   struct api_response *rs, bool sync, char id[JOBID_MAX + 1], uint64_t *seed,
-                   long *position, int *steps)
+int api_enqueue(const struct api_ctx *ctx, struct store *st, struct api_gen *g, bool sync,
+                bool group, const char *reply, struct api_queued *q, struct api_response *rs)
 {
-    struct fx_request req;
-    char *prompt = NULL, *params = NULL, msg[512] = "";
+    struct store_new_job jobs[API_MAX_IMAGES];
+    char *params[API_MAX_IMAGES] = {NULL};
+    int rc = 0;
+
+    memset(q, 0, sizeof(*q));
+    if (!api_ready(ctx)) {
+        api_not_ready(ctx, rs);
+        return FX_ENOTREADY;
+    }
+    if (g->n < 1 || g->n > API_MAX_IMAGES) {
+        api_send_error(rs, FX_ERANGE, "n: must be from 1 to %d", API_MAX_IMAGES);
+        return FX_ERANGE;
+    }
+    /* consecutive seeds from the one asked for (or a random one), wrapping at FX_SEED_MAX */
+    if (!g->req.has_seed) {
+        g->req.seed = fx_random_seed();
+        g->req.has_seed = true;
+    }
+    q->n = g->n;
+    if ((group || g->n > 1) && (rc = jobid_new(ctx->cfg->id_prefix, q->gid)) != 0) {
+        api_send_error(rs, rc, "cannot create the job group");
+        return rc;
+    }
+    for (int i = 0; i < g->n; i++) {
+        struct fx_request r = g->req;
+        r.seed = (g->req.seed + (uint64_t)i) % (FX_SEED_MAX + 1);
+        q->seeds[i] = r.seed;
+        params[i] = job_params_encode(&r);
+        if (params[i] == NULL || (rc = jobid_new(ctx->cfg->id_prefix, q->ids[i])) != 0) {
+            rc = params[i] ? rc : FX_ENOMEM;
+            api_send_error(rs, rc, "cannot create the job");
+            goto out;
+        }
+        jobs[i] = (struct store_new_job){q->ids[i], params[i], r.seed, r.steps};
+    }
+    rc = store_enqueue_group(st, q->gid[0] ? q->gid : NULL, sync, reply, jobs, g->n, api_now_ms(),
+                             ctx->cfg->queue_size, &q->position);
+    if (rc == FX_EFULL) {
+        double mean = 0;
+        store_mean_run_ms(st, &mean);
+        long after = (long)ceil(mean / 1000.0);
+        api_add_header(rs, "Retry-After", "%ld", after < 1 ? 1 : after > 3600 ? 3600 : after);
+        if (g->n > 1)
+            api_send_error(rs, FX_EFULL,
+                           "the queue cannot take %d more jobs (%ld at most); try again later",
+                           g->n, ctx->cfg->queue_size);
+        else
+            api_send_error(rs, FX_EFULL, "the queue is full (%ld jobs); try again later",
+                           ctx->cfg->queue_size);
+        goto out;
+    }
+    if (rc) {
+        api_send_store_error(rs, rc, st);
+        goto out;
+    }
+    worker_notify(ctx->worker);
+out:
+    for (int i = 0; i < g->n; i++)
+        free(params[i]);
+    return rc;
+}
+
+char *api_reply_json(const char *api, const struct api_ignored *ig, json_object *extra)
+{
+    json_object *o = extra ? extra : json_object_new_object();
+    char *s;
+    if (api)
+        json_object_object_add(o, "api", json_object_new_string(api));
+    if (ig && ig->n)
+        json_object_object_add(o, "ignored", json_object_new_string(ig->list));
+    s = strdup(
+        json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(o);
+    return s;
+}
+
+/* Reads the native body and queues it; has answered (and returns the error) when it cannot. */
+static int enqueue_native(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
+                          struct api_response *rs, bool sync, struct api_gen *g,
+                          struct api_queued *q)
+{
+    char msg[512] = "", *reply = NULL;
     const char *field = NULL;
     int rc;
 
@@ -27,78 +105,89 @@ static int enqueue(const struct api_ctx *ctx, struct store *st, const struct api
         api_send_error(rs, FX_ETOOBIG, "the body is larger than %zu bytes", ctx->cfg->max_body);
         return FX_ETOOBIG;
     }
-    rc = api_parse_generate(ctx, rq->body, rq->body_len, &req, &prompt, &field, msg, sizeof(msg));
+    rc = api_parse_native(ctx, rq->body, rq->body_len, g, &field, msg, sizeof(msg));
     if (rc) {
         if (rc == FX_ENOMEM)
             snprintf(msg, sizeof(msg), "out of memory");
         api_send_error(rs, rc, "%s", msg);
         goto out;
     }
-    if (!api_ready(ctx)) {
-        api_not_ready(ctx, rs);
-        rc = FX_ENOTREADY;
+    if (sync && g->n != 1) {
+        api_send_error(rs, FX_EINVAL,
+                       "n: POST /generate answers one image; ask POST /generate/queue, "
+                       "/v1/images/generations or /sdapi/v1/txt2img for %d",
+                       g->n);
+        rc = FX_EINVAL;
         goto out;
     }
-    if (!req.has_seed) {
-        req.seed = fx_random_seed();
-        req.has_seed = true;
-    }
-    params = job_params_encode(&req);
-    if (params == NULL || (rc = jobid_new(ctx->cfg->id_prefix, id)) != 0) {
-        rc = params ? rc : FX_ENOMEM;
-        api_send_error(rs, rc, "cannot create the job");
+    /* a waiting client hears of ignored fields with its image, so the job keeps their names */
+    if (g->ignored.n && (reply = api_reply_json("native", &g->ignored, NULL)) == NULL) {
+        api_send_error(rs, FX_ENOMEM, "out of memory");
+        rc = FX_ENOMEM;
         goto out;
     }
-    rc = store_enqueue(st, id, sync, params, req.seed, req.steps, api_now_ms(),
-                       ctx->cfg->queue_size, position);
-    if (rc == FX_EFULL) {
-        double mean = 0;
-        store_mean_run_ms(st, &mean);
-        long after = (long)ceil(mean / 1000.0);
-        api_add_header(rs, "Retry-After", "%ld", after < 1 ? 1 : after > 3600 ? 3600 : after);
-        api_send_error(rs, FX_EFULL, "the queue is full (%ld jobs); try again later",
-                       ctx->cfg->queue_size);
-        goto out;
-    }
-    if (rc) {
-        api_send_store_error(rs, rc, st);
-        goto out;
-    }
-    *seed = req.seed;
-    *steps = req.steps;
-    worker_notify(ctx->worker);
+    rc = api_enqueue(ctx, st, g, sync, false, reply, q, rs);
 out:
-    free(params);
-    free(prompt);
+    if (g->ignored.n)
+        api_add_header(rs, "X-Ignored-Fields", "%s", g->ignored.list);
+    free(reply);
     return rc;
 }
 
 void route_generate_queue(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
                           struct api_response *rs)
 {
-    char id[JOBID_MAX + 1], url[96];
-    uint64_t seed = 0;
-    long position = 0;
-    int steps = 0;
+    struct api_gen g;
+    struct api_queued q;
+    char url[128];
     json_object *o, *p;
 
-    if (enqueue(ctx, st, rq, rs, false, id, &seed, &position, &steps))
+    api_gen_init(ctx, &g);
+    if (enqueue_native(ctx, st, rq, rs, false, &g, &q)) {
+        api_gen_release(&g);
         return;
+    }
     o = json_object_new_object();
     p = json_object_new_object();
-    json_object_object_add(o, "request_id", json_object_new_string(id));
+    json_object_object_add(o, "request_id", json_object_new_string(q.ids[0]));
     json_object_object_add(o, "status", json_object_new_string("queued"));
-    json_object_object_add(o, "position", json_object_new_int64(position));
+    json_object_object_add(o, "position", json_object_new_int64(q.position));
     json_object_object_add(p, "step", json_object_new_int(0));
-    json_object_object_add(p, "steps", json_object_new_int(steps));
+    json_object_object_add(p, "steps", json_object_new_int(g.req.steps));
     json_object_object_add(o, "progress", p);
-    json_object_object_add(o, "seed", json_object_new_int64((int64_t)seed));
-    snprintf(url, sizeof(url), "/queue/status/%s", id);
+    json_object_object_add(o, "seed", json_object_new_int64((int64_t)q.seeds[0]));
+    if (q.gid[0])
+        snprintf(url, sizeof(url), "/queue/group/%s", q.gid);
+    else
+        snprintf(url, sizeof(url), "/queue/status/%s", q.ids[0]);
     json_object_object_add(o, "status_url", json_object_new_string(url));
     api_add_header(rs, "Location", "%s", url);
-    snprintf(url, sizeof(url), "/result/%s", id);
+    snprintf(url, sizeof(url), "/result/%s", q.ids[0]);
     json_object_object_add(o, "result_url", json_object_new_string(url));
+    if (q.gid[0]) {
+        json_object *ids = json_object_new_array(), *seeds = json_object_new_array(),
+                    *urls = json_object_new_array();
+        for (int i = 0; i < q.n; i++) {
+            json_object_array_add(ids, json_object_new_string(q.ids[i]));
+            json_object_array_add(seeds, json_object_new_int64((int64_t)q.seeds[i]));
+            snprintf(url, sizeof(url), "/result/%s", q.ids[i]);
+            json_object_array_add(urls, json_object_new_string(url));
+        }
+        json_object_object_add(o, "group_id", json_object_new_string(q.gid));
+        json_object_object_add(o, "request_ids", ids);
+        json_object_object_add(o, "seeds", seeds);
+        json_object_object_add(o, "result_urls", urls);
+    }
+    if (g.ignored.n) {
+        json_object *a = json_object_new_array();
+        char list[sizeof(g.ignored.list)], *save = NULL;
+        snprintf(list, sizeof(list), "%s", g.ignored.list);
+        for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save))
+            json_object_array_add(a, json_object_new_string(t));
+        json_object_object_add(o, "ignored_fields", a);
+    }
     api_send_json(rs, 202, o);
+    api_gen_release(&g);
 }
 
 /* The job is queued; the request is parked (the front end answers it through
@@ -107,15 +196,31 @@ void route_generate_queue(const struct api_ctx *ctx, struct store *st, const str
 void route_generate(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
                     struct api_response *rs)
 {
-    char id[JOBID_MAX + 1];
-    uint64_t seed = 0;
-    long position = 0;
-    int steps = 0;
+    struct api_gen g;
+    struct api_queued q;
 
-    if (enqueue(ctx, st, rq, rs, true, id, &seed, &position, &steps))
-        return;
+    api_gen_init(ctx, &g);
+    if (enqueue_native(ctx, st, rq, rs, true, &g, &q) == 0)
+        api_park(rs, q.ids[0]);
+    api_gen_release(&g);
+}
+
+void api_park(struct api_response *rs, const char *id)
+{
+    /* headers set so far (X-Ignored-Fields) are the poll's to give: the job keeps them */
+    rs->n_headers = 0;
     rs->park = true;
     snprintf(rs->park_id, sizeof(rs->park_id), "%s", id);
+}
+
+/* The ignored fields a job's reply names, as a header of rs. */
+static void add_ignored_header(struct api_response *rs, const char *reply)
+{
+    json_object *o = reply ? json_tokener_parse(reply) : NULL, *v;
+    if (o && json_object_object_get_ex(o, "ignored", &v) &&
+        json_object_is_type(v, json_type_string))
+        api_add_header(rs, "X-Ignored-Fields", "%s", json_object_get_string(v));
+    json_object_put(o);
 }
 
 bool api_generate_poll(const struct api_ctx *ctx, struct store *st, const char *id,
@@ -126,6 +231,12 @@ bool api_generate_poll(const struct api_ctx *ctx, struct store *st, const char *
 
     memset(rs, 0, sizeof(*rs));
     rc = store_get(st, id, &j);
+    if (rc == 0 && j.group_id[0]) {
+        /* a request for several images, or one made through the OpenAI or A1111 API */
+        bool answered = api_group_poll(ctx, st, &j, why, rs);
+        store_job_release(&j);
+        return answered;
+    }
     if (rc == 0 && api_terminal(j.state)) {
         api_answer_result(ctx, st, rs, &j);
     } else if (rc && rc != FX_EBUSY) {
@@ -142,8 +253,61 @@ bool api_generate_poll(const struct api_ctx *ctx, struct store *st, const char *
         store_job_release(&j);
         return false; /* still queued or running (or the store is busy): keep waiting */
     }
+    if (rc == 0)
+        add_ignored_header(rs, j.reply);
     store_job_release(&j);
     if (rs->status != 200)
         api_add_header(rs, "X-Request-Id", "%s", id);
+    return true;
+}
+
+bool api_group_poll(const struct api_ctx *ctx, struct store *st, const struct store_job *first,
+                    enum api_poll why, struct api_response *rs)
+{
+    struct store_job *jobs = NULL;
+    json_object *reply = first->reply ? json_tokener_parse(first->reply) : NULL, *v;
+    const char *api = NULL;
+    bool done = true;
+    int n = 0, rc;
+
+    if (reply && json_object_object_get_ex(reply, "api", &v) &&
+        json_object_is_type(v, json_type_string))
+        api = json_object_get_string(v);
+    rc = store_group(st, first->group_id, &jobs, &n);
+    if (rc == FX_EBUSY && why == API_POLL_CHECK) {
+        json_object_put(reply);
+        return false;
+    }
+    for (int i = 0; rc == 0 && i < n; i++)
+        done = done && api_terminal(jobs[i].state);
+    if (rc == 0 && !done && why == API_POLL_CHECK) {
+        store_group_release(jobs, n);
+        json_object_put(reply);
+        return false; /* keep waiting */
+    }
+    if (rc) {
+        api_send_store_error(rs, rc, st);
+    } else if (!done && why == API_POLL_TIMEOUT) {
+        api_send_error(rs, FX_ETIMEDOUT,
+                       "not finished after %lld ms; the %d image(s) go on as group '%s' (GET "
+                       "/queue/group/%s)",
+                       (long long)ctx->cfg->sync_timeout_ms, n, first->group_id, first->group_id);
+    } else if (!done) {
+        api_send_error(rs, FX_ESHUTDOWN,
+                       "the service is stopping; the group stays queued as '%s' (GET "
+                       "/queue/group/%s)",
+                       first->group_id, first->group_id);
+    } else if (api && strcmp(api, "openai") == 0) {
+        openai_answer(ctx, st, jobs, n, reply, rs);
+    } else if (api && strcmp(api, "a1111") == 0) {
+        a1111_answer(ctx, st, jobs, n, reply, rs);
+    } else {
+        api_answer_result(ctx, st, rs, &jobs[0]);
+    }
+    api_restyle_error(rs, api, NULL);
+    api_add_header(rs, "X-Group-Id", "%s", first->group_id);
+    add_ignored_header(rs, first->reply);
+    store_group_release(jobs, n);
+    json_object_put(reply);
     return true;
 }

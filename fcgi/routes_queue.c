@@ -1,4 +1,5 @@
-/* routes_queue.c - GET /queue/status[/{id}], GET /result/{id}, DELETE /queue/{id}. */
+/* routes_queue.c - GET /queue/status[/{id}], GET /result/{id}, DELETE /queue/{id}, and
+ * GET / DELETE /queue/group/{gid}. */
 #include <json-c/json.h>
 #include <limits.h>
 #include <math.h>
@@ -79,4 +80,53 @@ void route_cancel(const struct api_ctx *ctx, struct store *st, const char *id, s
         return;
     api_send_json(rs, s == STORE_RUNNING ? 202 : 200, api_job_status(ctx, &j));
     store_job_release(&j);
+}
+
+void route_group(const struct api_ctx *ctx, struct store *st, const char *method, const char *gid,
+                 size_t gid_len, struct api_response *rs)
+{
+    struct store_job *jobs = NULL;
+    char key[JOBID_MAX + 1];
+    long cancelled = 0, flagged = 0;
+    int n = 0, rc;
+
+    if (!jobid_valid(gid, gid_len)) {
+        api_send_error(rs, FX_EBADID,
+                       "group id: must be %d lower-case hex digits, after an optional host part "
+                       "of 1 to %d characters from [a-z0-9] and a '-'",
+                       JOBID_LEN, JOBID_PREFIX_MAX);
+        return;
+    }
+    memcpy(key, gid, gid_len);
+    key[gid_len] = '\0';
+    if (strcmp(method, "DELETE") == 0) {
+        rc = store_cancel_group(st, key, api_now_ms(), &cancelled, &flagged);
+        if (rc) {
+            api_send_store_error(rs, rc, st);
+            return;
+        }
+    }
+    rc = store_group(st, key, &jobs, &n);
+    if (rc == FX_ENOENT) {
+        api_send_error(rs, rc, "no job group '%s'", key);
+        return;
+    }
+    if (rc) {
+        api_send_store_error(rs, rc, st);
+        return;
+    }
+    if (strcmp(method, "DELETE") != 0) {
+        api_send_json(rs, 200, api_group_status(ctx, jobs, n));
+    } else if (cancelled + flagged == 0) {
+        char m[160];
+        snprintf(m, sizeof(m), "every job of group '%s' has already ended", key);
+        api_send_error_in(rs, FX_EFINISHED, api_group_status(ctx, jobs, n), m);
+    } else {
+        /* the running ones stop between steps, as DELETE /queue/{id} */
+        for (int i = 0; i < n; i++)
+            if (jobs[i].state == STORE_RUNNING)
+                worker_cancel(ctx->worker, jobs[i].id);
+        api_send_json(rs, flagged ? 202 : 200, api_group_status(ctx, jobs, n));
+    }
+    store_group_release(jobs, n);
 }

@@ -10,6 +10,9 @@
 --
 -- Migration 2 (in sql/store.c, applied by store_open) adds jobs.lease_until_ms (a claim's
 -- lease), the job_counts table kept by triggers, and makes jobs_by_state read it.
+-- Migration 3 adds job groups (jobs.group_id, group_index, group_size: one request for
+-- several images queues one job per image) and jobs.reply (JSON: how a waiting client is
+-- answered, e.g. {"api":"openai","response_format":"b64_json"}).
 
 CREATE TABLE jobs (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,  -- queue order, never reused

@@ -36,8 +36,21 @@ static const char migration2_sql[] =
     "DROP VIEW jobs_by_state;\n"
     "CREATE VIEW jobs_by_state AS SELECT state, n AS jobs FROM job_counts WHERE n > 0;\n";
 
+/*
+ * Migration 3: job groups (one request for several images: each image is a job of its own,
+ * the group ties them together with their place in it) and the reply a waiting client
+ * expects (JSON: which API asked, how it wants the answer).  Older rows have neither.
+ */
+static const char migration3_sql[] =
+    "ALTER TABLE jobs ADD COLUMN group_id TEXT;\n"
+    "ALTER TABLE jobs ADD COLUMN group_index INTEGER;\n"
+    "ALTER TABLE jobs ADD COLUMN group_size INTEGER;\n"
+    "ALTER TABLE jobs ADD COLUMN reply TEXT CHECK (reply IS NULL OR json_valid(reply));\n"
+    "CREATE INDEX jobs_group ON jobs (group_id, group_index) WHERE group_id IS NOT NULL;\n";
+
 /* Migration N brings user_version from N - 1 to N; the list only grows. */
-static const char *const migrations[STORE_SCHEMA_VERSION] = {store_schema_sql, migration2_sql};
+static const char *const migrations[STORE_SCHEMA_VERSION] = {store_schema_sql, migration2_sql,
+                                                             migration3_sql};
 
 /* The message of a job whose cancel was asked while it ran, when its worker stopped (drain,
  * crash, lost lease) before it could end it. */
@@ -45,15 +58,17 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {store_schema_sql, m
 
 #define JOB_COLS                                                                                   \
     "id, state, kind, params, seed, steps, step, attempts, cancel, worker, error_code, "           \
-    "error_message, created_ms, started_ms, finished_ms, expired_ms, result_bytes"
+    "error_message, created_ms, started_ms, finished_ms, expired_ms, result_bytes, group_id, "     \
+    "group_index, group_size, reply"
 
 /* X(name, sql) */
 #define STORE_STATEMENTS(X)                                                                        \
     X(ST_BEGIN, "BEGIN IMMEDIATE")                                                                 \
     X(ST_COMMIT, "COMMIT")                                                                         \
     X(ST_ROLLBACK, "ROLLBACK")                                                                     \
-    X(ST_INSERT, "INSERT INTO jobs (id, kind, state, params, seed, steps, created_ms) "            \
-                 "SELECT ?1, ?2, 'queued', ?3, ?4, ?5, ?6 "                                        \
+    X(ST_INSERT, "INSERT INTO jobs (id, kind, state, params, seed, steps, created_ms, group_id, "  \
+                 "group_index, group_size, reply) "                                                \
+                 "SELECT ?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?8, ?9, ?10, ?11 "                      \
                  "WHERE (SELECT n FROM job_counts WHERE state = 'queued') < ?7")                   \
     X(ST_POSITION, "SELECT count(*) FROM jobs WHERE state = 'queued' "                             \
                    "AND seq <= (SELECT seq FROM jobs WHERE id = ?1)")                              \
@@ -82,6 +97,18 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {store_schema_sql, m
                       "error_message = 'the client went away before the job started', "            \
                       "finished_ms = ?2 WHERE id = ?1 AND state = 'queued'")                       \
     X(ST_CANCEL_RUNNING, "UPDATE jobs SET cancel = 1 WHERE id = ?1 AND state = 'running'")         \
+    X(ST_CANCEL_GONE_GROUP, "UPDATE jobs SET state = 'cancelled', error_code = 'cancelled', "      \
+                            "error_message = 'the client went away before the job started', "      \
+                            "finished_ms = ?2 WHERE state = 'queued' AND kind = 'sync' AND "       \
+                            "group_id = (SELECT group_id FROM jobs WHERE id = ?1)")                \
+    X(ST_CANCEL_GROUP_QUEUED, "UPDATE jobs SET state = 'cancelled', error_code = 'cancelled', "    \
+                              "error_message = 'cancelled while queued', finished_ms = ?2 "        \
+                              "WHERE group_id = ?1 AND state = 'queued'")                          \
+    X(ST_CANCEL_GROUP_RUNNING, "UPDATE jobs SET cancel = 1 WHERE group_id = ?1 "                   \
+                               "AND state = 'running'")                                            \
+    X(ST_GROUP, "SELECT " JOB_COLS " FROM jobs WHERE group_id = ?1 ORDER BY group_index")          \
+    X(ST_RUNNING_FIRST, "SELECT " JOB_COLS " FROM jobs WHERE state = 'running' "                   \
+                        "ORDER BY seq LIMIT 1")                                                    \
     X(ST_STATE, "SELECT state FROM jobs WHERE id = ?1")                                            \
     X(ST_GET, "SELECT " JOB_COLS " FROM jobs WHERE id = ?1")                                       \
     X(ST_RESULT_GET, "SELECT r.png FROM results r JOIN jobs j ON j.seq = r.job_seq "               \
@@ -179,8 +206,17 @@ void store_job_release(struct store_job *j)
 {
     if (j) {
         free(j->params);
+        free(j->reply);
         j->params = NULL;
+        j->reply = NULL;
     }
+}
+
+void store_group_release(struct store_job *jobs, int n)
+{
+    for (int i = 0; jobs && i < n; i++)
+        store_job_release(&jobs[i]);
+    free(jobs);
 }
 
 const char *store_errmsg(const struct store *st)
@@ -369,6 +405,14 @@ static int read_job(sqlite3_stmt *s, struct store_job *j)
     j->finished_ms = col_ms(s, 14);
     j->expired_ms = col_ms(s, 15);
     j->result_bytes = col_ms(s, 16);
+    copy_text(j->group_id, sizeof(j->group_id), sqlite3_column_text(s, 17));
+    j->group_index = sqlite3_column_int(s, 18);
+    j->group_size = sqlite3_column_int(s, 19);
+    if (sqlite3_column_type(s, 20) != SQLITE_NULL) {
+        j->reply = strdup((const char *)sqlite3_column_text(s, 20));
+        if (j->reply == NULL)
+            return FX_ENOMEM;
+    }
     return 0;
 }
 
@@ -396,29 +440,58 @@ static int update1(struct store *st, sqlite3_stmt *s)
     return sqlite3_changes(st->db) ? 0 : FX_ENOENT;
 }
 
+/* Steps an UPDATE of many rows; adds the rows changed to *n. */
+static int update_n(struct store *st, sqlite3_stmt *s, long *n)
+{
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE)
+        return from_sqlite(rc);
+    *n += sqlite3_changes(st->db);
+    return 0;
+}
+
 int store_enqueue(struct store *st, const char *id, bool sync, const char *params, uint64_t seed,
                   int steps, int64_t now_ms, long max_queued, long *pos)
 {
+    struct store_new_job j = {id, params, seed, steps};
+    return store_enqueue_group(st, NULL, sync, NULL, &j, 1, now_ms, max_queued, pos);
+}
+
+int store_enqueue_group(struct store *st, const char *group_id, bool sync, const char *reply,
+                        const struct store_new_job *jobs, int n, int64_t now_ms, long max_queued,
+                        long *pos)
+{
     sqlite3_stmt *s;
     long p = 0;
-    int rc = tx_begin(st);
-    if (rc)
+    int rc;
+    if (n < 1 || (group_id == NULL && n != 1))
+        return FX_EINVAL;
+    if ((rc = tx_begin(st)))
         return rc;
-    s = stmt(st, ST_INSERT);
-    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 2, sync ? "sync" : "queue", -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 3, params, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 4, (sqlite3_int64)seed);
-    sqlite3_bind_int(s, 5, steps);
-    sqlite3_bind_int64(s, 6, now_ms);
-    sqlite3_bind_int64(s, 7, max_queued);
-    rc = update1(st, s);
-    if (rc == FX_ENOENT) /* the INSERT's WHERE found the queue full */
-        rc = FX_EFULL;
-    if (rc)
-        goto out;
-    rc = position(st, id, &p);
-out:
+    /* all or none: a group that does not fit the queue is refused whole */
+    for (int i = 0; i < n && rc == 0; i++) {
+        s = stmt(st, ST_INSERT);
+        sqlite3_bind_text(s, 1, jobs[i].id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, sync ? "sync" : "queue", -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, jobs[i].params, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 4, (sqlite3_int64)jobs[i].seed);
+        sqlite3_bind_int(s, 5, jobs[i].steps);
+        sqlite3_bind_int64(s, 6, now_ms);
+        sqlite3_bind_int64(s, 7, max_queued);
+        if (group_id) {
+            sqlite3_bind_text(s, 8, group_id, -1, SQLITE_STATIC);
+            sqlite3_bind_int(s, 9, i);
+            sqlite3_bind_int(s, 10, n);
+        }
+        if (reply)
+            sqlite3_bind_text(s, 11, reply, -1, SQLITE_STATIC);
+        rc = update1(st, s);
+        if (rc == FX_ENOENT) /* the INSERT's WHERE found the queue full */
+            rc = FX_EFULL;
+    }
+    if (rc == 0)
+        rc = position(st, jobs[0].id, &p);
     rc = tx_end(st, rc);
     if (rc == 0 && pos)
         *pos = p;
@@ -615,6 +688,14 @@ int store_cancel_queued(struct store *st, const char *id, int64_t now_ms, bool *
         rc = update1(st, s);
         done = rc == 0;
     }
+    if (rc == 0) {
+        /* the other images of the same waiting request: nobody will read them */
+        long others = 0;
+        s = stmt(st, ST_CANCEL_GONE_GROUP);
+        sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, now_ms);
+        rc = update_n(st, s, &others);
+    }
     rc = tx_end(st, rc);
     if (cancelled)
         *cancelled = rc == 0 && done;
@@ -676,17 +757,6 @@ int store_counts(struct store *st, long counts[STORE_NSTATES])
         counts[state_parse(sqlite3_column_text(s, 0))] = (long)sqlite3_column_int64(s, 1);
     sqlite3_reset(s);
     return rc == SQLITE_DONE ? 0 : from_sqlite(rc);
-}
-
-/* Steps an UPDATE of many rows; adds the rows changed to *n. */
-static int update_n(struct store *st, sqlite3_stmt *s, long *n)
-{
-    int rc = sqlite3_step(s);
-    sqlite3_reset(s);
-    if (rc != SQLITE_DONE)
-        return from_sqlite(rc);
-    *n += sqlite3_changes(st->db);
-    return 0;
 }
 
 int store_recover(struct store *st, const char *worker, int max_attempts, int64_t now_ms,
@@ -812,4 +882,86 @@ int store_mean_run_ms(struct store *st, double *ms)
     *ms = rc == SQLITE_ROW ? sqlite3_column_double(s, 0) : 0.0;
     sqlite3_reset(s);
     return rc == SQLITE_ROW ? 0 : from_sqlite(rc);
+}
+
+int store_group(struct store *st, const char *group_id, struct store_job **jobs, int *n)
+{
+    sqlite3_stmt *s = stmt(st, ST_GROUP);
+    struct store_job *v = NULL;
+    int rc, k = 0, cap = 0;
+    *jobs = NULL;
+    *n = 0;
+    sqlite3_bind_text(s, 1, group_id, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (k == cap) {
+            struct store_job *w = realloc(v, (size_t)(cap ? cap * 2 : 8) * sizeof(*v));
+            if (w == NULL) {
+                rc = SQLITE_NOMEM;
+                break;
+            }
+            v = w;
+            cap = cap ? cap * 2 : 8;
+        }
+        if (read_job(s, &v[k])) {
+            store_job_release(&v[k]);
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        k++;
+    }
+    sqlite3_reset(s);
+    rc = rc == SQLITE_DONE ? (k ? 0 : FX_ENOENT) : from_sqlite(rc);
+    for (int i = 0; rc == 0 && i < k; i++)
+        if (v[i].state == STORE_QUEUED)
+            rc = position(st, v[i].id, &v[i].position);
+    if (rc) {
+        store_group_release(v, k);
+        return rc;
+    }
+    *jobs = v;
+    *n = k;
+    return 0;
+}
+
+int store_cancel_group(struct store *st, const char *group_id, int64_t now_ms, long *cancelled,
+                       long *flagged)
+{
+    sqlite3_stmt *s;
+    long c = 0, f = 0;
+    int rc = tx_begin(st);
+    if (rc)
+        return rc;
+    s = stmt(st, ST_CANCEL_GROUP_QUEUED);
+    sqlite3_bind_text(s, 1, group_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, now_ms);
+    rc = update_n(st, s, &c);
+    if (rc == 0) {
+        s = stmt(st, ST_CANCEL_GROUP_RUNNING);
+        sqlite3_bind_text(s, 1, group_id, -1, SQLITE_STATIC);
+        rc = update_n(st, s, &f);
+    }
+    rc = tx_end(st, rc);
+    if (rc == 0) {
+        if (cancelled)
+            *cancelled = c;
+        if (flagged)
+            *flagged = f;
+    }
+    return rc;
+}
+
+int store_running_first(struct store *st, struct store_job *job)
+{
+    sqlite3_stmt *s = stmt(st, ST_RUNNING_FIRST);
+    int rc;
+    memset(job, 0, sizeof(*job));
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        rc = read_job(s, job);
+    else
+        rc = rc == SQLITE_DONE ? FX_ENOENT : from_sqlite(rc);
+    sqlite3_reset(s);
+    if (rc)
+        store_job_release(job);
+    return rc;
 }

@@ -20,6 +20,10 @@
  * transaction.  Images are bounded (about 1-2 MB at 1024x1024) and live only for the
  * retention time, so the file stays small; freed pages are reused.
  *
+ * Job groups (migration 3): a request for several images queues one job per image in one
+ * transaction, tied by group_id and group_index; each job is claimed, cancelled and read on
+ * its own, and the group as a whole (store_group, store_cancel_group).
+ *
  * Counts by state are kept in a job_counts table by triggers on jobs (migration 2), so
  * store_counts costs the same with ten rows or ten million.  Old rows of finished jobs are
  * deleted by store_purge after the audit retention; the WAL is checkpointed by
@@ -47,7 +51,7 @@
 struct store;
 
 /* The schema version this program writes (the number of migrations). */
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 
 #define STORE_ID_LEN 49 /* longest job id: host part, "-", 32 hex digits (jobid.h) */
 
@@ -79,9 +83,16 @@ struct store_job {
     char error_message[256];
     int64_t created_ms, started_ms, finished_ms, expired_ms; /* 0: not yet */
     int64_t result_bytes;                                    /* 0: no image */
+    char group_id[STORE_ID_LEN + 1];                         /* "" when the job is not in a group */
+    int group_index, group_size; /* its place (0-based) in the group, and the group's size */
+    char *reply;                 /* malloc'd JSON: how a waiting client is answered, or NULL */
 };
 
+/* Frees what a job owns (params, reply); the struct itself is the caller's. */
 void store_job_release(struct store_job *j);
+
+/* Releases the jobs of a group (each job, then the array); NULL is a no-op. */
+void store_group_release(struct store_job *jobs, int n);
 
 /*
  * Opens (creating if needed) the store at path: WAL, synchronous=FULL, foreign keys, a busy
@@ -105,6 +116,43 @@ const char *store_errmsg(const struct store *st);
  */
 int store_enqueue(struct store *st, const char *id, bool sync, const char *params, uint64_t seed,
                   int steps, int64_t now_ms, long max_queued, long *position);
+
+/* One job of store_enqueue_group. */
+struct store_new_job {
+    const char *id, *params; /* params: the request JSON */
+    uint64_t seed;
+    int steps;
+};
+
+/*
+ * Adds n queued jobs in one transaction (migration 3): with group_id, a job group whose jobs
+ * get group_index 0..n-1 and group_size n; without (NULL), one job alone (n must be 1).
+ * reply (NULL or JSON text) is stored with each.  All or none: FX_EFULL when the queue
+ * cannot take all n.  Sets *position (may be NULL) to the first job's place.  Returns 0,
+ * FX_EFULL, FX_EINVAL (n < 1, or n > 1 without a group), FX_EIO / FX_EBUSY / FX_ENOSPC.
+ */
+int store_enqueue_group(struct store *st, const char *group_id, bool sync, const char *reply,
+                        const struct store_new_job *jobs, int n, int64_t now_ms, long max_queued,
+                        long *position);
+
+/*
+ * Reads the jobs of a group in their order (with their queue positions): *jobs is a malloc'd
+ * array of *n jobs (release with store_group_release).  Returns 0, FX_ENOENT (no such group),
+ * FX_ENOMEM, FX_EIO/FX_EBUSY.
+ */
+int store_group(struct store *st, const char *group_id, struct store_job **jobs, int *n);
+
+/*
+ * Cancels a group in one transaction: its queued jobs become cancelled ("cancelled while
+ * queued"), its running ones get their cancel flag; finished ones are left alone.  Sets
+ * *cancelled and *flagged (may be NULL) to the numbers of each.  Returns 0, FX_EIO/FX_EBUSY.
+ */
+int store_cancel_group(struct store *st, const char *group_id, int64_t now_ms, long *cancelled,
+                       long *flagged);
+
+/* The running job that was queued first (what "the current job" of A1111's progress is).
+ * Returns 0 and fills *job (release it), FX_ENOENT when none runs, FX_EIO/FX_EBUSY. */
+int store_running_first(struct store *st, struct store_job *job);
 
 /*
  * Claims the oldest queued job for worker: running, attempts + 1, started now, step 0, its
@@ -157,8 +205,10 @@ int store_cancel(struct store *st, const char *id, int64_t now_ms, enum store_st
 /*
  * Cancels a job only while it is still queued: it becomes cancelled with error code
  * "cancelled" and the message "the client went away before the job started" (a synchronous
- * client that hung up).  A running or finished job is left untouched.  Sets *cancelled to
- * whether this call cancelled it.  Returns 0, FX_ENOENT (no such job), FX_EIO/FX_EBUSY.
+ * client that hung up).  A running or finished job is left untouched.  When the job is one
+ * of a group queued for a waiting client (kind 'sync'), the group's other queued jobs are
+ * cancelled the same way, whatever this one's state.  Sets *cancelled to whether this call
+ * cancelled the job named.  Returns 0, FX_ENOENT (no such job), FX_EIO/FX_EBUSY.
  * Thread-safe as every call here: one connection per thread.
  */
 int store_cancel_queued(struct store *st, const char *id, int64_t now_ms, bool *cancelled);

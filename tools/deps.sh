@@ -13,12 +13,13 @@
 set -eu
 
 BUILD="build-essential pkg-config ca-certificates make
-libjson-c-dev libpng-dev libsqlite3-dev sqlite3 libutf8proc-dev libsentencepiece-dev"
+libjson-c-dev libpng-dev libsqlite3-dev sqlite3 libutf8proc-dev libsentencepiece-dev
+libturbojpeg0-dev libwebp-dev"
 PYTHON="python3 python3-numpy python3-pil"
 DEBIAN_TORCH="python3-torch libtorch-dev"
 TOKENIZERS="sentencepiece python3-sentencepiece python3-regex"
 WEB="nginx-light lighttpd curl spawn-fcgi"
-TESTS="clang-format wrk python3-fastapi python3-uvicorn systemd clang libclang-rt-14-dev"
+TESTS="clang-format wrk python3-fastapi python3-uvicorn systemd clang libclang-rt-14-dev chromium"
 MONITORING="prometheus"
 
 profile=all

@@ -12,6 +12,11 @@ on the same endpoints.  Not a test: it prints one table from one run.
 fluxcgi's worker is live while wrk runs (the queued jobs are 64x64, 1 step, with one libtorch
 thread), as it would be in production.  Environment: FLUXCGI, FLUX_MODEL, SVC_TEST_DIR,
 BENCH_SECONDS (default 5), BENCH_CONNECTIONS (default 32), BENCH_ROWS (default 10000).
+
+FLUXCGI_BEFORE (another fluxcgi binary, e.g. one built from an earlier commit) adds a
+before/after table to the same run: the fast endpoints (/ping, /queue/status) of both
+binaries, each behind its own nginx, measured in turns (before, after, before, after) so that
+a change in load on the machine falls on both alike.
 """
 import json
 import os
@@ -25,6 +30,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+import tests.service.stack as stack_module  # noqa: E402
 from tests.service.stack import Stack, free_port, which_or_fail  # noqa: E402
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
@@ -159,5 +165,26 @@ def main():
               100.0 * f[0] / n[0], f[0], n[0], f[1], n[1], f[0] / a[0], a[0], a[1]))
 
 
+def before_after(before):
+    """The fast endpoints of two binaries, in turns."""
+    after = stack_module.FLUXCGI
+    print("before/after: %s | %s" % (before, after))
+    print("  %-48s %10s %10s %9s %6s" % ("endpoint", "req/s", "p99 ms", "requests", "errors"))
+    for rnd in (1, 2):
+        for label, binary in (("before", before), ("after", after)):
+            stack_module.FLUXCGI = binary
+            s = Stack("bench-%s" % label, "nginx", {"cpu_threads": "1", "threads": "4"})
+            try:
+                s.start()
+                base = "http://127.0.0.1:%d" % s.port
+                row("%-6s #%d  GET /ping" % (label, rnd), wrk(base + "/ping"))
+                row("%-6s #%d  GET /queue/status" % (label, rnd), wrk(base + "/queue/status"))
+            finally:
+                s.stop()
+    stack_module.FLUXCGI = after
+
+
 if __name__ == "__main__":
     main()
+    if os.environ.get("FLUXCGI_BEFORE"):
+        before_after(os.environ["FLUXCGI_BEFORE"])

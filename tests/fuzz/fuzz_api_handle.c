@@ -172,6 +172,9 @@ static void check(const struct api_request *rq, const struct api_response *rs)
         fail(rq, rs, "body_len without a body");
     if (strcmp(rs->content_type, "application/json") != 0 || rs->body_len == 0)
         return;
+    /* a JSON null (POST /sdapi/v1/options answers one, as A1111 does) parses to no object */
+    if (rs->body_len == 4 && memcmp(rs->body, "null", 4) == 0)
+        return;
     json_tokener *tok = json_tokener_new();
     o = json_tokener_parse_ex(tok, rs->body, (int)rs->body_len);
     if (!o || json_tokener_get_parse_end(tok) != rs->body_len) {

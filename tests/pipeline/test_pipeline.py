@@ -130,7 +130,7 @@ class Output(unittest.TestCase):
         img = Image.open(io.BytesIO(data))
         self.assertEqual(img.size, (256, 256))
         self.assertEqual(img.mode, "RGB")
-        params = json.loads(img.info["parameters"])
+        params = json.loads(img.info["fluxcgi"])
         self.assertEqual(params["prompt"], PROMPT)
         self.assertEqual(params["seed"], 77)
         self.assertEqual(params["num_inference_steps"], 2)
@@ -141,6 +141,13 @@ class Output(unittest.TestCase):
             import hashlib
             self.assertEqual(params["model_sha256"], hashlib.sha256(f.read()).hexdigest())
         self.assertTrue(params["program"].startswith("fluxcgi "))
+        # the A1111-style text that image viewers and A1111 tools read: prompt, then settings
+        text = img.info["parameters"]
+        self.assertEqual(text.split("\n")[0], PROMPT)
+        last = text.split("\n")[-1]
+        for part in ("Steps: 2", "Seed: 77", "Size: 256x256", "Distilled CFG Scale: 4.5",
+                     "Model: flux-tiny", "Model hash: " + params["model_sha256"][:10]):
+            self.assertIn(part, last)
 
     def test_count_makes_consecutive_seeds_in_one_process(self):
         pattern = os.path.join(self.tmp, "n-%d.png")
@@ -162,7 +169,7 @@ class Output(unittest.TestCase):
         info = json.loads(res.stdout)
         self.assertTrue(0 <= info["seed"] < 2 ** 53)
         with Image.open(path) as img:
-            self.assertEqual(json.loads(img.info["parameters"])["seed"], info["seed"])
+            self.assertEqual(json.loads(img.info["fluxcgi"])["seed"], info["seed"])
         for phase in ("tokenize", "encode", "denoise", "decode", "png"):
             self.assertGreaterEqual(info["timings"][phase], 0.0)
         tok = json.loads(fluxgen("tokenize", "--model", MODEL, "--prompt", PROMPT).stdout)

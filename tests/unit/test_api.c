@@ -215,26 +215,36 @@ static void test_parse(void)
         {"{\"prompt\":7}", FX_EINVAL, "prompt"},
         {"{\"prompt\":null}", FX_EINVAL, "prompt"},
         {"{\"prompt\":\"a\\u0000b\"}", FX_EINVAL, "prompt"},
-        {"{\"prompt\":\"a\",\"colour\":1}", FX_EINVAL, "body"},
-        {"{\"prompt\":\"a\",\"width\":64.0}", FX_EINVAL, "width"},
-        {"{\"prompt\":\"a\",\"width\":\"64\"}", FX_EINVAL, "width"},
+        {"{\"prompt\":\"a\",\"colour\":1}", 0, NULL}, /* ignored, named back */
+        {"{\"prompt\":\"a\",\"width\":64.0}", 0, NULL},
+        {"{\"prompt\":\"a\",\"width\":64.5}", FX_EINVAL, "width"},
+        {"{\"prompt\":\"a\",\"width\":\"64\"}", 0, NULL},
+        {"{\"prompt\":\"a\",\"width\":\"6 4\"}", FX_EINVAL, "width"},
+        {"{\"prompt\":\"a\",\"width\":\"inf\"}", FX_EINVAL, "width"},
+        {"{\"prompt\":\"a\",\"width\":\"0x40\"}", FX_EINVAL, "width"},
         {"{\"prompt\":\"a\",\"width\":-64}", FX_ERANGE, "width"},
         {"{\"prompt\":\"a\",\"width\":100}", FX_ERANGE, "width"},
         {"{\"prompt\":\"a\",\"width\":99999999999999999999}", FX_ERANGE, "width"},
         {"{\"prompt\":\"a\",\"height\":0}", FX_ERANGE, "height"},
         {"{\"prompt\":\"a\",\"num_inference_steps\":0}", FX_ERANGE, "num_inference_steps"},
         {"{\"prompt\":\"a\",\"num_inference_steps\":100000}", FX_ERANGE, "num_inference_steps"},
-        {"{\"prompt\":\"a\",\"num_inference_steps\":1e2}", FX_EINVAL, "num_inference_steps"},
+        {"{\"prompt\":\"a\",\"num_inference_steps\":2e0}", 0, NULL},
         {"{\"prompt\":\"a\",\"num_inference_steps\":true}", FX_EINVAL, "num_inference_steps"},
         {"{\"prompt\":\"a\",\"guidance_scale\":NaN}", FX_ERANGE, "guidance_scale"},
         {"{\"prompt\":\"a\",\"guidance_scale\":Infinity}", FX_ERANGE, "guidance_scale"},
         {"{\"prompt\":\"a\",\"guidance_scale\":1e400}", FX_ERANGE, "guidance_scale"},
         {"{\"prompt\":\"a\",\"guidance_scale\":-1}", FX_ERANGE, "guidance_scale"},
-        {"{\"prompt\":\"a\",\"guidance_scale\":\"3.5\"}", FX_EINVAL, "guidance_scale"},
-        {"{\"prompt\":\"a\",\"seed\":-1}", FX_ERANGE, "seed"},
+        {"{\"prompt\":\"a\",\"guidance_scale\":\"3.5\"}", 0, NULL},
+        {"{\"prompt\":\"a\",\"guidance_scale\":\"NaN\"}", FX_EINVAL, "guidance_scale"},
+        {"{\"prompt\":\"a\",\"seed\":-1}", 0, NULL}, /* random */
+        {"{\"prompt\":\"a\",\"seed\":-2}", FX_ERANGE, "seed"},
         {"{\"prompt\":\"a\",\"seed\":9007199254740992}", FX_ERANGE, "seed"},
         {"{\"prompt\":\"a\",\"seed\":1.5}", FX_EINVAL, "seed"},
-        {"{\"prompt\":\"a\",\"seed\":\"1\"}", FX_EINVAL, "seed"},
+        {"{\"prompt\":\"a\",\"seed\":\"1\"}", 0, NULL},
+        {"{\"prompt\":\"a\",\"n\":11}", FX_ERANGE, "n"},
+        {"{\"prompt\":\"a\",\"output_format\":\"gif\"}", FX_EINVAL, "output_format"},
+        {"{\"prompt\":\"a\",\"output_quality\":0}", FX_ERANGE, "output_quality"},
+        {"{\"prompt\":\"a\",\"width\":null,\"output_format\":\"jpg\"}", 0, NULL},
         {"{\"prompt\":\"a\",\"seed\":[1]}", FX_EINVAL, "seed"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -454,8 +464,11 @@ static void test_routes(void)
     expect_error("", "/ping", NULL, 405, "method_not_allowed");
     expect_error("GET", "/queue/0123456789abcdef0123456789abcdef", NULL, 405, "method_not_allowed");
     expect_error("POST", "/generate/queue", "{\"prompt\":\"a\",\"width\":65}", 422, "out_of_range");
-    expect_error("POST", "/generate/queue", "{\"prompt\":\"a\",\"bogus\":1}", 422,
-                 "invalid_argument");
+    /* an unknown field is ignored and named back (the seed's FastAPI clients send extras) */
+    rs = call("POST", "/generate/queue", "{\"prompt\":\"a\",\"bogus\":1,\"x y\":2}");
+    CHECK_INT(rs.status, 202);
+    CHECK_STR(header(&rs, "X-Ignored-Fields") ? header(&rs, "X-Ignored-Fields") : "", "bogus,x?y");
+    api_response_release(&rs);
     expect_error("POST", "/generate/queue", "not json", 400, "malformed");
     rs = call("GET", "/generate", NULL);
     CHECK_STR(header(&rs, "Allow"), "POST");
@@ -639,6 +652,188 @@ static void test_sync(void)
     api_response_release(&rs);
 }
 
+/* The schema's property names are exactly the parser's field table. */
+static void check_fields(json_object *schemas, const char *name, const char *const *table)
+{
+    json_object *sc, *props;
+    int n = 0;
+    if (!json_object_object_get_ex(schemas, name, &sc) ||
+        !json_object_object_get_ex(sc, "properties", &props)) {
+        unit_failed++;
+        fprintf(stderr, "FAIL openapi: no schema %s\n", name);
+        return;
+    }
+    for (; table[n]; n++)
+        if (!json_object_object_get_ex(props, table[n], NULL)) {
+            unit_failed++;
+            fprintf(stderr, "FAIL openapi: %s lacks the field %s\n", name, table[n]);
+        }
+    json_object_object_foreach(props, key, v)
+    {
+        (void)v;
+        if (api_field_index(table, key) < 0) {
+            unit_failed++;
+            fprintf(stderr, "FAIL openapi: %s lists %s, which the parser does not know\n", name,
+                    key);
+        }
+    }
+    CHECK_INT(json_object_object_length(props), n);
+}
+
+/* GET /openapi.json lists every route of the router with its methods and nothing else, the
+ * request schemas list the parsers' fields, and the bounds are the live ones. */
+static void test_openapi(void)
+{
+    struct api_response rs = call("GET", "/openapi.json", NULL);
+    json_object *doc = body_json(&rs), *paths, *schemas, *comp, *v;
+    size_t matched = 0;
+    CHECK_INT(rs.status, 200);
+    if (doc == NULL || !json_object_object_get_ex(doc, "paths", &paths) ||
+        !json_object_object_get_ex(doc, "components", &comp) ||
+        !json_object_object_get_ex(comp, "schemas", &schemas)) {
+        unit_failed++;
+        fprintf(stderr, "FAIL openapi: not a document\n");
+        api_response_release(&rs);
+        json_object_put(doc);
+        return;
+    }
+    CHECK_STR(jstr(doc, "openapi", NULL), "3.1.0");
+    CHECK(strstr(rs.body, "x-bounds") == NULL && strstr(rs.body, "x-default") == NULL);
+    for (size_t i = 0; i < api_route_count(); i++) {
+        bool prefix = false;
+        const char *allow = NULL, *path = api_route_path(i, &prefix, &allow);
+        json_object *item = NULL;
+        json_object_object_foreach(paths, key, val)
+        {
+            size_t k = strlen(path);
+            if (prefix ? strncmp(key, path, k) == 0 && key[k] == '{' && !strchr(key + k, '/') &&
+                             key[strlen(key) - 1] == '}'
+                       : strcmp(key, path) == 0)
+                item = val;
+        }
+        if (item == NULL) {
+            unit_failed++;
+            fprintf(stderr, "FAIL openapi: route %s%s is not in the document\n", path,
+                    prefix ? "{id}" : "");
+            continue;
+        }
+        matched++;
+        /* the methods: allow without HEAD (implied by GET), lower case, and nothing more */
+        int want = 0;
+        for (const char *m = allow; *m;) {
+            char lower[16];
+            size_t t = strcspn(m, ","), j;
+            for (j = 0; j < t && j < sizeof(lower) - 1; j++)
+                lower[j] = (char)(m[j] | 0x20);
+            lower[j] = '\0';
+            if (strcmp(lower, "head") != 0) {
+                want++;
+                if (!json_object_object_get_ex(item, lower, NULL)) {
+                    unit_failed++;
+                    fprintf(stderr, "FAIL openapi: %s lacks %s\n", path, lower);
+                }
+            }
+            m += t;
+            m += strspn(m, ", ");
+        }
+        CHECK_INT(json_object_object_length(item), want);
+    }
+    CHECK_INT((long long)matched, json_object_object_length(paths));
+    check_fields(schemas, "GenerateRequest", api_native_fields);
+    check_fields(schemas, "OpenAIImageRequest", api_openai_fields);
+    check_fields(schemas, "A1111Txt2ImgRequest", api_a1111_fields);
+    /* the live bounds and defaults */
+    json_object *w = NULL;
+    if (json_object_object_get_ex(schemas, "GenerateRequest", &v) &&
+        json_object_object_get_ex(v, "properties", &v) &&
+        json_object_object_get_ex(v, "width", &w)) {
+        CHECK_STR(jstr(w, "maximum", NULL), "2048");
+        CHECK_STR(jstr(w, "minimum", NULL), "64");
+        CHECK_STR(jstr(w, "multipleOf", NULL), "16");
+        CHECK_STR(jstr(w, "default", NULL), "64");
+    } else {
+        CHECK(w != NULL);
+    }
+    json_object_put(doc);
+    api_response_release(&rs);
+}
+
+/* The OpenAI and A1111 routes: their error shapes, their field errors, their fixed lists. */
+static void test_clients(void)
+{
+    struct api_response rs;
+    json_object *o;
+
+    rs = call("POST", "/v1/images/generations", "{\"prompt\":\"a\",\"size\":\"64x65\"}");
+    o = body_json(&rs);
+    CHECK_INT(rs.status, 422);
+    CHECK_STR(jstr(o, "error", "type"), "invalid_request_error");
+    CHECK_STR(jstr(o, "error", "param"), "size");
+    CHECK_STR(jstr(o, "error", "code"), "out_of_range");
+    json_object_put(o);
+    api_response_release(&rs);
+    rs = call("POST", "/v1/images/generations", "{\"zz\":1,\"prompt\":\"a\",\"n\":11}");
+    o = body_json(&rs);
+    CHECK_INT(rs.status, 422);
+    CHECK_STR(jstr(o, "error", "param"), "n");
+    CHECK_STR(header(&rs, "X-Ignored-Fields") ? header(&rs, "X-Ignored-Fields") : "", "zz");
+    json_object_put(o);
+    api_response_release(&rs);
+    rs = call("POST", "/v1/images/generations", "{\"prompt\":\"a\",\"response_format\":\"b64\"}");
+    o = body_json(&rs);
+    CHECK_INT(rs.status, 422);
+    CHECK_STR(jstr(o, "error", "param"), "response_format");
+    json_object_put(o);
+    api_response_release(&rs);
+    rs = call("POST", "/v1/images/generations", "nope");
+    o = body_json(&rs);
+    CHECK_INT(rs.status, 400);
+    CHECK_STR(jstr(o, "error", "type"), "invalid_request_error");
+    json_object_put(o);
+    api_response_release(&rs);
+
+    rs = call("POST", "/sdapi/v1/txt2img", "{\"prompt\":\"a\",\"batch_size\":4,\"n_iter\":3}");
+    o = body_json(&rs);
+    CHECK_INT(rs.status, 422);
+    CHECK_STR(jstr(o, "error", "code"), "out_of_range");
+    CHECK(jstr(o, "detail", NULL) && strncmp(jstr(o, "detail", NULL), "batch_size", 10) == 0);
+    json_object_put(o);
+    api_response_release(&rs);
+    rs = call("POST", "/sdapi/v1/txt2img", "{\"prompt\":\"a\",\"steps\":0}");
+    o = body_json(&rs);
+    CHECK_INT(rs.status, 422);
+    CHECK(jstr(o, "detail", NULL) && strncmp(jstr(o, "detail", NULL), "steps:", 6) == 0);
+    json_object_put(o);
+    api_response_release(&rs);
+    rs = call("GET", "/sdapi/v1/sd-models?x=1", NULL);
+    o = body_json(&rs);
+    CHECK_INT(rs.status, 200);
+    CHECK(o && json_object_array_length(o) == 1);
+    CHECK_STR(o ? jstr(json_object_array_get_idx(o, 0), "model_name", NULL) : NULL, "unit-model");
+    json_object_put(o);
+    api_response_release(&rs);
+    rs = call("GET", "/sdapi/v1/options", NULL);
+    o = body_json(&rs);
+    CHECK_STR(jstr(o, "sd_model_checkpoint", NULL), "unit-model");
+    json_object_put(o);
+    api_response_release(&rs);
+    rs = call("POST", "/sdapi/v1/options", "{\"sd_model_checkpoint\":\"x\"}");
+    CHECK_INT(rs.status, 200);
+    CHECK(rs.body_len == 4 && memcmp(rs.body, "null", 4) == 0);
+    api_response_release(&rs);
+    rs = call("GET", "/v1/models", NULL);
+    o = body_json(&rs);
+    CHECK_STR(jstr(o, "object", NULL), "list");
+    json_object_put(o);
+    api_response_release(&rs);
+    expect_error("GET", "/queue/group/xyz", NULL, 400, "invalid_id");
+    expect_error("DELETE", "/queue/group/0123456789abcdef0123456789abcdef", NULL, 404, "not_found");
+    expect_error("POST", "/queue/group/0123456789abcdef0123456789abcdef", NULL, 405,
+                 "method_not_allowed");
+    CHECK(!api_needs_store("GET", "/sdapi/v1/samplers"));
+    CHECK(api_needs_store("POST", "/sdapi/v1/txt2img"));
+}
+
 int main(int argc, char **argv)
 {
     char dir[] = "/tmp/fx-api-XXXXXX", path[256], msg[512] = "";
@@ -673,6 +868,8 @@ int main(int argc, char **argv)
     test_sync();
     test_needs_store();
     test_events();
+    test_openapi();
+    test_clients();
 
     /* a configured default outside the bounds is refused */
     struct api_ctx bad;

@@ -1,6 +1,6 @@
 /* The job store on a temp file with the real schema: queue order and bounds, claim,
- * progress and cancel, completion with the PNG, restart recovery, retention, migrations,
- * and two connections racing to claim. */
+ * progress and cancel, completion with the PNG, restart recovery, retention, migrations, job
+ * groups, and two connections racing to claim. */
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/mount.h>
@@ -775,6 +775,114 @@ static void test_bad_files(void)
     store_close(NULL);
 }
 
+/* ---- migration 3: job groups ------------------------------------------------------------ */
+
+static void test_groups(void)
+{
+    char saved[256], gid[33], ids[3][33];
+    struct store *st;
+    struct store_job *jobs = NULL, j;
+    struct store_new_job nj[3];
+    long pos = 0, counts[STORE_NSTATES], c = 0, f = 0;
+    bool cancelled = true;
+    int n = 0;
+    static const char params[] =
+        "{\"prompt\":\"p\",\"guidance_scale\":3.5,\"num_inference_steps\":4,"
+        "\"width\":64,\"height\":64,\"seed\":1}";
+
+    snprintf(saved, sizeof(saved), "%s", path);
+    snprintf(path, sizeof(path), "%s/groups.db", dir);
+    st = open_store();
+    if (st == NULL)
+        return;
+    for (int i = 0; i < 3; i++) {
+        id_of(700 + i, ids[i]);
+        nj[i] = (struct store_new_job){ids[i], params, 10 + (uint64_t)i, 4};
+    }
+    id_of(799, gid);
+    /* n > 1 needs a group; n < 1 is refused */
+    CHECK_INT(store_enqueue_group(st, NULL, false, NULL, nj, 2, 1, 10, NULL), FX_EINVAL);
+    CHECK_INT(store_enqueue_group(st, gid, false, NULL, nj, 0, 1, 10, NULL), FX_EINVAL);
+    CHECK_INT(store_enqueue_group(st, gid, false, "{\"api\":\"openai\"}", nj, 3, 1, 10, &pos), 0);
+    CHECK_INT(pos, 1);
+    CHECK_INT(store_group(st, gid, &jobs, &n), 0);
+    CHECK_INT(n, 3);
+    for (int i = 0; i < n && jobs; i++) {
+        CHECK_STR(jobs[i].id, ids[i]);
+        CHECK_STR(jobs[i].group_id, gid);
+        CHECK_INT(jobs[i].group_index, i);
+        CHECK_INT(jobs[i].group_size, 3);
+        CHECK_INT(jobs[i].position, i + 1);
+        CHECK_INT((long long)jobs[i].seed, 10 + i);
+        CHECK_STR(jobs[i].reply ? jobs[i].reply : "", "{\"api\":\"openai\"}");
+    }
+    store_group_release(jobs, n);
+    CHECK_INT(store_group(st, "00000000000000000000000000000999", &jobs, &n), FX_ENOENT);
+    /* a job alone has no group and no reply */
+    CHECK_INT(enqueue(st, 750, 10, NULL), 0);
+    id_of(750, ids[0]);
+    CHECK_INT(store_get(st, ids[0], &j), 0);
+    CHECK_STR(j.group_id, "");
+    CHECK(j.reply == NULL);
+    store_job_release(&j);
+    /* all or none: 4 queued, room for 5, a group of 2 is refused whole */
+    {
+        char more[2][33], g2[33];
+        struct store_new_job m[2];
+        id_of(761, more[0]);
+        id_of(762, more[1]);
+        id_of(769, g2);
+        m[0] = (struct store_new_job){more[0], params, 1, 4};
+        m[1] = (struct store_new_job){more[1], params, 2, 4};
+        CHECK_INT(store_enqueue_group(st, g2, false, NULL, m, 2, 2, 5, NULL), FX_EFULL);
+        CHECK_INT(store_counts(st, counts), 0);
+        CHECK_INT(counts[STORE_QUEUED], 4);
+        CHECK_INT(store_get(st, more[0], &j), FX_ENOENT);
+    }
+    /* the first job runs; cancelling the group cancels two and flags one */
+    CHECK_INT(store_running_first(st, &j), FX_ENOENT);
+    CHECK_INT(store_claim(st, "w", 5, 60000, &j), 0);
+    CHECK_STR(j.group_id, gid);
+    store_job_release(&j);
+    CHECK_INT(store_running_first(st, &j), 0);
+    CHECK_INT(j.group_index, 0);
+    store_job_release(&j);
+    CHECK_INT(store_cancel_group(st, gid, 6, &c, &f), 0);
+    CHECK_INT(c, 2);
+    CHECK_INT(f, 1);
+    CHECK_INT(store_group(st, gid, &jobs, &n), 0);
+    CHECK_INT(n == 3 && jobs[0].state == STORE_RUNNING && jobs[0].cancel, 1);
+    CHECK_INT(n == 3 && jobs[1].state == STORE_CANCELLED && jobs[2].state == STORE_CANCELLED, 1);
+    store_group_release(jobs, n);
+    CHECK_INT(store_cancel_group(st, gid, 7, &c, &f), 0);
+    CHECK_INT(c, 0);
+    CHECK_INT(f, 1); /* still running: flagged again, nothing new */
+    store_close(st);
+
+    /* a waiting client of a group goes away: its queued images are cancelled, even when the
+     * one it waits on already runs */
+    unlink(path);
+    st = open_store();
+    if (st == NULL)
+        return;
+    for (int i = 0; i < 3; i++)
+        id_of(800 + i, ids[i]);
+    id_of(899, gid);
+    for (int i = 0; i < 3; i++)
+        nj[i] = (struct store_new_job){ids[i], params, (uint64_t)i, 4};
+    CHECK_INT(store_enqueue_group(st, gid, true, NULL, nj, 3, 1, 10, NULL), 0);
+    CHECK_INT(store_claim(st, "w", 2, 60000, &j), 0);
+    store_job_release(&j);
+    CHECK_INT(store_cancel_queued(st, ids[0], 3, &cancelled), 0);
+    CHECK_INT(cancelled, 0);
+    CHECK_INT(store_counts(st, counts), 0);
+    CHECK_INT(counts[STORE_CANCELLED], 2);
+    CHECK_INT(counts[STORE_RUNNING], 1);
+    store_close(st);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s", saved);
+}
+
 int main(int argc, char **argv)
 {
     unit_parse_args(argc, argv);
@@ -792,6 +900,7 @@ int main(int argc, char **argv)
     test_cancel_queued();
     test_counts_and_purge();
     test_migrate_v1();
+    test_groups();
     test_cancel_survives_stop();
     test_leases();
     test_disk_full();
