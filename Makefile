@@ -110,7 +110,7 @@ endif
 
 CORE_C    := core/err.c core/text.c core/tok_clip.c core/sched.c core/sha256.c core/npy.c \
              core/pngw.c core/manifest.c core/pipeline.c core/plugin.c core/tok_t5_dl.c \
-             shim/shim_dl.c
+             core/plan.c shim/shim_dl.c
 CORE_OBJ  := $(CORE_C:%.c=$(BUILD)/obj/%.o)
 SAN_OBJ   := $(CORE_C:%.c=$(BUILD)/san/%.o)
 CORE_LIB  := $(BUILD)/libfluxcore.a
@@ -204,11 +204,13 @@ $(BUILD)/san/lib/libfluxshim.so: $(BUILD)/san/pic/shim/shim.o
 	@echo "  SO san  $@"
 	$(Q)$(CXX) $(SAN_FLAGS) -shared -Wl,-Bsymbolic -Wl,--no-undefined -o $@ $^ $(TORCH_LIBS)
 
-$(FLUXGEN): $(BUILD)/obj/cli/fluxgen.o $(BUILD)/obj/cli/generate.o $(CORE_LIB) | $(PLUGINS)
+$(FLUXGEN): $(BUILD)/obj/cli/fluxgen.o $(BUILD)/obj/cli/generate.o $(BUILD)/obj/cli/plan.o \
+            $(CORE_LIB) | $(PLUGINS)
 	@echo "  LINK    $@"
 	$(Q)$(CC) -o $@ $^ $(C_DEPS_LIBS)
 
-$(SAN_FLUXGEN): $(BUILD)/san/cli/fluxgen.o $(BUILD)/san/cli/generate.o $(SAN_LIB) | $(SAN_PLUGINS)
+$(SAN_FLUXGEN): $(BUILD)/san/cli/fluxgen.o $(BUILD)/san/cli/generate.o $(BUILD)/san/cli/plan.o \
+                $(SAN_LIB) | $(SAN_PLUGINS)
 	@echo "  LINK san $@"
 	$(Q)$(CC) $(SAN_FLAGS) -o $@ $^ $(C_DEPS_LIBS)
 

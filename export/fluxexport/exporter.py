@@ -151,7 +151,8 @@ def clip_special_ids(vocab_path):
             from None
 
 
-def build_manifest(ck, name, dtype_name, device, modules, sources, weights=None):
+def build_manifest(ck, name, dtype_name, device, modules, sources, weights=None,
+                   attention=None):
     bos, eos = clip_special_ids(os.path.join(ck.tokenizer_dir, "vocab.json"))
     ap = ck.ae_params
     return {
@@ -163,7 +164,7 @@ def build_manifest(ck, name, dtype_name, device, modules, sources, weights=None)
         "layout": ck.layout,
         "dtype": dtype_name,
         "weights": weights or dtype_name,
-        "attention": "sdpa" if HAS_SDPA else "explicit",
+        "attention": attention or ("sdpa" if HAS_SDPA else "explicit"),
         "device": device,
         "modules": {
             "clip_text": dict(modules["clip"], params=ck.clip_params.to_dict(),
@@ -199,15 +200,16 @@ def build_manifest(ck, name, dtype_name, device, modules, sources, weights=None)
     }
 
 
-def check_weights(weights, dtype_name):
-    """Raises WeightsError when the format cannot be written here (fp8 on an old torch) or does
-    not go with the compute dtype (plain weights are stored in it)."""
+def check_weights(weights, dtype_name, manifest_only=False):
+    """Raises WeightsError when the format cannot be written here (fp8 on an old torch: a
+    manifest-only dir makes no tensors and may plan it) or does not go with the compute dtype
+    (plain weights are stored in it)."""
     if weights is None or weights == dtype_name:
         return
     if weights in quant.PLAIN:
         raise WeightsError(f"--weights {weights} with --dtype {dtype_name}: plain weights are "
                            f"stored in the compute dtype; use --dtype {weights}")
-    if weights == "fp8" and quant.fp8_refusal():
+    if weights == "fp8" and quant.fp8_refusal() and not manifest_only:
         raise WeightsError(quant.fp8_refusal())
     if weights not in quant.QUANTISED:
         raise WeightsError(f"--weights {weights}: not one of {', '.join(quant.FORMATS)}")
@@ -218,14 +220,19 @@ class WeightsError(ValueError):
 
 
 def write_model_dir(ck, out, source_root, name, dtype_name, device, force, verify, progress,
-                    weights=None, manifest_only=False):
+                    weights=None, manifest_only=False, attention=None):
     """Writes the model dir for a resolved checkpoint (anything with the Checkpoint interface:
     params, tokenizer dirs, source_files() and load()). Assembled in a temporary sibling and
     renamed into place; nothing is left behind on failure. weights: a quant.FORMATS name for
     the transformer's and T5's block layers (None: plain, in dtype_name). manifest_only: no
     module files, only the manifest (and tokenizers) with the sizes the export would have,
-    for `fluxgen --plan` at sizes that cannot be exported here; marked "manifest_only"."""
-    check_weights(weights, dtype_name)
+    for `fluxgen --plan` at sizes that cannot be exported here; marked "manifest_only";
+    attention ("sdpa" or "explicit") then names the target torch's attention path (default:
+    this torch's)."""
+    check_weights(weights, dtype_name, manifest_only)
+    if attention and not manifest_only:
+        raise WeightsError("the attention path is the exporting torch's; it can only be chosen "
+                           "for a manifest-only dir")
     dtype = DTYPES[dtype_name]
     out = os.path.abspath(out)
     if os.path.exists(out) and not force:
@@ -253,7 +260,8 @@ def write_model_dir(ck, out, source_root, name, dtype_name, device, force, verif
             os.makedirs(os.path.join(tmp, sub))
             for n in names:
                 shutil.copyfile(os.path.join(src_dir, n), os.path.join(tmp, sub, n))
-        manifest = build_manifest(ck, name, dtype_name, device, modules, sources, weights)
+        manifest = build_manifest(ck, name, dtype_name, device, modules, sources, weights,
+                                  attention)
         if manifest_only:
             manifest["manifest_only"] = True
         with open(os.path.join(tmp, "manifest.json"), "w") as f:

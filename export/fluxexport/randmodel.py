@@ -105,6 +105,9 @@ def main(cmd, argv):
                     help="storage of the block linear layers (as fluxexport export)")
     ap.add_argument("--manifest-only", action="store_true",
                     help="write only manifest.json with the sizes (no module files)")
+    ap.add_argument("--attention", choices=("sdpa", "explicit"), default=None,
+                    help="with --manifest-only: the target torch's attention path (default: "
+                         "this torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default=None)
     ap.add_argument("--force", action="store_true")
@@ -128,7 +131,8 @@ def main(cmd, argv):
         ck = RandomCheckpoint(params, args.tokenizers, args.seed)
         name = args.name or (f"flux-random-{args.dims}-{args.depth}+{args.single}")
         exporter.write_model_dir(ck, args.out, args.tokenizers, name, args.dtype, device,
-                                 args.force, False, progress, args.weights, args.manifest_only)
+                                 args.force, False, progress, args.weights, args.manifest_only,
+                                 args.attention)
     except exporter.WeightsError as e:
         print(f"fluxexport: error: {e}", file=sys.stderr)
         return 2
