@@ -310,6 +310,8 @@ SAN_SVC_LIB := $(BUILD)/san/libfluxsvc.a
 SVC_LIBS    = $(shell pkg-config --libs sqlite3)
 FLUXCGI    := $(BUILD)/fluxcgi
 SVC_UNIT   := test_store test_config test_api test_fcgi_proto
+# test_plan also checks the service's use of the plan (api_ctx_limits)
+SVC_UNIT   += test_plan
 SVC_UNIT_BIN := $(SVC_UNIT:%=$(BUILD)/unit/%)
 SAN_SVC_UNIT_BIN := $(SVC_UNIT:%=$(BUILD)/san/unit/%)
 C_SRC_ALL  += $(wildcard sql/*.c sql/*.h fcgi/*.c fcgi/*.h)
