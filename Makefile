@@ -271,9 +271,11 @@ test-c: test-unit test-tok test-san
 
 # The C pipeline against the Python reference on the tiny model (issue: parity, noise,
 # determinism, PNG, error exits).
-test-pipeline: $(FLUXGEN) tiny-model
+# test_formats also exports the tiny checkpoint with --weights and runs fluxcgi --check.
+test-pipeline: $(FLUXGEN) $(FLUXCGI) tiny-model
 	@echo "  TEST    pipeline (fluxgen vs the Python reference)"
-	$(Q)FLUXGEN=$(FLUXGEN) FLUX_MODEL=$(TINY_DIR) $(PYTHON) -m unittest discover \
+	$(Q)FLUXGEN=$(FLUXGEN) FLUXCGI=$(FLUXCGI) TINY_SRC=$(TINY_SRC) FLUX_MODEL=$(TINY_DIR) \
+		$(PYTHON) -m unittest discover \
 		-s tests/pipeline -t . $(if $(V),-v,)
 
 bench: bench-tok bench-pipeline
