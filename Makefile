@@ -41,6 +41,8 @@ help:
 	@echo "make bench           bench-tok, bench-pipeline and bench-service (not tests)"
 	@echo "make bench-tok       tokenizer prompts/s: C next to the Python implementations"
 	@echo "make bench-pipeline  fluxgen per phase next to the Python reference pipeline"
+	@echo "make bench-formats   accuracy of the weight formats (int8, int4, fp8) against fp32"
+	@echo "make vram-table      GPU memory per weight format and placement, full model (plan)"
 	@echo "make bench-service   wrk: fluxcgi+nginx next to the seed's FastAPI+uvicorn app"
 	@echo "make clean           remove $(BUILD)/"
 	@echo "make help            this list"
@@ -138,7 +140,7 @@ BENCH_CLIP := $(REAL_CLIP)
 BENCH_T5   := $(REAL_T5)
 
 .PHONY: c test-c test-unit test-tok test-san test-pipeline bench bench-tok bench-pipeline \
-	format-check
+	bench-formats vram-table format-check
 
 c: $(CORE_LIB) $(FLUXGEN) $(PLUGINS)
 
@@ -286,6 +288,17 @@ bench-tok: $(BENCH_BIN) $(TOK_TINY)/.stamp
 
 bench-pipeline: $(FLUXGEN) tiny-model
 	$(Q)$(PYTHON) tests/bench/bench_pipeline.py --fluxgen $(FLUXGEN) --model $(TINY_DIR)
+
+# The VRAM table of docs/operations.md: manifest-only dirs of the full layout, fluxgen plan.
+vram-table: $(FLUXGEN) tiny-model
+	$(Q)$(PYTHON) tests/bench/vram_table.py --fluxgen $(FLUXGEN) --tokenizers $(TINY_DIR) \
+		--work $(BUILD)/vram
+
+# Not a test: accuracy of the weight formats against fp32 weights (a 3072-wide layer, the tiny
+# model and a 512-wide 8 + 16 block random model at 256^2 and 512^2, 8 steps); docs/formats.md
+bench-formats: tiny-model
+	$(Q)nice $(PYTHON) tests/bench/bench_formats.py --tiny-src $(TINY_SRC) \
+		--json $(BUILD)/bench-formats.json
 
 format-check:
 	@echo "  FORMAT  $(words $(C_SRC_ALL)) files"
