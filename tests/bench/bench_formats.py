@@ -10,6 +10,10 @@
    bf16 (what plain bf16 storage loses) so that every row isolates the weight format.
 
     python3 tests/bench/bench_formats.py --tiny-src build/tiny-src [--json OUT]
+        [--models tiny,medium] [--sizes 256,512] [--formats bf16,int8,int4] [--no-layer]
+
+(On a shared 2-core CPU the medium model takes about 10 CPU-minutes per run at 256^2 and
+more than twice that at 512^2; --models/--sizes/--formats run a part.)
 """
 
 import argparse
@@ -84,7 +88,7 @@ def layer_errors():
     return rows
 
 
-def pipeline_errors(name, mods, clip_ids, t5_ids, sizes, steps):
+def pipeline_errors(name, mods, clip_ids, t5_ids, sizes, steps, formats):
     rows = []
     clip, t5, tr, ae = mods
     for w, h in sizes:
@@ -93,7 +97,7 @@ def pipeline_errors(name, mods, clip_ids, t5_ids, sizes, steps):
                                                                 3.5, 0)
         secs = time.monotonic() - t0
         lat0, px0 = ref["latents"][-1], ref["pixels"].numpy().astype(int)
-        for fmt in FORMATS:
+        for fmt in formats:
             p = Pipeline(clip, with_format(t5, "t5", fmt), with_format(tr, "transformer", fmt),
                          ae, torch.float32)
             res = p.generate(clip_ids, t5_ids, w, h, steps, 3.5, 0)
@@ -120,22 +124,33 @@ def main():
     ap.add_argument("--tiny-src", required=True, help="tiny checkpoints (make tiny-model)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--json", help="write the numbers here too")
+    ap.add_argument("--models", default="tiny,medium")
+    ap.add_argument("--sizes", default="256,512")
+    ap.add_argument("--formats", default=",".join(FORMATS))
+    ap.add_argument("--no-layer", action="store_true", help="skip the 3072-wide layer")
     args = ap.parse_args()
+    formats = [f for f in args.formats.split(",") if f]
+    models = args.models.split(",")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     out = {"formats": FORMATS, "torch": torch.__version__}
     print("per layer (3072 x 3072) ...", file=sys.stderr, flush=True)
-    out["layer"] = layer_errors()
-    sizes = [(256, 256), (512, 512)]
+    out["layer"] = [] if args.no_layer else layer_errors()
+    sizes = [(int(s), int(s)) for s in args.sizes.split(",")]
     ck = open_checkpoint(os.path.join(args.tiny_src, "bfl"))
     mods = [ck.load(p) for p in ("clip", "t5", "transformer", "ae")]
     clip_ids, t5_ids = token_ids(ck.clip_params.vocab_size, 320)
-    print("tiny model ...", file=sys.stderr, flush=True)
-    out["pipeline"] = pipeline_errors("tiny", mods, clip_ids, t5_ids, sizes, args.steps)
-    med = RandomCheckpoint(medium_params(ck.clip_params.vocab_size, 8, 16),
-                           os.path.join(args.tiny_src, "bfl"), 0)
-    mods = [med.load(p, device="cpu") for p in ("clip", "t5", "transformer", "ae")]
-    print("medium model (512 wide, 8 + 16 blocks) ...", file=sys.stderr, flush=True)
-    out["pipeline"] += pipeline_errors("medium", mods, clip_ids, t5_ids, sizes, args.steps)
+    out["pipeline"] = []
+    if "tiny" in models:
+        print("tiny model ...", file=sys.stderr, flush=True)
+        out["pipeline"] += pipeline_errors("tiny", mods, clip_ids, t5_ids, sizes, args.steps,
+                                           formats)
+    if "medium" in models:
+        med = RandomCheckpoint(medium_params(ck.clip_params.vocab_size, 8, 16),
+                               os.path.join(args.tiny_src, "bfl"), 0)
+        mods = [med.load(p, device="cpu") for p in ("clip", "t5", "transformer", "ae")]
+        print("medium model (512 wide, 8 + 16 blocks) ...", file=sys.stderr, flush=True)
+        out["pipeline"] += pipeline_errors("medium", mods, clip_ids, t5_ids, sizes, args.steps,
+                                           formats)
 
     print("\n| weights | format | weight rel. RMS | output rel. RMS |\n|---|---|---|---|")
     for r in out["layer"]:
