@@ -66,6 +66,7 @@ def layer_errors():
     x = torch.randn(256, n, generator=g)
     rows = []
     weights = {"gaussian": torch.randn(n, n, generator=g) / n ** 0.5}
+    torch.manual_seed(0)  # StudentT draws from the global generator
     t = torch.distributions.StudentT(3.0).sample((n, n))
     weights["student-t (3 dof)"] = t / t.std() / n ** 0.5
     for kind, w in weights.items():
