@@ -47,6 +47,8 @@ help:
 	@echo "make bench           bench-tok, bench-pipeline and bench-service (not tests)"
 	@echo "make bench-tok       tokenizer prompts/s: C next to the Python implementations"
 	@echo "make bench-pipeline  fluxgen per phase next to the Python reference pipeline"
+	@echo "make bench-formats   accuracy of the weight formats (int8, int4, fp8) against fp32"
+	@echo "make vram-table      GPU memory per weight format and placement, full model (plan)"
 	@echo "make bench-service   wrk: nginx alone, fluxcgi+nginx and the seed's FastAPI app"
 	@echo "make vendor-docs     fetch Swagger UI (SWAGGER_UI_VERSION) from npm into conf/docs/"
 	@echo "make clean           remove $(BUILD)/"
@@ -132,7 +134,7 @@ TORCH_STD := $(BUILD)/cxxstd/torch$(subst /,_,$(TORCH_DIR))
 
 CORE_C    := core/err.c core/text.c core/tok_clip.c core/sched.c core/sha256.c core/npy.c \
              core/pngw.c core/imgw.c core/manifest.c core/pipeline.c core/plugin.c core/tok_t5_dl.c \
-             shim/shim_dl.c
+             core/plan.c shim/shim_dl.c
 CORE_OBJ  := $(CORE_C:%.c=$(BUILD)/obj/%.o)
 SAN_OBJ   := $(CORE_C:%.c=$(BUILD)/san/%.o)
 CORE_LIB  := $(BUILD)/libfluxcore.a
@@ -160,7 +162,7 @@ BENCH_CLIP := $(REAL_CLIP)
 BENCH_T5   := $(REAL_T5)
 
 .PHONY: c test-c test-unit test-tok test-san test-pipeline bench bench-tok bench-pipeline \
-	format-check
+	bench-formats vram-table format-check
 
 c: $(CORE_LIB) $(FLUXGEN) $(PLUGINS)
 
@@ -237,11 +239,13 @@ $(BUILD)/san/lib/libfluxshim.so: $(BUILD)/san/pic/shim/shim.o
 	@echo "  SO san  $@"
 	$(Q)$(CXX) $(SAN_FLAGS) -shared -Wl,-Bsymbolic -Wl,--no-undefined -o $@ $^ $(TORCH_LIBS)
 
-$(FLUXGEN): $(BUILD)/obj/cli/fluxgen.o $(BUILD)/obj/cli/generate.o $(CORE_LIB) | $(PLUGINS)
+$(FLUXGEN): $(BUILD)/obj/cli/fluxgen.o $(BUILD)/obj/cli/generate.o $(BUILD)/obj/cli/plan.o \
+            $(CORE_LIB) | $(PLUGINS)
 	@echo "  LINK    $@"
 	$(Q)$(CC) -o $@ $^ $(C_DEPS_LIBS)
 
-$(SAN_FLUXGEN): $(BUILD)/san/cli/fluxgen.o $(BUILD)/san/cli/generate.o $(SAN_LIB) | $(SAN_PLUGINS)
+$(SAN_FLUXGEN): $(BUILD)/san/cli/fluxgen.o $(BUILD)/san/cli/generate.o $(BUILD)/san/cli/plan.o \
+                $(SAN_LIB) | $(SAN_PLUGINS)
 	@echo "  LINK san $@"
 	$(Q)$(CC) $(SAN_FLAGS) -o $@ $^ $(C_DEPS_LIBS)
 
@@ -302,9 +306,11 @@ test-c: test-unit test-tok test-san
 
 # The C pipeline against the Python reference on the tiny model (issue: parity, noise,
 # determinism, PNG, error exits).
-test-pipeline: $(FLUXGEN) tiny-model
+# test_formats also exports the tiny checkpoint with --weights and runs fluxcgi --check.
+test-pipeline: $(FLUXGEN) $(FLUXCGI) tiny-model
 	@echo "  TEST    pipeline (fluxgen vs the Python reference)"
-	$(Q)FLUXGEN=$(FLUXGEN) FLUX_MODEL=$(TINY_DIR) $(PYTHON) -m unittest discover \
+	$(Q)FLUXGEN=$(FLUXGEN) FLUXCGI=$(FLUXCGI) TINY_SRC=$(TINY_SRC) FLUX_MODEL=$(TINY_DIR) \
+		$(PYTHON) -m unittest discover \
 		-s tests/pipeline -t . $(if $(V),-v,)
 
 bench: bench-tok bench-pipeline
@@ -334,6 +340,17 @@ check-cuda-compile: $(TORCH_STD)
 		exit 1; fi
 	@echo "  OK      the CUDA side of the shim compiles; no direct CUDA runtime calls"
 
+# The VRAM table of docs/operations.md: manifest-only dirs of the full layout, fluxgen plan.
+vram-table: $(FLUXGEN) tiny-model
+	$(Q)$(PYTHON) tests/bench/vram_table.py --fluxgen $(FLUXGEN) --tokenizers $(TINY_DIR) \
+		--work $(BUILD)/vram
+
+# Not a test: accuracy of the weight formats against fp32 weights (a 3072-wide layer, the tiny
+# model and a 512-wide 8 + 16 block random model at 256^2 and 512^2, 8 steps); docs/formats.md
+bench-formats: tiny-model
+	$(Q)nice $(PYTHON) tests/bench/bench_formats.py --tiny-src $(TINY_SRC) \
+		--json $(BUILD)/bench-formats.json
+
 format-check:
 	@echo "  FORMAT  $(words $(C_SRC_ALL)) files"
 	$(Q)clang-format --dry-run -Werror $(C_SRC_ALL)
@@ -360,6 +377,8 @@ SAN_SVC_LIB := $(BUILD)/san/libfluxsvc.a
 SVC_LIBS    = $(shell pkg-config --libs sqlite3)
 FLUXCGI    := $(BUILD)/fluxcgi
 SVC_UNIT   := test_store test_config test_api test_fcgi_proto
+# test_plan also checks the service's use of the plan (api_ctx_limits)
+SVC_UNIT   += test_plan
 SVC_UNIT_BIN := $(SVC_UNIT:%=$(BUILD)/unit/%)
 SAN_SVC_UNIT_BIN := $(SVC_UNIT:%=$(BUILD)/san/unit/%)
 C_SRC_ALL  += $(wildcard sql/*.c sql/*.h fcgi/*.c fcgi/*.h)

@@ -22,4 +22,7 @@ int cli_opt_value(int argc, char **argv, int *i, const char *name, const char **
 /* fluxgen [generate] --model DIR --prompt TEXT ... -o FILE */
 int cmd_generate(int argc, char **argv);
 
+/* fluxgen plan --model DIR ... (also fluxgen --plan): the memory plan, cli/plan.c */
+int cmd_plan(int argc, char **argv);
+
 #endif

@@ -3,6 +3,7 @@
  *
  *   fluxgen [generate] --model DIR --prompt TEXT [options] -o OUT.png   (cli/generate.c)
  *   fluxgen tokenize (--model DIR | --clip DIR --t5 FILE) (--prompt TEXT | --stdin)
+ *   fluxgen plan --model DIR [...]   (also fluxgen --plan ...; cli/plan.c)
  *   fluxgen --version | --help
  *
  * Each subcommand is one function taking (argc, argv) after the subcommand name and
@@ -251,12 +252,14 @@ out:
 static const struct subcommand subcommands[] = {
     {"generate", cmd_generate, "make an image (the default: 'fluxgen --model DIR ...')"},
     {"tokenize", cmd_tokenize, "print the CLIP and T5 token ids of prompts as JSON"},
+    {"plan", cmd_plan, "the memory plan: device and host bytes per placement ('--plan')"},
 };
 
 static void usage(FILE *f)
 {
     fputs("usage: fluxgen COMMAND [ARGS]    ('fluxgen COMMAND --help' for its options)\n"
           "       fluxgen --model DIR ...   (the same as 'fluxgen generate --model DIR ...')\n"
+          "       fluxgen --plan --model DIR ... (the same as 'fluxgen plan --model DIR ...')\n"
           "       fluxgen --version | --help\n"
           "\n"
           "commands:\n",
@@ -280,6 +283,8 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
+    if (strcmp(argv[1], "--plan") == 0)
+        return cmd_plan(argc - 2, argv + 2);
     if (strcmp(argv[1], "--version") == 0) {
         printf("fluxgen %s\n", FX_VERSION);
         return fflush(stdout) == 0 ? 0 : EXIT_FAIL;

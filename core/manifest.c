@@ -75,6 +75,20 @@ static int get_int(json_object *root, const char *path, long lo, long hi, int *o
     return 0;
 }
 
+static int get_i64(json_object *root, const char *path, int64_t lo, int64_t *out, char *msg,
+                   size_t len)
+{
+    json_object *o = at(root, path);
+    if (o == NULL || !json_object_is_type(o, json_type_int))
+        return fx_fail(msg, len, FX_EFORMAT, "manifest.json: '%s' must be an integer", path);
+    errno = 0;
+    int64_t v = json_object_get_int64(o);
+    if (v < lo || errno == ERANGE)
+        return fx_fail(msg, len, FX_EFORMAT, "manifest.json: '%s' is out of range", path);
+    *out = v;
+    return 0;
+}
+
 static int get_num(json_object *root, const char *path, double *out, char *msg, size_t len)
 {
     json_object *o = at(root, path);
@@ -114,6 +128,154 @@ static int get_path(json_object *root, const char *path, const char *dir, char *
                        path, rel);
     if ((size_t)snprintf(dst, MANIFEST_PATH_MAX, "%s/%s", dir, rel) >= MANIFEST_PATH_MAX)
         return fx_fail(msg, len, FX_EFORMAT, "manifest.json: '%s' makes a path too long", path);
+    return 0;
+}
+
+static const char *const weight_names[] = {"fp32", "bf16", "int8", "fp8", "int4"};
+#define N_WEIGHTS (int)(sizeof(weight_names) / sizeof(weight_names[0]))
+
+const char *manifest_weights_name(int weights)
+{
+    return weights >= 0 && weights < N_WEIGHTS ? weight_names[weights] : "?";
+}
+
+static int weights_index(const char *s)
+{
+    for (int i = 0; i < N_WEIGHTS; i++)
+        if (strcmp(s, weight_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+/* modules.KEY's format and memory figures.  Plain weights must be in the compute dtype;
+ * quantised ones are allowed where quantise is set (the transformer and T5). */
+static int parse_module_mem(json_object *j, const char *key, int dtype, int quantise,
+                            struct fx_manifest_module *mod, char *msg, size_t len)
+{
+    char path[96], fmt[16];
+    int rc;
+    mod->weights = dtype;
+    snprintf(path, sizeof(path), "modules.%s.weights", key);
+    if (at(j, path) != NULL) {
+        snprintf(path, sizeof(path), "modules.%s.weights.format", key);
+        if ((rc = get_str(j, path, fmt, sizeof(fmt), msg, len)))
+            return rc;
+        mod->weights = weights_index(fmt);
+        if (mod->weights < 0)
+            return fx_fail(msg, len, FX_EFORMAT,
+                           "manifest.json: '%s' is '%s', not one of fp32, bf16, int8, fp8, int4",
+                           path, fmt);
+        if (mod->weights <= FX_WEIGHTS_BF16 && mod->weights != dtype)
+            return fx_fail(msg, len, FX_EFORMAT,
+                           "manifest.json: '%s' is '%s' but the model's dtype is '%s' (plain "
+                           "weights are stored in the compute dtype)",
+                           path, fmt, weight_names[dtype]);
+        if (mod->weights > FX_WEIGHTS_BF16 && !quantise)
+            return fx_fail(msg, len, FX_EFORMAT,
+                           "manifest.json: '%s' is '%s'; only the transformer and T5 are "
+                           "quantised",
+                           path, fmt);
+        if (mod->weights > FX_WEIGHTS_BF16) {
+            snprintf(path, sizeof(path), "modules.%s.weights.dequant_bytes", key);
+            if ((rc = get_i64(j, path, 0, &mod->dequant_bytes, msg, len)))
+                return rc;
+        }
+    }
+    /* older manifests have no param_bytes: the file's size is close (a few kB of code) */
+    snprintf(path, sizeof(path), "modules.%s.param_bytes", key);
+    if (at(j, path) == NULL)
+        snprintf(path, sizeof(path), "modules.%s.bytes", key);
+    return get_i64(j, path, 1, &mod->param_bytes, msg, len);
+}
+
+/* The figures core/plan.h works from: formats, bytes and dimensions. */
+static int parse_memory(json_object *j, struct fx_manifest *m, char *msg, size_t len)
+{
+    const char *tp = "modules.transformer.params.", *t5 = "modules.t5_encoder.params.",
+               *cp = "modules.clip_text.params.", *ap = "modules.ae_decoder.params.";
+    char p[96], s[16];
+    json_object *o;
+    int rc, dtype = m->bf16 ? FX_WEIGHTS_BF16 : FX_WEIGHTS_FP32;
+    if ((rc = parse_module_mem(j, "clip_text", dtype, 0, &m->clip, msg, len)) ||
+        (rc = parse_module_mem(j, "t5_encoder", dtype, 1, &m->t5, msg, len)) ||
+        (rc = parse_module_mem(j, "transformer", dtype, 1, &m->transformer, msg, len)) ||
+        (rc = parse_module_mem(j, "ae_decoder", dtype, 0, &m->ae, msg, len)))
+        return rc;
+    m->weights = m->transformer.weights;
+    if (at(j, "weights") != NULL) {
+        if ((rc = get_str(j, "weights", s, sizeof(s), msg, len)))
+            return rc;
+        if (weights_index(s) != m->weights)
+            return fx_fail(msg, len, FX_EFORMAT,
+                           "manifest.json: 'weights' is '%s' but the transformer's format is '%s'",
+                           s, weight_names[m->weights]);
+    }
+    /* absent (older exports): the explicit path, which needs more memory */
+    m->sdpa = 0;
+    if (at(j, "attention") != NULL) {
+        if ((rc = get_str(j, "attention", s, sizeof(s), msg, len)))
+            return rc;
+        if (strcmp(s, "sdpa") != 0 && strcmp(s, "explicit") != 0)
+            return fx_fail(msg, len, FX_EFORMAT,
+                           "manifest.json: 'attention' is '%s', not sdpa or explicit", s);
+        m->sdpa = strcmp(s, "sdpa") == 0;
+    }
+    o = at(j, "manifest_only");
+    m->manifest_only =
+        o != NULL && json_object_is_type(o, json_type_boolean) && json_object_get_boolean(o);
+#define DIM(prefix, key, lo, hi, dst)                                                              \
+    (snprintf(p, sizeof(p), "%s%s", prefix, key), get_int(j, p, lo, hi, dst, msg, len))
+    if ((rc = DIM(tp, "hidden_size", 1, 1 << 20, &m->hidden)) ||
+        (rc = DIM(tp, "mlp_hidden", 1, 1 << 22, &m->mlp_hidden)) ||
+        (rc = DIM(tp, "num_heads", 1, 4096, &m->heads)) ||
+        (rc = DIM(tp, "depth", 0, 4096, &m->depth)) ||
+        (rc = DIM(tp, "depth_single_blocks", 0, 4096, &m->depth_single)) ||
+        (rc = DIM(t5, "d_model", 1, 1 << 20, &m->t5_dim)) ||
+        (rc = DIM(t5, "d_ff", 1, 1 << 22, &m->t5_ff)) ||
+        (rc = DIM(t5, "num_heads", 1, 4096, &m->t5_heads)) ||
+        (rc = DIM(t5, "d_kv", 1, 1 << 16, &m->t5_dkv)) ||
+        (rc = DIM(t5, "num_layers", 1, 4096, &m->t5_layers)) ||
+        (rc = DIM(cp, "hidden_size", 1, 1 << 20, &m->clip_dim)) ||
+        (rc = DIM(cp, "intermediate_size", 1, 1 << 22, &m->clip_ff)) ||
+        (rc = DIM(cp, "num_attention_heads", 1, 4096, &m->clip_heads)) ||
+        (rc = DIM(ap, "ch", 1, 1 << 16, &m->ae_ch)) ||
+        (rc = DIM(ap, "num_res_blocks", 0, 64, &m->ae_res_blocks)) ||
+        (rc = get_int(j, "tokenizers.t5.max_length", 1, 1 << 16, &m->t5_len, msg, len)) ||
+        (rc = get_int(j, "tokenizers.clip.max_length", 1, 1 << 16, &m->clip_len, msg, len)))
+        return rc;
+#undef DIM
+    o = at(j, "modules.ae_decoder.params.ch_mult");
+    if (o == NULL || !json_object_is_type(o, json_type_array) || json_object_array_length(o) < 1 ||
+        json_object_array_length(o) > 8)
+        return fx_fail(msg, len, FX_EFORMAT,
+                       "manifest.json: 'modules.ae_decoder.params.ch_mult' must be 1 to 8 "
+                       "integers");
+    m->ae_levels = (int)json_object_array_length(o);
+    for (int i = 0; i < m->ae_levels; i++) {
+        json_object *e = json_object_array_get_idx(o, (size_t)i);
+        int64_t v = json_object_is_type(e, json_type_int) ? json_object_get_int64(e) : 0;
+        if (v < 1 || v > 64)
+            return fx_fail(msg, len, FX_EFORMAT,
+                           "manifest.json: 'modules.ae_decoder.params.ch_mult' must be 1 to 8 "
+                           "integers from 1 to 64");
+        m->ae_ch_mult[i] = (int)v;
+    }
+    if (m->hidden % m->heads)
+        return fx_fail(msg, len, FX_EFORMAT,
+                       "manifest.json: transformer hidden_size is not a multiple of num_heads");
+    /* block sizes: absent in older manifests (0: the stream plan says so) */
+    if (at(j, "modules.transformer.double_block_bytes") != NULL &&
+        ((rc = get_i64(j, "modules.transformer.double_block_bytes", 0, &m->double_block_bytes, msg,
+                       len)) ||
+         (rc = get_i64(j, "modules.transformer.single_block_bytes", 0, &m->single_block_bytes, msg,
+                       len))))
+        return rc;
+    if (m->double_block_bytes > INT64_MAX / 8192 || m->single_block_bytes > INT64_MAX / 8192 ||
+        m->depth * m->double_block_bytes + m->depth_single * m->single_block_bytes >
+            m->transformer.param_bytes)
+        return fx_fail(msg, len, FX_EFORMAT,
+                       "manifest.json: the transformer's block bytes add up to more than its "
+                       "param_bytes");
     return 0;
 }
 
@@ -192,7 +354,7 @@ static int parse(json_object *j, const char *dir, struct fx_manifest *m, char *m
     if (m->multiple_of % 16 || m->min_size % m->multiple_of || m->max_size % m->multiple_of ||
         m->min_size > m->max_size)
         return fx_fail(msg, len, FX_EFORMAT, "manifest.json: inconsistent size limits");
-    return 0;
+    return parse_memory(j, m, msg, len);
 }
 
 /* 1 when dir/name exists and is a directory (mode S_IFDIR) or a regular file (S_IFREG). */

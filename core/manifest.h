@@ -8,6 +8,21 @@
  * context, CLIP hidden = transformer vector), sequence lengths 77 and 512, defaults and size
  * limits.  Paths in the struct are the model dir joined with the file names.
  *
+ * Weight formats (chosen at export, `fluxexport export --weights`): each module records its
+ * format in modules.M.weights.format: the compute dtype (plain weights), or for the
+ * transformer and T5 a quantised one, int8, fp8 or int4, whose scripted modules dequantise
+ * inside their forward (nothing changes on the C side).  Checked: a known name, plain for
+ * CLIP and the AE, quantised ones only for the transformer and T5, and the top-level
+ * "weights" (when present) equal to the transformer's.
+ *
+ * Memory figures for the plan (core/plan.h): modules.M.param_bytes (the parameters in their
+ * stored format; older manifests without it: the module file's size, "bytes"),
+ * modules.M.weights.dequant_bytes (the transient a quantised layer makes when it runs) and
+ * modules.transformer.double_block_bytes / single_block_bytes (one block of each kind: what
+ * the stream placement moves), and the dimensions the activation formulas need (read from
+ * the modules' params).  A manifest with "manifest_only": true has the sizes of an export but
+ * no module files (fluxexport random-model --manifest-only): good for a plan, not for loading.
+ *
  * A loaded manifest is immutable and may be shared by threads.
  */
 #ifndef FX_MANIFEST_H
@@ -19,6 +34,25 @@
 #define MANIFEST_FORMAT "fluxcgi-model"
 #define MANIFEST_VERSION 1
 #define MANIFEST_PATH_MAX 4096
+
+/* How a module's weights are stored (manifest modules.M.weights.format). */
+enum fx_weights {
+    FX_WEIGHTS_FP32,
+    FX_WEIGHTS_BF16,
+    FX_WEIGHTS_INT8,
+    FX_WEIGHTS_FP8,
+    FX_WEIGHTS_INT4
+};
+
+/* "fp32", "bf16", "int8", "fp8", "int4"; "?" for anything else.  Thread-safe. */
+const char *manifest_weights_name(int weights);
+
+/* What the memory plan needs of one module. */
+struct fx_manifest_module {
+    int weights;           /* an enum fx_weights */
+    int64_t param_bytes;   /* parameters and buffers in their stored format */
+    int64_t dequant_bytes; /* largest transient weight a quantised layer makes; 0 if plain */
+};
 
 struct fx_manifest {
     char name[128];
@@ -34,6 +68,17 @@ struct fx_manifest {
     int default_steps, default_width, default_height;
     double default_guidance;
     int multiple_of, min_size, max_size;
+    /* memory figures and dimensions for core/plan.h */
+    int weights;       /* the transformer's format (the model's headline format) */
+    int sdpa;          /* 1: attention through scaled_dot_product_attention (fused kernels
+                          on CUDA), 0: the explicit softmax(q k^T) v of old torch versions */
+    int manifest_only; /* 1: no module files (sizes only) */
+    struct fx_manifest_module clip, t5, transformer, ae;
+    int64_t double_block_bytes, single_block_bytes;         /* one transformer block of each kind */
+    int hidden, mlp_hidden, heads, depth, depth_single;     /* transformer */
+    int t5_dim, t5_ff, t5_heads, t5_dkv, t5_layers, t5_len; /* T5 encoder */
+    int clip_dim, clip_ff, clip_heads, clip_len;            /* CLIP text encoder */
+    int ae_ch, ae_levels, ae_res_blocks, ae_ch_mult[8];     /* AE decoder */
 };
 
 /*

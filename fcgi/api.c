@@ -11,6 +11,7 @@
 
 #include "../core/err.h"
 #include "../core/manifest.h"
+#include "../core/plan.h"
 #include "api_int.h"
 
 _Static_assert(STORE_ID_LEN >= JOBID_MAX, "the store must hold the longest job id");
@@ -288,10 +289,43 @@ void api_response_release(struct api_response *rs)
     }
 }
 
+/* The memory plan against cfg->device_memory: the default image must fit (else FX_EDEVICE),
+ * and max_size drops to the largest square side that fits. */
+static int fit_device_memory(struct api_ctx *ctx, const struct fx_manifest *m,
+                             const struct fx_config *cfg, bool *lowered, char *msg, size_t msg_len)
+{
+    struct fx_plan pl;
+    int64_t mem = (int64_t)cfg->device_memory;
+    const char *dev = cfg->device[0] ? cfg->device : NULL;
+    int side, rc;
+    rc = plan_compute(m, FX_PLACE_RESIDENT, ctx->defaults.width, ctx->defaults.height, dev, &pl,
+                      msg, msg_len);
+    if (rc)
+        return rc;
+    if (pl.device_total > mem)
+        return fx_fail(msg, msg_len, FX_EDEVICE,
+                       "model '%s' does not fit device_memory %lld bytes: the memory plan needs "
+                       "%lld at the default %dx%d (weights %lld, activations %lld, overhead "
+                       "%lld; `fluxgen plan --model DIR` shows it); export with smaller weights "
+                       "(fluxexport export --weights int8 or int4) or lower default_width / "
+                       "default_height",
+                       m->name, (long long)mem, (long long)pl.device_total, ctx->defaults.width,
+                       ctx->defaults.height, (long long)pl.weights_device,
+                       (long long)pl.activation_peak, (long long)pl.overhead);
+    side = plan_max_size(m, FX_PLACE_RESIDENT, dev, mem, ctx->limits.min_size, ctx->limits.max_size,
+                         ctx->limits.multiple_of);
+    if (side > 0 && side < ctx->limits.max_size) {
+        ctx->limits.max_size = side;
+        *lowered = true;
+    }
+    return 0;
+}
+
 int api_ctx_limits(struct api_ctx *ctx, const struct fx_manifest *m, const struct fx_config *cfg,
                    char *msg, size_t msg_len)
 {
     const char *field = NULL;
+    bool lowered_by_memory = false;
     int rc;
     fx_limits_default(&ctx->limits, m);
     if (cfg->max_size && cfg->max_size < ctx->limits.max_size)
@@ -307,6 +341,9 @@ int api_ctx_limits(struct api_ctx *ctx, const struct fx_manifest *m, const struc
     ctx->defaults.prompt = "warm-up";
     ctx->defaults.prompt_len = strlen("warm-up");
     ctx->defaults.has_seed = true;
+    if (cfg->device_memory > 0 &&
+        (rc = fit_device_memory(ctx, m, cfg, &lowered_by_memory, msg, msg_len)) != 0)
+        return rc;
     rc = fx_request_validate(&ctx->defaults, &ctx->limits, &field, msg, msg_len);
     ctx->defaults.prompt = NULL;
     ctx->defaults.prompt_len = 0;
@@ -314,7 +351,8 @@ int api_ctx_limits(struct api_ctx *ctx, const struct fx_manifest *m, const struc
     if (rc && msg && msg_len) {
         char tmp[256];
         snprintf(tmp, sizeof(tmp), "%s", msg);
-        snprintf(msg, msg_len, "the configured defaults do not fit the limits: %s", tmp);
+        snprintf(msg, msg_len, "the configured defaults do not fit the limits: %s%s", tmp,
+                 lowered_by_memory ? " (max_size lowered to what fits device_memory)" : "");
     }
     return rc;
 }

@@ -68,8 +68,11 @@ struct api_ctx {
 /*
  * Fills ctx->limits and ctx->defaults from the model manifest and the config: the
  * manifest's values, with the config's default_* replacing them and max_size / max_steps
- * lowering the bounds.  Returns 0, or FX_ERANGE with msg set when a configured default is
- * outside the bounds.
+ * lowering the bounds.  With cfg->device_memory set, the memory plan (core/plan.h, resident,
+ * on cfg->device or the manifest's) lowers max_size to the largest square side that fits, so
+ * that a larger request gets the usual 422 naming the bound.  Returns 0, FX_ERANGE with msg
+ * set when a configured default is outside the bounds, or FX_EDEVICE with msg set when the
+ * model does not fit the device memory at its default size (the service must not start).
  */
 int api_ctx_limits(struct api_ctx *ctx, const struct fx_manifest *m, const struct fx_config *cfg,
                    char *msg, size_t msg_len);

@@ -128,9 +128,10 @@ static int parse_duration(struct ctx *x, const char *v, int64_t lo_ms, int64_t h
 
 static int parse_size(struct ctx *x, const char *v, int64_t lo, int64_t hi, int64_t *out)
 {
-    static const char *const units[] = {" bytes", "k", "K", "M", NULL};
-    static const int64_t scale[] = {1, 1024, 1024, 1024 * 1024};
-    return parse_scaled(x, v, units, scale, lo, hi, "a size (bytes, or a number with k or M)", out);
+    static const char *const units[] = {" bytes", "k", "K", "M", "G", NULL};
+    static const int64_t scale[] = {1, 1024, 1024, 1024 * 1024, 1024 * 1024 * 1024};
+    return parse_scaled(x, v, units, scale, lo, hi, "a size (bytes, or a number with k, M or G)",
+                        out);
 }
 
 static int parse_path(struct ctx *x, const char *v, const char *base, char *dst, size_t n)
@@ -247,6 +248,7 @@ static const struct key keys[] = {
     {"default_guidance", K_DOUBLE, OFF(default_guidance), 0, 100},
     {"max_size", K_INT, OFF(max_size), 16, 65536},
     {"max_steps", K_INT, OFF(max_steps), 1, 1000},
+    {"device_memory", K_SIZE, OFF(device_memory), 0, 1L << 50},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 

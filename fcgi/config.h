@@ -8,7 +8,7 @@
  * key.  Relative paths (socket, db, model, log) are relative to the file's folder.
  *
  *   durations: an integer with an optional unit ms, s, m or h (no unit: seconds)
- *   sizes:     an integer with an optional unit k or M (1024-based; no unit: bytes)
+ *   sizes:     an integer with an optional unit k, M or G (1024-based; no unit: bytes)
  *   booleans:  yes/no, true/false, on/off, 1/0
  *
  * A parsed config is a plain struct that threads may share read-only.
@@ -58,6 +58,10 @@ struct fx_config {
     int default_steps, default_width, default_height;
     double default_guidance; /* < 0: the manifest's */
     int max_size, max_steps; /* tighten the model's limits (max_steps default 100) */
+    /* the device's memory for the memory plan (core/plan.h), 0 (default): unknown, not
+     * checked; else the service refuses to start when the model does not fit at its default
+     * size, and max_size is lowered to the largest square that fits (api_ctx_limits) */
+    size_t device_memory;
 };
 
 /* Fills the defaults above (db and model empty). */

@@ -34,6 +34,7 @@
 
 #include "../core/err.h"
 #include "../core/manifest.h"
+#include "../core/plan.h"
 #include "../core/version.h"
 #include "../sql/store.h"
 #include "api.h"
@@ -277,7 +278,7 @@ int main(int argc, char **argv)
     if (rc) {
         fprintf(stderr, "fluxcgi: %s: %s\n", config, msg);
         manifest_free(svc.man);
-        return 2;
+        return rc == FX_EDEVICE ? 1 : 2; /* a model too large for the device: cannot start */
     }
     if (check) {
         const char *paths[3][2] = {{"db", svc.cfg.db},
@@ -292,6 +293,16 @@ int main(int argc, char **argv)
         }
         printf("fluxcgi: %s: ok (model '%s', defaults %dx%d, %d steps)\n", config, svc.man->name,
                svc.api.defaults.width, svc.api.defaults.height, svc.api.defaults.steps);
+        {
+            /* the memory plan at the largest size requests may ask for (core/plan.h) */
+            struct fx_plan pl;
+            int side = svc.api.limits.max_size;
+            if (plan_compute(svc.man, FX_PLACE_RESIDENT, side, side,
+                             svc.cfg.device[0] ? svc.cfg.device : NULL, &pl, msg, sizeof(msg)) == 0)
+                plan_print_text(stdout, &pl, (int64_t)svc.cfg.device_memory);
+            else
+                printf("memory plan: %s\n", msg);
+        }
         manifest_free(svc.man);
         return 0;
     }

@@ -2,10 +2,14 @@
 
     python3 -m fluxexport export --source DIR -o OUT [--layout auto|bfl|diffusers]
         [--transformer FILE] [--ae FILE] [--device cpu|cuda|cuda:N] [--dtype fp32|bf16]
-        [--name NAME] [--force] [--verify] [--quiet]
+        [--weights fp32|bf16|int8|fp8|int4] [--name NAME] [--force] [--verify] [--quiet]
 
 Writes OUT/manifest.json, clip_text.pt, t5_encoder.pt, transformer.pt, ae_decoder.pt (scripted
-TorchScript: one transformer file serves every width x height), and the tokenizer files. The
+TorchScript: one transformer file serves every width x height), and the tokenizer files.
+--dtype is the compute dtype; --weights the storage of the linear layers inside the
+transformer's and T5's blocks (quant.py: int8, fp8 or int4, dequantised inside the scripted
+modules; default: plain weights in the compute dtype). The manifest records the format and
+the parameter bytes of each module, which the C memory plan (core/plan.h) reads. The
 model dir is assembled in a temporary sibling folder and renamed into place at the end, so a
 failure leaves nothing half-written. Exit status: 0 ok, 1 bad checkpoint or input, 2 bad
 arguments, 3 other failure (I/O, torch).
@@ -23,13 +27,15 @@ import time
 
 import torch
 
-from . import PYTHON_HINT, __version__, sampling
+from . import PYTHON_HINT, __version__, quant, sampling
 from .checkpoint import open_checkpoint
+from .layers import HAS_SDPA
 from .stio import CheckpointError
 
 FORMAT = "fluxcgi-model"
 FORMAT_VERSION = 1
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MODULE_FILES = {"clip": "clip_text.pt", "t5": "t5_encoder.pt", "transformer": "transformer.pt",
                 "ae": "ae_decoder.pt"}
 CLIP_MAX_LENGTH = 77
@@ -95,11 +101,20 @@ def example_inputs(part, ck, dtype, device):
             torch.full((1,), 3.5, dtype=dtype, device=device))
 
 
-def export_module(ck, part, path, dtype, device, progress, verify, hash_files=True):
-    """Scripts and saves one part; returns its manifest entry (sha256 None without hash_files)."""
+def export_module(ck, part, path, dtype, device, progress, verify, weights=None,
+                  hash_files=True):
+    """Loads, quantises (transformer and T5, when weights is a quantised format), scripts and
+    saves one part. Returns its manifest entry: file, bytes, sha256 (None without hash_files),
+    weights and the memory figures of quant.memory_record."""
     progress(f"loading {part}")
     module = ck.load(part, dtype, device,
                      progress=lambda i, n: progress(f"  {part}: {i}/{n} tensors"))
+    fmt = weights if (weights in quant.QUANTISED and part in quant.PREFIXES) \
+        else DTYPE_NAMES[dtype]
+    if fmt in quant.QUANTISED:
+        progress(f"quantising {part} to {fmt}")
+    wrec = quant.quantise_module(module, part, fmt, dtype)
+    mem = quant.memory_record(module, part)
     progress(f"scripting {part}")
     scripted = torch.jit.script(module)
     progress(f"saving {part}")
@@ -115,8 +130,18 @@ def export_module(ck, part, path, dtype, device, progress, verify, hash_files=Tr
         if not torch.isfinite(out.float()).all():
             raise RuntimeError(f"{part}: the exported module gives non-finite values")
         del m
-    return {"file": os.path.basename(path), "bytes": os.path.getsize(path),
-            "sha256": sha256_file(path) if hash_files else None}
+    return dict({"file": os.path.basename(path), "bytes": os.path.getsize(path),
+                 "sha256": sha256_file(path) if hash_files else None, "weights": wrec}, **mem)
+
+
+def plan_module(ck, part, dtype, weights):
+    """The manifest entry export_module would write, from shapes alone (ck.meta(part, dtype)
+    gives the module on the meta device): for a manifest-only model dir at the real sizes."""
+    fmt = weights if (weights in quant.QUANTISED and part in quant.PREFIXES) \
+        else DTYPE_NAMES[dtype]
+    wrec, mem = quant.planned_record(ck.meta(part, dtype), part, fmt, dtype)
+    return dict({"file": MODULE_FILES[part], "bytes": mem["param_bytes"], "sha256": "",
+                 "weights": wrec}, **mem)
 
 
 def clip_special_ids(vocab_path):
@@ -129,7 +154,8 @@ def clip_special_ids(vocab_path):
             from None
 
 
-def build_manifest(ck, name, dtype_name, device, modules, sources):
+def build_manifest(ck, name, dtype_name, device, modules, sources, weights=None,
+                   attention=None):
     bos, eos = clip_special_ids(os.path.join(ck.tokenizer_dir, "vocab.json"))
     ap = ck.ae_params
     return {
@@ -140,6 +166,8 @@ def build_manifest(ck, name, dtype_name, device, modules, sources):
         "exporter": {"version": __version__, "torch": torch.__version__},
         "layout": ck.layout,
         "dtype": dtype_name,
+        "weights": weights or dtype_name,
+        "attention": attention or ("sdpa" if HAS_SDPA else "explicit"),
         "device": device,
         "modules": {
             "clip_text": dict(modules["clip"], params=ck.clip_params.to_dict(),
@@ -175,14 +203,42 @@ def build_manifest(ck, name, dtype_name, device, modules, sources):
     }
 
 
+def check_weights(weights, dtype_name, manifest_only=False):
+    """Raises WeightsError when the format cannot be written here (fp8 on an old torch: a
+    manifest-only dir makes no tensors and may plan it) or does not go with the compute dtype
+    (plain weights are stored in it)."""
+    if weights is None or weights == dtype_name:
+        return
+    if weights in quant.PLAIN:
+        raise WeightsError(f"--weights {weights} with --dtype {dtype_name}: plain weights are "
+                           f"stored in the compute dtype; use --dtype {weights}")
+    if weights == "fp8" and quant.fp8_refusal() and not manifest_only:
+        raise WeightsError(quant.fp8_refusal())
+    if weights not in quant.QUANTISED:
+        raise WeightsError(f"--weights {weights}: not one of {', '.join(quant.FORMATS)}")
+
+
+class WeightsError(ValueError):
+    """A weight format this exporter cannot write with these arguments or this torch."""
+
+
 def write_model_dir(ck, out, source_root, name, dtype_name, device, force, verify, progress,
-                    hash_files=True, reuse=None, extra=None):
+                    weights=None, manifest_only=False, attention=None, hash_files=True,
+                    reuse=None, extra=None):
     """Writes the model dir for a resolved checkpoint (anything with the Checkpoint interface:
     params, tokenizer dirs, source_files() and load()). Assembled in a temporary sibling and
-    renamed into place; nothing is left behind on failure. hash_files=False leaves the
-    modules' sha256 out (None); reuse maps a part to (file path, manifest entry) of a module
-    already written with the same weights, hard-linked (or copied) instead of exported;
-    extra adds top-level manifest keys."""
+    renamed into place; nothing is left behind on failure. weights: a quant.FORMATS name for
+    the transformer's and T5's block layers (None: plain, in dtype_name). manifest_only: no
+    module files, only the manifest (and tokenizers) with the sizes the export would have,
+    for `fluxgen --plan` at sizes that cannot be exported here; marked "manifest_only";
+    attention ("sdpa" or "explicit") then names the target torch's attention path (default:
+    this torch's). hash_files=False leaves the modules' sha256 out (None); reuse maps a part to
+    (file path, manifest entry) of a module already written with the same weights,
+    hard-linked (or copied) instead of exported; extra adds top-level manifest keys."""
+    check_weights(weights, dtype_name, manifest_only)
+    if attention and not manifest_only:
+        raise WeightsError("the attention path is the exporting torch's; it can only be chosen "
+                           "for a manifest-only dir")
     dtype = DTYPES[dtype_name]
     out = os.path.abspath(out)
     if os.path.exists(out) and not force:
@@ -200,7 +256,9 @@ def write_model_dir(ck, out, source_root, name, dtype_name, device, force, verif
         modules = {}
         for part in ("clip", "t5", "transformer", "ae"):
             dst = os.path.join(tmp, MODULE_FILES[part])
-            if reuse and part in reuse:
+            if manifest_only:
+                modules[part] = plan_module(ck, part, dtype, weights)
+            elif reuse and part in reuse:
                 src, entry = reuse[part]
                 progress(f"reusing {part} from {src}")
                 try:
@@ -208,17 +266,19 @@ def write_model_dir(ck, out, source_root, name, dtype_name, device, force, verif
                 except OSError:
                     shutil.copyfile(src, dst)
                 modules[part] = dict(entry, file=MODULE_FILES[part])
-                continue
-            modules[part] = export_module(ck, part, dst, dtype, device, progress, verify,
-                                          hash_files)
+            else:
+                modules[part] = export_module(ck, part, dst, dtype, device, progress, verify,
+                                              weights, hash_files)
         for sub, names in (("tokenizer", ("vocab.json", "merges.txt")),
                            ("tokenizer_2", ("spiece.model",))):
             src_dir = ck.tokenizer_dir if sub == "tokenizer" else ck.tokenizer2_dir
             os.makedirs(os.path.join(tmp, sub))
             for n in names:
                 shutil.copyfile(os.path.join(src_dir, n), os.path.join(tmp, sub, n))
-        manifest = dict(build_manifest(ck, name, dtype_name, device, modules, sources),
-                        **(extra or {}))
+        manifest = dict(build_manifest(ck, name, dtype_name, device, modules, sources, weights,
+                                       attention), **(extra or {}))
+        if manifest_only:
+            manifest["manifest_only"] = True
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2)
             f.write("\n")
@@ -237,13 +297,14 @@ def write_model_dir(ck, out, source_root, name, dtype_name, device, force, verif
 
 
 def run(args, progress):
+    check_weights(args.weights, args.dtype)
     device = parse_device(args.device)
     progress(f"reading checkpoint headers under '{args.source}'")
     ck = open_checkpoint(args.source, args.layout, args.transformer, args.ae,
                          [int(a) for a in args.axes_dim.split(",")] if args.axes_dim else None)
     progress(f"layout {ck.layout}; transformer {ck.flux_params.to_dict()}")
     write_model_dir(ck, args.out, args.source, args.name, args.dtype, device, args.force,
-                    args.verify, progress)
+                    args.verify, progress, args.weights)
 
 
 def main(cmd, argv):
@@ -260,7 +321,12 @@ def main(cmd, argv):
     ap.add_argument("--ae", help="BFL autoencoder file (default: SOURCE/ae.safetensors)")
     ap.add_argument("--axes-dim", help="RoPE axes, e.g. 16,56,56 (default: from the head dim)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (trace target)")
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                    help="compute dtype (and storage of everything not quantised)")
+    ap.add_argument("--weights", choices=quant.FORMATS, default=None,
+                    help="storage of the linear layers in the transformer's and T5's blocks: "
+                         "int8 (half of bf16), fp8 (torch 2.1+), int4 (0.27 of bf16); "
+                         "default: plain, in --dtype")
     ap.add_argument("--name", default="flux1-krea-dev", help="model name for the manifest")
     ap.add_argument("--force", action="store_true", help="replace an existing model dir")
     ap.add_argument("--verify", action="store_true", help="run each saved module once")
@@ -272,7 +338,7 @@ def main(cmd, argv):
     except CheckpointError as e:
         print(f"fluxexport: error: {e}", file=sys.stderr)
         return 1
-    except argparse.ArgumentTypeError as e:
+    except (argparse.ArgumentTypeError, WeightsError) as e:
         print(f"fluxexport: error: {e}", file=sys.stderr)
         return 2
     except (OSError, RuntimeError, ValueError) as e:

@@ -114,8 +114,9 @@ class T5DenseGatedGelu(nn.Module):
         self.act = nn.GELU(approximate="tanh")
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.act(self.wi_0(x)) * self.wi_1(x)
-        return self.wo(h.to(self.wo.weight.dtype))
+        # h is in x's dtype already (all weights share it); wo may be a quantised module
+        # without a float weight, so its dtype is not asked for
+        return self.wo(self.act(self.wi_0(x)) * self.wi_1(x))
 
 
 class T5LayerFF(nn.Module):
