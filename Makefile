@@ -307,7 +307,7 @@ test-c: test-unit test-tok test-san
 # The C pipeline against the Python reference on the tiny model (issue: parity, noise,
 # determinism, PNG, error exits).
 # test_formats also exports the tiny checkpoint with --weights and runs fluxcgi --check.
-test-pipeline: $(FLUXGEN) $(FLUXCGI) tiny-model
+test-pipeline: $(FLUXGEN) $(BUILD)/fluxcgi tiny-model
 	@echo "  TEST    pipeline (fluxgen vs the Python reference)"
 	$(Q)FLUXGEN=$(FLUXGEN) FLUXCGI=$(FLUXCGI) TINY_SRC=$(TINY_SRC) FLUX_MODEL=$(TINY_DIR) \
 		$(PYTHON) -m unittest discover \
