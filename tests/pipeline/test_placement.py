@@ -152,5 +152,31 @@ class Placement(unittest.TestCase):
         self.assertEqual(res.returncode, 0, res.stderr)
 
 
+class Check(unittest.TestCase):
+    """fluxcgi --check prints the configured placement and plans it; a bad value is refused."""
+
+    def check(self, placement, extra=""):
+        with tempfile.TemporaryDirectory(prefix="fluxtest-place-") as tmp:
+            conf = os.path.join(tmp, "fluxcgi.conf")
+            with open(conf, "w") as f:
+                f.write(f"db = {tmp}/jobs.db\nmodel = {os.path.abspath(MODEL)}\n"
+                        f"placement = {placement}\n{extra}")
+            return subprocess.run([os.environ.get("FLUXCGI", "build/fluxcgi"), "--config", conf,
+                                   "--check"], capture_output=True, text=True)
+
+    def test_check(self):
+        for placement in ("resident", "encoders-offload", "stream"):
+            res = self.check(placement)
+            self.assertEqual(res.returncode, 0, res.stderr)
+            self.assertIn(f"placement: {placement}, weights fp32", res.stdout)
+            self.assertIn(f"memory plan: placement {placement}", res.stdout)
+        res = self.check("auto", "default_width = 64\ndefault_height = 64\ndevice_memory = 1G\n")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertIn("placement: resident (auto)", res.stdout)  # the CPU: resident
+        res = self.check("offload")
+        self.assertEqual(res.returncode, 2, res.stdout)
+        self.assertIn("'offload' is not resident, encoders-offload, stream or auto", res.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()
