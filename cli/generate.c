@@ -405,8 +405,9 @@ int cmd_generate(int argc, char **argv)
     status = EXIT_RUNTIME;
 
     double t_load = seconds();
-    struct fx_pipeline_params pp = {model, device ? device : man->device, (int)threads, placement,
-                                    device_memory};
+    struct fx_pipeline_params pp = {
+        model,     device ? device : man->device, (int)threads, placement, device_memory, req.width,
+        req.height}; /* auto plans for the image asked for */
     rc = fx_pipeline_load(&pp, &pipe, msg, sizeof(msg));
     if (rc) {
         fprintf(stderr, "fluxgen: model '%s': %s\n", model, msg[0] ? msg : fx_strerror(rc));

@@ -190,19 +190,12 @@ int fx_pipeline_load(const struct fx_pipeline_params *pp, struct fx_pipeline **o
     }
     shim_params_default(&sp);
     sp.device = pp->device ? pp->device : "cpu";
-    if (pp->placement == NULL || pp->placement[0] == '\0') {
-        p->placement = FX_PLACE_RESIDENT;
-    } else if (strcmp(pp->placement, "auto") == 0) {
-        rc = plan_auto_placement(p->man, sp.device, pp->device_memory, p->man->default_width,
-                                 p->man->default_height, &p->placement, msg, msg_len);
-        if (rc)
-            goto out;
-    } else if (plan_placement_parse(pp->placement, &p->placement) != 0) {
-        rc = fx_fail(msg, msg_len, FX_EINVAL,
-                     "placement '%s': must be resident, encoders-offload, stream or auto",
-                     pp->placement);
+    rc = plan_resolve_placement(p->man, pp->placement, sp.device, pp->device_memory,
+                                pp->plan_width > 0 ? pp->plan_width : p->man->default_width,
+                                pp->plan_height > 0 ? pp->plan_height : p->man->default_height,
+                                &p->placement, msg, msg_len);
+    if (rc)
         goto out;
-    }
     sp.placement = p->placement == FX_PLACE_STREAM             ? SHIM_PLACE_STREAM
                    : p->placement == FX_PLACE_ENCODERS_OFFLOAD ? SHIM_PLACE_ENCODERS_OFFLOAD
                                                                : SHIM_PLACE_RESIDENT;

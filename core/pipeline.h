@@ -65,10 +65,11 @@ struct fx_pipeline_params {
     const char *device; /* "cpu", "cuda", "cuda:N"; NULL: "cpu" */
     int cpu_threads;    /* 0: libtorch's default */
     /* Where the weights live (core/plan.h, shim/shim.h): "resident", "encoders-offload",
-     * "stream" or "auto" (plan_auto_placement with device_memory at the manifest's default
-     * size); NULL or "": resident. */
+     * "stream" or "auto" (plan_resolve_placement with device_memory at plan_width x
+     * plan_height); NULL or "": resident. */
     const char *placement;
-    int64_t device_memory; /* bytes of device memory for "auto"; 0: unknown (resident) */
+    int64_t device_memory;       /* bytes of device memory for "auto"; 0: unknown (resident) */
+    int plan_width, plan_height; /* the image size "auto" plans for; 0: the manifest's default */
 };
 
 /*

@@ -185,6 +185,21 @@ int plan_auto_placement(const struct fx_manifest *m, const char *device, int64_t
                    (long long)device_bytes, width, height, (long long)pl.device_total);
 }
 
+int plan_resolve_placement(const struct fx_manifest *m, const char *name, const char *device,
+                           int64_t device_bytes, int width, int height, enum fx_placement *out,
+                           char *msg, size_t msg_len)
+{
+    *out = FX_PLACE_RESIDENT;
+    if (name == NULL || name[0] == '\0')
+        return 0;
+    if (strcmp(name, "auto") == 0)
+        return plan_auto_placement(m, device, device_bytes, width, height, out, msg, msg_len);
+    if (plan_placement_parse(name, out) != 0)
+        return fx_fail(msg, msg_len, FX_EINVAL,
+                       "placement '%s': must be resident, encoders-offload, stream or auto", name);
+    return 0;
+}
+
 int plan_max_size(const struct fx_manifest *m, enum fx_placement p, const char *device,
                   int64_t device_bytes, int min_size, int max_size, int multiple_of)
 {

@@ -126,6 +126,17 @@ int plan_auto_placement(const struct fx_manifest *m, const char *device, int64_t
                         int width, int height, enum fx_placement *out, char *msg, size_t msg_len);
 
 /*
+ * A configured placement name ("resident", "encoders-offload", "stream", or "auto", which
+ * plan_auto_placement resolves with the other arguments; NULL or "": resident) as the
+ * placement that will run.  Returns 0 with *out set, FX_EINVAL for an unknown name, or
+ * plan_auto_placement's errors.  For the loader and for checks of the plan against
+ * device_memory, so that both use the same placement.
+ */
+int plan_resolve_placement(const struct fx_manifest *m, const char *name, const char *device,
+                           int64_t device_bytes, int width, int height, enum fx_placement *out,
+                           char *msg, size_t msg_len);
+
+/*
  * Parses a byte count as the config files write sizes: digits with an optional unit k/K, M
  * or G (1024-based; no unit: bytes).  Returns 0, or FX_EINVAL (not that form) / FX_ERANGE
  * (over 2^60).

@@ -300,10 +300,9 @@ int main(int argc, char **argv)
             const char *dev = svc.cfg.device[0] ? svc.cfg.device : NULL;
             enum fx_placement place = FX_PLACE_RESIDENT;
             bool is_auto = strcmp(svc.cfg.placement, "auto") == 0;
-            int prc = is_auto ? plan_auto_placement(svc.man, dev, (int64_t)svc.cfg.device_memory,
-                                                    svc.api.defaults.width, svc.api.defaults.height,
-                                                    &place, msg, sizeof(msg))
-                              : plan_placement_parse(svc.cfg.placement, &place);
+            int prc = plan_resolve_placement(svc.man, svc.cfg.placement, dev,
+                                             (int64_t)svc.cfg.device_memory, svc.api.defaults.width,
+                                             svc.api.defaults.height, &place, msg, sizeof(msg));
             if (prc == 0)
                 printf("placement: %s%s, weights %s\n", plan_placement_name(place),
                        is_auto ? " (auto)" : "", manifest_weights_name(svc.man->weights));

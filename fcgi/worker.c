@@ -433,9 +433,13 @@ static void run_job(struct worker *w, struct store_job *job)
 
 static int load(struct worker *w)
 {
-    struct fx_pipeline_params pp = {w->cfg->model, w->cfg->device[0] ? w->cfg->device : NULL,
-                                    w->cfg->cpu_threads, w->cfg->placement,
-                                    (int64_t)w->cfg->device_memory};
+    struct fx_pipeline_params pp = {w->cfg->model,
+                                    w->cfg->device[0] ? w->cfg->device : NULL,
+                                    w->cfg->cpu_threads,
+                                    w->cfg->placement,
+                                    (int64_t)w->cfg->device_memory,
+                                    w->warm.width,
+                                    w->warm.height};
     struct fx_result res = {0};
     double t0 = mono();
     int rc;

@@ -173,7 +173,7 @@ static void test_cancel(struct fx_pipeline *p)
 static void test_load_errors(void)
 {
     struct fx_pipeline *p = (struct fx_pipeline *)&msg;
-    struct fx_pipeline_params pp = {"/nonexistent/model", "cpu", 0, NULL, 0};
+    struct fx_pipeline_params pp = {"/nonexistent/model", "cpu", 0, NULL, 0, 0, 0};
     CHECK_INT(fx_pipeline_load(&pp, &p, msg, sizeof(msg)), FX_ENOENT);
     CHECK(p == NULL);
     CHECK(strstr(msg, "the directory does not exist") != NULL);
@@ -192,7 +192,7 @@ int main(int argc, char **argv)
         return 2;
     }
     /* an unknown placement is refused, auto on the CPU is resident */
-    struct fx_pipeline_params pp = {a.model, "cpu", 0, "sideways", 0};
+    struct fx_pipeline_params pp = {a.model, "cpu", 0, "sideways", 0, 0, 0};
     CHECK_INT(fx_pipeline_load(&pp, &p, msg, sizeof(msg)), FX_EINVAL);
     CHECK(p == NULL);
     CHECK(strstr(msg, "placement 'sideways'") != NULL);

@@ -277,6 +277,20 @@ static void test_auto(void)
         plan_auto_placement(m, "cuda", str.device_total - 1, 1024, 1024, &p, msg, sizeof(msg)),
         FX_EDEVICE);
     CHECK(strstr(msg, "no placement fits") != NULL);
+    /* a configured name: auto resolved as above, the others as named */
+    CHECK_INT(plan_resolve_placement(m, NULL, "cuda", 1, 1024, 1024, &p, msg, sizeof(msg)), 0);
+    CHECK_INT(p, FX_PLACE_RESIDENT);
+    CHECK_INT(plan_resolve_placement(m, "stream", "cuda", 1, 1024, 1024, &p, msg, sizeof(msg)), 0);
+    CHECK_INT(p, FX_PLACE_STREAM);
+    CHECK_INT(plan_resolve_placement(m, "auto", "cuda", off.device_total - 1, 1024, 1024, &p, msg,
+                                     sizeof(msg)),
+              0);
+    CHECK_INT(p, FX_PLACE_STREAM);
+    CHECK_INT(plan_resolve_placement(m, "auto", "cuda", 1, 1024, 1024, &p, msg, sizeof(msg)),
+              FX_EDEVICE);
+    CHECK_INT(plan_resolve_placement(m, "sideways", "cuda", 0, 1024, 1024, &p, msg, sizeof(msg)),
+              FX_EINVAL);
+    CHECK(strstr(msg, "placement 'sideways'") != NULL);
     /* without block sizes, stream cannot be chosen: the message says to export again */
     m->double_block_bytes = m->single_block_bytes = 0;
     CHECK_INT(
