@@ -3,7 +3,8 @@
  *
  *   fluxgen [generate] --model DIR --prompt TEXT [--steps N] [--guidance G] [--width W]
  *           [--height H] [--seed N] [--count N] [--device cpu|cuda|cuda:N] [--threads N]
- *           [--json] [--dump-latents DIR] [--quiet] -o OUT.png
+ *           [--placement P] [--device-memory SIZE] [--json] [--dump-latents DIR] [--quiet]
+ *           -o OUT.png
  *
  * Defaults come from the model's manifest (28 steps, guidance 3.5, 1024 x 1024) and the
  * device it was exported for.  --count N makes N images in one process (the modules load
@@ -27,6 +28,7 @@
 #include "../core/err.h"
 #include "../core/manifest.h"
 #include "../core/pipeline.h"
+#include "../core/plan.h"
 #include "cli.h"
 
 static atomic_int interrupted;
@@ -61,8 +63,15 @@ static void usage(FILE *f)
           "                     100000 [1]\n"
           "  --device D         cpu, cuda or cuda:N [the device the model was exported for]\n"
           "  --threads N        libtorch CPU threads, 0 to 1024; 0 = libtorch's default [0]\n"
+          "  --placement P      where the weights live: resident, encoders-offload (CLIP and\n"
+          "                     T5 on the CPU), stream (also the transformer's blocks in host\n"
+          "                     memory, copied to the device one ahead of use) or auto (from\n"
+          "                     --device-memory and `fluxgen plan`) [resident]\n"
+          "  --device-memory S  device bytes for --placement auto (digits, optional k/M/G)\n"
+          "                     [0: unknown, which makes auto resident]\n"
           "  --json             print one JSON object per image on stdout (output, seed, size,\n"
-          "                     steps, guidance, device, token counts, timings) instead of the\n"
+          "                     steps, guidance, device, placement, token counts, timings;\n"
+          "                     with stream the last step's block schedule) instead of the\n"
           "                     summary line on stderr\n"
           "  --dump-latents DIR write the latents as DIR/step_000.npy (the noise) and\n"
           "                     DIR/step_K.npy after step K [off]\n"
@@ -181,8 +190,9 @@ static int write_file(const char *path, const uint8_t *data, size_t len)
  * (tabs, quotes, backslashes) comes out as valid JSON.  Returns 0, FX_ENOMEM or FX_EIO.
  */
 static int print_json(const char *path, const struct fx_request *r, const struct fx_result *res,
-                      const char *device, double t_load)
+                      const struct fx_pipeline *pipe, double t_load)
 {
+    char sched[8192];
     json_object *o = json_object_new_object(), *t = json_object_new_object();
     int rc = FX_ENOMEM;
     if (o == NULL || t == NULL) {
@@ -195,7 +205,10 @@ static int print_json(const char *path, const struct fx_request *r, const struct
     json_object_object_add(o, "height", json_object_new_int(r->height));
     json_object_object_add(o, "steps", json_object_new_int(r->steps));
     json_object_object_add(o, "guidance", json_object_new_double(r->guidance));
-    json_object_object_add(o, "device", json_object_new_string(device));
+    json_object_object_add(o, "device", json_object_new_string(fx_pipeline_device(pipe)));
+    json_object_object_add(o, "placement", json_object_new_string(fx_pipeline_placement(pipe)));
+    if (fx_pipeline_stream_log(pipe, sched, sizeof(sched)) > 0)
+        json_object_object_add(o, "stream_schedule", json_object_new_string(sched));
     json_object_object_add(o, "clip_tokens", json_object_new_int64((int64_t)res->clip_tokens));
     json_object_object_add(o, "t5_tokens", json_object_new_int64((int64_t)res->t5_tokens));
     json_object_object_add(o, "load_seconds", json_object_new_double(t_load));
@@ -221,7 +234,8 @@ int cmd_generate(int argc, char **argv)
 {
     const char *model = NULL, *prompt = NULL, *out_path = NULL, *device = NULL, *dump = NULL;
     const char *v_steps = NULL, *v_guid = NULL, *v_w = NULL, *v_h = NULL, *v_seed = NULL;
-    const char *v_threads = NULL, *v_count = NULL;
+    const char *v_threads = NULL, *v_count = NULL, *placement = NULL, *v_mem = NULL;
+    int64_t device_memory = 0;
     bool json = false, quiet = false;
     struct fx_manifest *man = NULL;
     struct fx_pipeline *pipe = NULL;
@@ -257,6 +271,8 @@ int cmd_generate(int argc, char **argv)
             (m = cli_opt_value(argc, argv, &i, "--seed", &v_seed)) ||
             (m = cli_opt_value(argc, argv, &i, "--device", &device)) ||
             (m = cli_opt_value(argc, argv, &i, "--threads", &v_threads)) ||
+            (m = cli_opt_value(argc, argv, &i, "--placement", &placement)) ||
+            (m = cli_opt_value(argc, argv, &i, "--device-memory", &v_mem)) ||
             (m = cli_opt_value(argc, argv, &i, "--count", &v_count)) ||
             (m = cli_opt_value(argc, argv, &i, "--dump-latents", &dump)) ||
             (m = cli_opt_value(argc, argv, &i, "-o", &out_path)) ||
@@ -283,6 +299,21 @@ int cmd_generate(int argc, char **argv)
         !(strncmp(device, "cuda:", 5) == 0 && device[5] &&
           strspn(device + 5, "0123456789") == strlen(device + 5))) {
         fprintf(stderr, "fluxgen: --device: '%s' is not cpu, cuda or cuda:N\n", device);
+        return EXIT_USAGE;
+    }
+    if (placement && strcmp(placement, "auto") != 0) {
+        enum fx_placement pl;
+        if (plan_placement_parse(placement, &pl) != 0) {
+            fprintf(stderr,
+                    "fluxgen: --placement: '%s' is not resident, encoders-offload, stream or "
+                    "auto\n",
+                    placement);
+            return EXIT_USAGE;
+        }
+    }
+    if (v_mem && plan_parse_bytes(v_mem, &device_memory) != 0) {
+        fprintf(stderr, "fluxgen: --device-memory: '%s' is not a byte count (digits, k/M/G)\n",
+                v_mem);
         return EXIT_USAGE;
     }
     if (v_threads && parse_range("--threads", v_threads, 0, 1024, &threads))
@@ -374,7 +405,9 @@ int cmd_generate(int argc, char **argv)
     status = EXIT_RUNTIME;
 
     double t_load = seconds();
-    struct fx_pipeline_params pp = {model, device ? device : man->device, (int)threads};
+    struct fx_pipeline_params pp = {
+        model,     device ? device : man->device, (int)threads, placement, device_memory, req.width,
+        req.height}; /* auto plans for the image asked for */
     rc = fx_pipeline_load(&pp, &pipe, msg, sizeof(msg));
     if (rc) {
         fprintf(stderr, "fluxgen: model '%s': %s\n", model, msg[0] ? msg : fx_strerror(rc));
@@ -411,12 +444,15 @@ int cmd_generate(int argc, char **argv)
             goto out;
         }
         if (json) {
-            rc = print_json(path, &one, &res, fx_pipeline_device(pipe), t_load);
+            rc = print_json(path, &one, &res, pipe, t_load);
             if (rc) {
                 fprintf(stderr, "fluxgen: cannot print the JSON line: %s\n", fx_strerror(rc));
                 goto out;
             }
         } else if (!quiet) {
+            char sched[8192];
+            if (fx_pipeline_stream_log(pipe, sched, sizeof(sched)) > 0)
+                fprintf(stderr, "fluxgen: stream: block schedule of the last step: %s\n", sched);
             fprintf(stderr, "fluxgen: wrote %s (%dx%d, %d steps, seed %llu) in %.2fs\n", path,
                     one.width, one.height, one.steps, (unsigned long long)res.seed,
                     res.t_tokenize + res.t_encode + res.t_denoise + res.t_decode + res.t_png);

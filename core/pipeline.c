@@ -17,6 +17,7 @@
 #include "imgw.h"
 #include "manifest.h"
 #include "npy.h"
+#include "plan.h"
 #include "sched.h"
 #include "text.h"
 #include "tok_clip.h"
@@ -29,6 +30,7 @@ struct fx_pipeline {
     struct tok_t5 *t5;
     shim_model *model;
     shim_dtype dtype;
+    enum fx_placement placement;
 };
 
 static int from_shim(shim_status st)
@@ -49,6 +51,7 @@ static int from_shim(shim_status st)
     case SHIM_ERUNTIME:
         return FX_ERUNTIME;
     case SHIM_ENOLIB:
+    case SHIM_ENOTSUP:
         return FX_ENOTSUP;
     default:
         return FX_EINTERNAL;
@@ -187,6 +190,15 @@ int fx_pipeline_load(const struct fx_pipeline_params *pp, struct fx_pipeline **o
     }
     shim_params_default(&sp);
     sp.device = pp->device ? pp->device : "cpu";
+    rc = plan_resolve_placement(p->man, pp->placement, sp.device, pp->device_memory,
+                                pp->plan_width > 0 ? pp->plan_width : p->man->default_width,
+                                pp->plan_height > 0 ? pp->plan_height : p->man->default_height,
+                                &p->placement, msg, msg_len);
+    if (rc)
+        goto out;
+    sp.placement = p->placement == FX_PLACE_STREAM             ? SHIM_PLACE_STREAM
+                   : p->placement == FX_PLACE_ENCODERS_OFFLOAD ? SHIM_PLACE_ENCODERS_OFFLOAD
+                                                               : SHIM_PLACE_RESIDENT;
     sp.dtype = p->man->bf16 ? SHIM_BF16 : SHIM_F32;
     sp.cpu_threads = pp->cpu_threads;
     sp.clip_path = p->man->clip_path;
@@ -223,6 +235,16 @@ const struct fx_manifest *fx_pipeline_manifest(const struct fx_pipeline *p)
 const char *fx_pipeline_device(const struct fx_pipeline *p)
 {
     return shim_model_device(p->model);
+}
+
+const char *fx_pipeline_placement(const struct fx_pipeline *p)
+{
+    return plan_placement_name(p->placement);
+}
+
+size_t fx_pipeline_stream_log(const struct fx_pipeline *p, char *buf, size_t len)
+{
+    return shim_stream_log(p->model, buf, len);
 }
 
 void fx_result_release(struct fx_result *r)

@@ -64,12 +64,20 @@ struct fx_pipeline_params {
     const char *model_dir;
     const char *device; /* "cpu", "cuda", "cuda:N"; NULL: "cpu" */
     int cpu_threads;    /* 0: libtorch's default */
+    /* Where the weights live (core/plan.h, shim/shim.h): "resident", "encoders-offload",
+     * "stream" or "auto" (plan_resolve_placement with device_memory at plan_width x
+     * plan_height); NULL or "": resident. */
+    const char *placement;
+    int64_t device_memory;       /* bytes of device memory for "auto"; 0: unknown (resident) */
+    int plan_width, plan_height; /* the image size "auto" plans for; 0: the manifest's default */
 };
 
 /*
  * Loads a model dir: manifest, tokenizers, the four modules onto the device.  On success
  * returns 0 and sets *out (free with fx_pipeline_free).  Errors: FX_ENOENT / FX_EFORMAT (a
- * missing or bad manifest, tokenizer or module file), FX_EDEVICE, FX_ENOMEM, FX_ERUNTIME;
+ * missing or bad manifest, tokenizer or module file), FX_EDEVICE (also: "auto" found no
+ * placement that fits device_memory), FX_ENOMEM, FX_ERUNTIME, FX_EINVAL (an unknown
+ * placement), FX_ENOTSUP (a placement this model dir cannot run: msg says which would);
  * msg names the file and the reason.
  */
 int fx_pipeline_load(const struct fx_pipeline_params *p, struct fx_pipeline **out, char *msg,
@@ -83,6 +91,16 @@ const struct fx_manifest *fx_pipeline_manifest(const struct fx_pipeline *p);
 
 /* The device the modules run on ("cpu", "cuda:0"). */
 const char *fx_pipeline_device(const struct fx_pipeline *p);
+
+/* The placement in use ("resident", "encoders-offload", "stream"; "auto" resolved). */
+const char *fx_pipeline_placement(const struct fx_pipeline *p);
+
+/*
+ * The block copy schedule of the last transformer call under "stream" (shim_stream_log's
+ * text: "F0 F1 R0 E0 F2 R1 ..."), written to buf (NUL-terminated, truncated to len); ""
+ * for the other placements.  Returns the full length.
+ */
+size_t fx_pipeline_stream_log(const struct fx_pipeline *p, char *buf, size_t len);
 
 /* Optional hooks for one generation; every field may be zero. */
 struct fx_hooks {

@@ -153,6 +153,53 @@ int plan_compute(const struct fx_manifest *m, enum fx_placement p, int width, in
     return 0;
 }
 
+int plan_auto_placement(const struct fx_manifest *m, const char *device, int64_t device_bytes,
+                        int width, int height, enum fx_placement *out, char *msg, size_t msg_len)
+{
+    struct fx_plan pl;
+    int rc = 0;
+    if (device == NULL)
+        device = m->device;
+    *out = FX_PLACE_RESIDENT;
+    if (strncmp(device, "cuda", 4) != 0 || device_bytes <= 0)
+        return 0;
+    for (int i = 0; i < FX_PLACEMENTS; i++) {
+        rc = plan_compute(m, (enum fx_placement)i, width, height, device, &pl, msg, msg_len);
+        if (rc == FX_ENOTSUP) /* stream on a manifest without block sizes */
+            return fx_fail(msg, msg_len, FX_EDEVICE,
+                           "placement 'auto': neither resident nor encoders-offload fits "
+                           "device_memory %lld bytes at %dx%d, and stream needs the model "
+                           "exported again with this fluxexport",
+                           (long long)device_bytes, width, height);
+        if (rc)
+            return rc;
+        if (pl.device_total <= device_bytes) {
+            *out = (enum fx_placement)i;
+            return 0;
+        }
+    }
+    return fx_fail(msg, msg_len, FX_EDEVICE,
+                   "placement 'auto': no placement fits device_memory %lld bytes at %dx%d "
+                   "(stream needs %lld; `fluxgen plan` shows each); export with smaller weights "
+                   "(fluxexport export --weights int8 or int4)",
+                   (long long)device_bytes, width, height, (long long)pl.device_total);
+}
+
+int plan_resolve_placement(const struct fx_manifest *m, const char *name, const char *device,
+                           int64_t device_bytes, int width, int height, enum fx_placement *out,
+                           char *msg, size_t msg_len)
+{
+    *out = FX_PLACE_RESIDENT;
+    if (name == NULL || name[0] == '\0')
+        return 0;
+    if (strcmp(name, "auto") == 0)
+        return plan_auto_placement(m, device, device_bytes, width, height, out, msg, msg_len);
+    if (plan_placement_parse(name, out) != 0)
+        return fx_fail(msg, msg_len, FX_EINVAL,
+                       "placement '%s': must be resident, encoders-offload, stream or auto", name);
+    return 0;
+}
+
 int plan_max_size(const struct fx_manifest *m, enum fx_placement p, const char *device,
                   int64_t device_bytes, int min_size, int max_size, int multiple_of)
 {

@@ -2,8 +2,7 @@
  * plan.h - the memory plan: before anything is loaded, what a model dir needs on the device
  * and in host memory for a placement and an image size, from its manifest alone.
  *
- * Placements (where the weights live; only `resident` runs today, the others are planned so
- * that operators can size cards now):
+ * Placements (where the weights live; all three run: shim/shim.h loads each):
  *   resident          every module on the device (what the shim loads today)
  *   encoders-offload  CLIP and T5 in host memory, run on the CPU; the device gets their
  *                     output (512 x context states, the pooled vector) only
@@ -115,6 +114,27 @@ int plan_compute(const struct fx_manifest *m, enum fx_placement p, int width, in
  */
 int plan_max_size(const struct fx_manifest *m, enum fx_placement p, const char *device,
                   int64_t device_bytes, int min_size, int max_size, int multiple_of);
+
+/*
+ * The placement `auto` (config key placement, fluxgen --placement): on the CPU, or with
+ * device_bytes 0 (no figure), resident; else the first of resident, encoders-offload and
+ * stream whose plan for width x height fits device_bytes (the least host traffic that fits).
+ * Returns 0 with *out set, or FX_EDEVICE when none fits (msg gives stream's need) or the
+ * plan's error.  msg may be NULL.
+ */
+int plan_auto_placement(const struct fx_manifest *m, const char *device, int64_t device_bytes,
+                        int width, int height, enum fx_placement *out, char *msg, size_t msg_len);
+
+/*
+ * A configured placement name ("resident", "encoders-offload", "stream", or "auto", which
+ * plan_auto_placement resolves with the other arguments; NULL or "": resident) as the
+ * placement that will run.  Returns 0 with *out set, FX_EINVAL for an unknown name, or
+ * plan_auto_placement's errors.  For the loader and for checks of the plan against
+ * device_memory, so that both use the same placement.
+ */
+int plan_resolve_placement(const struct fx_manifest *m, const char *name, const char *device,
+                           int64_t device_bytes, int width, int height, enum fx_placement *out,
+                           char *msg, size_t msg_len);
 
 /*
  * Parses a byte count as the config files write sizes: digits with an optional unit k/K, M

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "../core/err.h"
+#include "../core/plan.h"
 #include "jobid.h"
 
 void config_defaults(struct fx_config *c)
@@ -24,6 +25,7 @@ void config_defaults(struct fx_config *c)
     c->request_timeout_ms = 30 * 1000;
     c->write_timeout_ms = 30 * 1000;
     c->threads = 4;
+    snprintf(c->placement, sizeof(c->placement), "resident");
     c->max_body = 64 * 1024;
     c->queue_size = 10;
     c->retention_ms = 10 * 60 * 1000;
@@ -205,7 +207,8 @@ enum kind {
     K_DOUBLE,
     K_MODE,
     K_LONG,
-    K_IDPREFIX
+    K_IDPREFIX,
+    K_PLACEMENT
 };
 
 struct key {
@@ -249,6 +252,7 @@ static const struct key keys[] = {
     {"max_size", K_INT, OFF(max_size), 16, 65536},
     {"max_steps", K_INT, OFF(max_steps), 1, 1000},
     {"device_memory", K_SIZE, OFF(device_memory), 0, 1L << 50},
+    {"placement", K_PLACEMENT, OFF(placement), 0, 0},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -303,6 +307,13 @@ static int set_value(struct ctx *x, const struct key *k, const char *v, const ch
             return bad(x, "'%s' is not 1 to %d characters from [a-z0-9]", v, JOBID_PREFIX_MAX);
         snprintf(c->id_prefix, sizeof(c->id_prefix), "%s", v);
         return 0;
+    case K_PLACEMENT: {
+        enum fx_placement pl;
+        if (strcmp(v, "auto") != 0 && plan_placement_parse(v, &pl) != 0)
+            return bad(x, "'%s' is not resident, encoders-offload, stream or auto", v);
+        snprintf(c->placement, sizeof(c->placement), "%s", v);
+        return 0;
+    }
     }
     return FX_EINTERNAL;
 }

@@ -62,6 +62,10 @@ struct fx_config {
      * checked; else the service refuses to start when the model does not fit at its default
      * size, and max_size is lowered to the largest square that fits (api_ctx_limits) */
     size_t device_memory;
+    /* where the weights live (core/plan.h, docs/operations.md "GPU memory"): "resident"
+     * (default), "encoders-offload", "stream" or "auto" (picked at load from device_memory
+     * and the memory plan; resident on the CPU or without device_memory) */
+    char placement[20];
 };
 
 /* Fills the defaults above (db and model empty). */

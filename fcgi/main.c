@@ -297,8 +297,17 @@ int main(int argc, char **argv)
             /* the memory plan at the largest size requests may ask for (core/plan.h) */
             struct fx_plan pl;
             int side = svc.api.limits.max_size;
-            if (plan_compute(svc.man, FX_PLACE_RESIDENT, side, side,
-                             svc.cfg.device[0] ? svc.cfg.device : NULL, &pl, msg, sizeof(msg)) == 0)
+            const char *dev = svc.cfg.device[0] ? svc.cfg.device : NULL;
+            enum fx_placement place = FX_PLACE_RESIDENT;
+            bool is_auto = strcmp(svc.cfg.placement, "auto") == 0;
+            int prc = plan_resolve_placement(svc.man, svc.cfg.placement, dev,
+                                             (int64_t)svc.cfg.device_memory, svc.api.defaults.width,
+                                             svc.api.defaults.height, &place, msg, sizeof(msg));
+            if (prc == 0)
+                printf("placement: %s%s, weights %s\n", plan_placement_name(place),
+                       is_auto ? " (auto)" : "", manifest_weights_name(svc.man->weights));
+            if (prc == 0 &&
+                plan_compute(svc.man, place, side, side, dev, &pl, msg, sizeof(msg)) == 0)
                 plan_print_text(stdout, &pl, (int64_t)svc.cfg.device_memory);
             else
                 printf("memory plan: %s\n", msg);

@@ -98,6 +98,12 @@ char *metrics_render(struct fx_metrics *m, const struct metrics_extra *x, size_t
             "# HELP fluxcgi_ready 1 when the model is loaded and warmed up.\n"
             "# TYPE fluxcgi_ready gauge\nfluxcgi_ready %d\n",
             x->ready);
+    if (x->placement && x->weights)
+        fprintf(f,
+                "# HELP fluxcgi_placement_info Where the weights live and their format; always 1.\n"
+                "# TYPE fluxcgi_placement_info gauge\n"
+                "fluxcgi_placement_info{placement=\"%s\",weights=\"%s\"} 1\n",
+                x->placement, x->weights);
     fprintf(f,
             "# HELP fluxcgi_queue_depth Jobs waiting to run.\n"
             "# TYPE fluxcgi_queue_depth gauge\nfluxcgi_queue_depth %ld\n",

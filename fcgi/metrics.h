@@ -59,6 +59,9 @@ struct metrics_extra {
     long by_state[6]; /* queued, running, completed, failed, cancelled, expired */
     long capacity;
     int ready; /* 1: model loaded and warmed up */
+    /* the placement and weight format in use (fluxcgi_placement_info); NULL: not loaded,
+     * the gauge is left out */
+    const char *placement, *weights;
 };
 
 /*

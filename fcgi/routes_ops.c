@@ -26,6 +26,14 @@ void route_ping(const struct api_ctx *ctx, struct api_response *rs)
                            r == WORKER_READY && ctx->worker
                                ? json_object_new_string(worker_device(ctx->worker))
                                : NULL);
+    json_object_object_add(o, "placement",
+                           r == WORKER_READY && ctx->worker
+                               ? json_object_new_string(worker_placement(ctx->worker))
+                               : NULL);
+    json_object_object_add(o, "weights",
+                           r == WORKER_READY && ctx->worker
+                               ? json_object_new_string(worker_weights(ctx->worker))
+                               : NULL);
     if (ctx->worker) {
         /* readiness is unchanged: new jobs are still accepted, and the retried outcome is
          * stored once the disk or the lock is back */
@@ -43,13 +51,17 @@ void route_ping(const struct api_ctx *ctx, struct api_response *rs)
 
 void route_metrics(const struct api_ctx *ctx, struct store *st, struct api_response *rs)
 {
-    struct metrics_extra x = {{0}, ctx->cfg->queue_size, api_ready(ctx)};
+    struct metrics_extra x = {{0}, ctx->cfg->queue_size, api_ready(ctx), NULL, NULL};
     struct fx_metrics empty;
     size_t len = 0;
     int rc = store_counts(st, x.by_state);
     if (rc) {
         api_send_store_error(rs, rc, st);
         return;
+    }
+    if (x.ready && ctx->worker) {
+        x.placement = worker_placement(ctx->worker);
+        x.weights = worker_weights(ctx->worker);
     }
     if (ctx->metrics == NULL)
         metrics_init(&empty);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../core/err.h"
+#include "../core/manifest.h"
 #include "../sql/store.h"
 #include "job.h"
 #include "log.h"
@@ -22,6 +23,8 @@ struct worker {
     void (*on_fatal)(void);
     char name[64];
     char device[32];
+    char placement[20]; /* the placement in use ("auto" resolved) */
+    char weights[16];   /* the transformer's weight format */
     char error[512];
     struct store *st; /* the worker thread's own connection */
     struct fx_pipeline *pipe;
@@ -92,6 +95,16 @@ const atomic_int *worker_readiness(const struct worker *w)
 const char *worker_device(const struct worker *w)
 {
     return w->device;
+}
+
+const char *worker_placement(const struct worker *w)
+{
+    return w->placement;
+}
+
+const char *worker_weights(const struct worker *w)
+{
+    return w->weights;
 }
 
 const char *worker_error(const struct worker *w)
@@ -420,8 +433,13 @@ static void run_job(struct worker *w, struct store_job *job)
 
 static int load(struct worker *w)
 {
-    struct fx_pipeline_params pp = {w->cfg->model, w->cfg->device[0] ? w->cfg->device : NULL,
-                                    w->cfg->cpu_threads};
+    struct fx_pipeline_params pp = {w->cfg->model,
+                                    w->cfg->device[0] ? w->cfg->device : NULL,
+                                    w->cfg->cpu_threads,
+                                    w->cfg->placement,
+                                    (int64_t)w->cfg->device_memory,
+                                    w->warm.width,
+                                    w->warm.height};
     struct fx_result res = {0};
     double t0 = mono();
     int rc;
@@ -430,7 +448,11 @@ static int load(struct worker *w)
     if (rc)
         return rc;
     snprintf(w->device, sizeof(w->device), "%s", fx_pipeline_device(w->pipe));
-    log_printf("info", "model '%s' loaded on %s in %.2fs", w->cfg->model, w->device, mono() - t0);
+    snprintf(w->placement, sizeof(w->placement), "%s", fx_pipeline_placement(w->pipe));
+    snprintf(w->weights, sizeof(w->weights), "%s",
+             manifest_weights_name(fx_pipeline_manifest(w->pipe)->weights));
+    log_printf("info", "model '%s' loaded on %s (placement %s, weights %s) in %.2fs", w->cfg->model,
+               w->device, w->placement, w->weights, mono() - t0);
     if (w->cfg->warmup_steps > 0) {
         struct fx_request warm = w->warm;
         struct fx_hooks hooks = {NULL, NULL, &w->cancel, NULL};

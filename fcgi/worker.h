@@ -73,6 +73,12 @@ const atomic_int *worker_readiness(const struct worker *w);
 const char *worker_device(const struct worker *w);
 const char *worker_error(const struct worker *w);
 
+/* The placement in use ("resident", "encoders-offload", "stream"; the config's "auto"
+ * resolved) and the transformer's weight format ("bf16", "int8", ...): borrowed, "" until
+ * the model is loaded, stable once ready. */
+const char *worker_placement(const struct worker *w);
+const char *worker_weights(const struct worker *w);
+
 /*
  * Whether the worker's last store write succeeded: false while an outcome waits to be
  * stored, with the reason copied to msg (may be NULL; "" when true).

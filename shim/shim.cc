@@ -13,22 +13,55 @@
 #ifdef SHIM_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
+// c10::Event dispatches to the CUDA guard implementation inside libc10_cuda (no inline
+// runtime calls, unlike at::cuda::CUDAEvent).
+#include <c10/core/Event.h>
 #endif
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Generator.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <string>
 #include <sys/stat.h>
+
+// One tensor attribute of a streamed block: the object holding it, its slot, and the host
+// copy (pinned on CUDA) that the slot points to while the block is not on the device.
+struct shim_slot {
+    c10::intrusive_ptr<c10::ivalue::Object> obj;
+    size_t slot;
+    at::Tensor host;
+};
+
+// A transformer block under SHIM_PLACE_STREAM.
+struct shim_block {
+    torch::jit::Module mod;
+    bool single;                  // a single-stream block (else double-stream)
+    std::vector<shim_slot> slots; // every tensor attribute, recursively
+    bool on_device = false;
+#ifdef SHIM_WITH_CUDA
+    std::unique_ptr<c10::Event> ready; // recorded on the side stream after its copy
+#endif
+};
 
 struct shim_model {
     torch::jit::Module clip, t5, transformer, ae;
     c10::Device device{c10::kCPU};
     std::string device_name;
+    shim_placement placement = SHIM_PLACE_RESIDENT;
+    c10::Device enc_device{c10::kCPU}; // where CLIP and T5 live
+    std::vector<shim_block> blocks;    // stream: double blocks, then single blocks
+    std::string stream_log;            // stream: the last transformer call's schedule
+#ifdef SHIM_WITH_CUDA
+    std::unique_ptr<c10::cuda::CUDAStream> side; // stream: the copies run here
+    std::unique_ptr<c10::Event> done;            // stream: recorded after a block ran
+#endif
 };
 
 struct shim_tensor {
@@ -153,6 +186,178 @@ void use_device(const c10::Device &dev)
 #endif
 }
 
+// Records every tensor attribute under obj (parameters, buffers, the int8/int4 formats'
+// weights and scales) with its current value as the host copy.
+void collect_slots(const c10::intrusive_ptr<c10::ivalue::Object> &obj, std::vector<shim_slot> &out)
+{
+    for (size_t i = 0; i < obj->slots().size(); i++) {
+        const c10::IValue &v = obj->getSlot(i);
+        if (v.isTensor())
+            out.push_back({obj, i, v.toTensor()});
+        else if (v.isObject())
+            collect_slots(v.toObject(), out);
+    }
+}
+
+// Stream: transformer.pt is loaded on the CPU; its blocks stay there (pinned on CUDA) and
+// everything else moves to the device.
+shim_status setup_stream(shim_model *m, char *msg, size_t len)
+{
+    torch::jit::Module &tr = m->transformer;
+    if (!tr.find_method("embed") || !tr.find_method("final")) {
+        set_msg(msg, len,
+                "placement 'stream': transformer.pt has no embed/final methods (export the "
+                "model dir again with this fluxexport); placements 'resident' and "
+                "'encoders-offload' run it as it is");
+        return SHIM_ENOTSUP;
+    }
+    for (const auto &child : tr.named_children()) {
+        if (child.name == "double_blocks" || child.name == "single_blocks") {
+            for (const auto &b : child.value.named_children()) {
+                shim_block blk;
+                blk.mod = b.value;
+                blk.single = child.name == "single_blocks";
+                collect_slots(blk.mod._ivalue(), blk.slots);
+                m->blocks.push_back(std::move(blk));
+            }
+        } else {
+            torch::jit::Module sub = child.value;
+            sub.to(m->device);
+        }
+    }
+    // named_children lists double_blocks before single_blocks (definition order); keep the
+    // forward's order regardless.
+    std::stable_partition(m->blocks.begin(), m->blocks.end(),
+                          [](const shim_block &b) { return !b.single; });
+#ifdef SHIM_WITH_CUDA
+    if (m->device.is_cuda()) {
+        for (auto &b : m->blocks) {
+            for (auto &sl : b.slots) {
+                sl.host = sl.host.pin_memory();
+                sl.obj->setSlot(sl.slot, sl.host);
+            }
+            b.ready = std::make_unique<c10::Event>(c10::DeviceType::CUDA);
+        }
+        m->side = std::make_unique<c10::cuda::CUDAStream>(
+            c10::cuda::getStreamFromPool(false, m->device.index()));
+        m->done = std::make_unique<c10::Event>(c10::DeviceType::CUDA);
+    }
+#endif
+    return SHIM_OK;
+}
+
+// Stream: block i's weights to the device, on the side stream (a no-op move on the CPU).
+void fetch_block(shim_model *m, size_t i)
+{
+    shim_block &b = m->blocks[i];
+    if (b.on_device)
+        return;
+    m->stream_log += "F" + std::to_string(i) + " ";
+#ifdef SHIM_WITH_CUDA
+    if (m->device.is_cuda()) {
+        c10::cuda::CUDAStream compute = c10::cuda::getCurrentCUDAStream(m->device.index());
+        c10::cuda::setCurrentCUDAStream(*m->side); // the copies allocate and run there
+        try {
+            for (auto &sl : b.slots)
+                sl.obj->setSlot(sl.slot, sl.host.to(m->device, /*non_blocking=*/true));
+            b.ready->record(m->side->unwrap());
+        } catch (...) {
+            c10::cuda::setCurrentCUDAStream(compute);
+            throw;
+        }
+        c10::cuda::setCurrentCUDAStream(compute);
+    }
+#endif
+    b.on_device = true;
+}
+
+// Stream: makes the compute stream wait for block i's copy.
+void await_block(shim_model *m, size_t i)
+{
+    m->stream_log += "R" + std::to_string(i) + " ";
+#ifdef SHIM_WITH_CUDA
+    if (m->device.is_cuda())
+        m->blocks[i].ready->block(c10::cuda::getCurrentCUDAStream(m->device.index()).unwrap());
+#else
+    (void)i;
+#endif
+}
+
+// Stream: drops block i's device copy once the work queued so far on the compute stream
+// (block i's) is done: the side stream waits for it before it copies into that memory.
+void evict_block(shim_model *m, size_t i)
+{
+    shim_block &b = m->blocks[i];
+    if (!b.on_device)
+        return;
+    m->stream_log += "E" + std::to_string(i) + " ";
+#ifdef SHIM_WITH_CUDA
+    if (m->device.is_cuda()) {
+        m->done->record(c10::cuda::getCurrentCUDAStream(m->device.index()).unwrap());
+        m->done->block(m->side->unwrap());
+    }
+#endif
+    for (auto &sl : b.slots)
+        sl.obj->setSlot(sl.slot, sl.host);
+    b.on_device = false;
+}
+
+void evict_all(shim_model *m)
+{
+    for (size_t i = 0; i < m->blocks.size(); i++)
+        evict_block(m, i);
+}
+
+// Stream: forward's computation driven block by block (export/fluxexport/flux.py).
+at::Tensor run_streamed(shim_model *m, std::vector<c10::IValue> args)
+{
+    m->stream_log.clear();
+    try {
+        // a std::vector copy: indexing the tuple's inline storage trips -Warray-bounds
+        std::vector<c10::IValue> emb =
+            m->transformer.get_method("embed")(std::move(args)).toTupleRef().elements().vec();
+        if (emb.size() != 5)
+            throw std::runtime_error("transformer.embed did not return 5 values");
+        at::Tensor img = emb[0].toTensor(), txt = emb[1].toTensor();
+        c10::IValue vec = emb[2], cos = emb[3], sin = emb[4];
+        const size_t n = m->blocks.size();
+        at::Tensor x;
+        int64_t lt = txt.size(1);
+        bool joined = false;
+        if (n > 0)
+            fetch_block(m, 0);
+        for (size_t i = 0; i < n; i++) {
+            if (n > 1)
+                fetch_block(m, (i + 1) % n); // one ahead; the last prefetches the next step's first
+            await_block(m, i);
+            shim_block &b = m->blocks[i];
+            if (!b.single) {
+                std::vector<c10::IValue> r =
+                    b.mod.forward({img, txt, vec, cos, sin}).toTupleRef().elements().vec();
+                img = r.at(0).toTensor();
+                txt = r.at(1).toTensor();
+            } else {
+                if (!joined) {
+                    lt = txt.size(1);
+                    x = at::cat({txt, img}, 1);
+                    joined = true;
+                }
+                x = b.mod.forward({x, vec, cos, sin}).toTensor();
+            }
+            evict_block(m, i);
+        }
+        if (!joined) {
+            lt = txt.size(1);
+            x = at::cat({txt, img}, 1);
+        }
+        c10::IValue r = m->transformer.get_method("final")({x, vec, lt});
+        return r.toTensor();
+    } catch (...) {
+        evict_all(m); // a failed step leaves no block half on the device
+        throw;
+    }
+}
+
 at::Tensor run(torch::jit::Module &mod, std::vector<c10::IValue> args)
 {
     c10::IValue r = mod.forward(std::move(args));
@@ -202,17 +407,26 @@ shim_status shim_model_load(const struct shim_params *p, shim_model **out, char 
             return invalid(msg, msg_len, "cpu_threads must be >= 0");
         if (p->cpu_threads > 0)
             at::set_num_threads(p->cpu_threads);
+        if (p->placement != SHIM_PLACE_RESIDENT && p->placement != SHIM_PLACE_ENCODERS_OFFLOAD &&
+            p->placement != SHIM_PLACE_STREAM)
+            return invalid(msg, msg_len, "unknown placement");
         use_device(dev);
         auto *m = new shim_model();
         m->device = dev;
         m->device_name = dev.str();
-        shim_status st = load_module("clip", p->clip_path, dev, m->clip, msg, msg_len);
+        m->placement = p->placement;
+        m->enc_device = p->placement == SHIM_PLACE_RESIDENT ? dev : c10::Device(c10::kCPU);
+        const c10::Device tr_dev = p->placement == SHIM_PLACE_STREAM ? c10::Device(c10::kCPU) : dev;
+        shim_status st = load_module("clip", p->clip_path, m->enc_device, m->clip, msg, msg_len);
         if (st == SHIM_OK)
-            st = load_module("t5", p->t5_path, dev, m->t5, msg, msg_len);
+            st = load_module("t5", p->t5_path, m->enc_device, m->t5, msg, msg_len);
         if (st == SHIM_OK)
-            st = load_module("transformer", p->transformer_path, dev, m->transformer, msg, msg_len);
+            st = load_module("transformer", p->transformer_path, tr_dev, m->transformer, msg,
+                             msg_len);
         if (st == SHIM_OK)
             st = load_module("ae", p->ae_path, dev, m->ae, msg, msg_len);
+        if (st == SHIM_OK && p->placement == SHIM_PLACE_STREAM)
+            st = setup_stream(m, msg, msg_len);
         if (st != SHIM_OK) {
             delete m;
             return st;
@@ -233,6 +447,28 @@ void shim_model_free(shim_model *m)
 const char *shim_model_device(const shim_model *m)
 {
     return m ? m->device_name.c_str() : "";
+}
+
+int shim_model_placement(const shim_model *m)
+{
+    return m ? static_cast<int>(m->placement) : 0;
+}
+
+size_t shim_stream_log(const shim_model *m, char *buf, size_t len)
+{
+    if (m == nullptr) {
+        if (buf && len)
+            buf[0] = '\0';
+        return 0;
+    }
+    const std::string &s = m->stream_log;
+    size_t n = s.empty() ? 0 : s.size() - 1; // without the trailing space
+    if (buf && len) {
+        size_t k = n < len - 1 ? n : len - 1;
+        std::memcpy(buf, s.data(), k);
+        buf[k] = '\0';
+    }
+    return n;
 }
 
 shim_status shim_release_cache(shim_model *m, char *msg, size_t msg_len)
@@ -425,7 +661,9 @@ shim_status shim_run_clip(shim_model *m, const shim_tensor *ids, shim_tensor **o
     *out = nullptr;
     if (m == nullptr || ids == nullptr || ids->t.scalar_type() != at::kLong)
         return invalid(msg, msg_len, "run_clip: expected int64 ids");
-    return guard(msg, msg_len, [&]() -> shim_status { return wrap(run(m->clip, {ids->t}), out); });
+    return guard(msg, msg_len, [&]() -> shim_status {
+        return wrap(run(m->clip, {ids->t.to(m->enc_device)}).to(m->device), out);
+    });
 }
 
 shim_status shim_run_t5(shim_model *m, const shim_tensor *ids, shim_tensor **out, char *msg,
@@ -436,7 +674,9 @@ shim_status shim_run_t5(shim_model *m, const shim_tensor *ids, shim_tensor **out
     *out = nullptr;
     if (m == nullptr || ids == nullptr || ids->t.scalar_type() != at::kLong)
         return invalid(msg, msg_len, "run_t5: expected int64 ids");
-    return guard(msg, msg_len, [&]() -> shim_status { return wrap(run(m->t5, {ids->t}), out); });
+    return guard(msg, msg_len, [&]() -> shim_status {
+        return wrap(run(m->t5, {ids->t.to(m->enc_device)}).to(m->device), out);
+    });
 }
 
 shim_status shim_run_transformer(shim_model *m, const shim_tensor *img, const shim_tensor *img_ids,
@@ -451,9 +691,11 @@ shim_status shim_run_transformer(shim_model *m, const shim_tensor *img, const sh
     if (m == nullptr || !img || !img_ids || !txt || !txt_ids || !timesteps || !y || !guidance)
         return invalid(msg, msg_len, "run_transformer: missing argument");
     return guard(msg, msg_len, [&]() -> shim_status {
-        return wrap(run(m->transformer,
-                        {img->t, img_ids->t, txt->t, txt_ids->t, timesteps->t, y->t, guidance->t}),
-                    out);
+        std::vector<c10::IValue> args{img->t,       img_ids->t, txt->t,     txt_ids->t,
+                                      timesteps->t, y->t,       guidance->t};
+        if (m->placement == SHIM_PLACE_STREAM)
+            return wrap(run_streamed(m, std::move(args)), out);
+        return wrap(run(m->transformer, std::move(args)), out);
     });
 }
 

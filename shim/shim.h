@@ -47,7 +47,8 @@ typedef enum shim_status {
     SHIM_ENOMEM = 5,    /* host or device out of memory */
     SHIM_ERUNTIME = 6,  /* libtorch raised an error while running */
     SHIM_EINTERNAL = 7, /* anything else */
-    SHIM_ENOLIB = 8     /* the libtorch side (libfluxshim.so) could not be loaded */
+    SHIM_ENOLIB = 8,    /* the libtorch side (libfluxshim.so) could not be loaded */
+    SHIM_ENOTSUP = 9    /* the placement asked for cannot run this model dir or device */
 } shim_status;
 
 /* Element types the shim handles. */
@@ -56,13 +57,39 @@ typedef enum shim_dtype { SHIM_F32 = 0, SHIM_BF16 = 1, SHIM_I64 = 2 } shim_dtype
 /* Returns a static name for a status ("SHIM_EINVAL"); never NULL. */
 const char *shim_status_name(shim_status st);
 
+/*
+ * Where the weights live and run (docs/operations.md "GPU memory"; core/plan.h sizes each):
+ *   SHIM_PLACE_RESIDENT          every module on the device.
+ *   SHIM_PLACE_ENCODERS_OFFLOAD  CLIP and T5 loaded into host memory and run on the CPU (in
+ *                                the model's dtype); shim_run_clip / shim_run_t5 take ids on
+ *                                the device and return their outputs on the device.
+ *   SHIM_PLACE_STREAM            encoders-offload, and the transformer's double and single
+ *                                blocks kept in host memory (pinned on CUDA).  Its other
+ *                                layers are on the device.  shim_run_transformer runs embed,
+ *                                each block and final (methods of transformer.pt) itself:
+ *                                before block i runs, block i+1 (the first block after the
+ *                                last, for the next step) is copied to the device on a side
+ *                                CUDA stream, so at most two blocks are on the device and the
+ *                                copy of the next overlaps the compute of this one; events
+ *                                order copy -> use -> reuse of the memory.  On the CPU the
+ *                                copy is a no-op (the weights stay where they are) but the
+ *                                schedule is the same, and shim_stream_log shows it.  The
+ *                                result is bit-identical to resident's transformer forward.
+ */
+typedef enum shim_placement {
+    SHIM_PLACE_RESIDENT = 0,
+    SHIM_PLACE_ENCODERS_OFFLOAD = 1,
+    SHIM_PLACE_STREAM = 2
+} shim_placement;
+
 /* What to load and where. */
 struct shim_params {
-    const char *device;    /* "cpu", "cuda" or "cuda:N"; default "cpu" */
-    shim_dtype dtype;      /* the dtype the modules were exported in; default SHIM_F32 */
-    int cpu_threads;       /* libtorch intra-op threads on the CPU; 0 (default) leaves it */
-    const char *clip_path; /* the four module files (absolute or relative to the cwd); */
-    const char *t5_path;   /* all four are required */
+    shim_placement placement; /* default SHIM_PLACE_RESIDENT */
+    const char *device;       /* "cpu", "cuda" or "cuda:N"; default "cpu" */
+    shim_dtype dtype;         /* the dtype the modules were exported in; default SHIM_F32 */
+    int cpu_threads;          /* libtorch intra-op threads on the CPU; 0 (default) leaves it */
+    const char *clip_path;    /* the four module files (absolute or relative to the cwd); */
+    const char *t5_path;      /* all four are required */
     const char *transformer_path;
     const char *ae_path;
 };
@@ -77,7 +104,9 @@ typedef struct shim_tensor shim_tensor;
  * Loads the four modules onto p->device, which it first makes the calling thread's current
  * CUDA device (shim_use_device).  On success returns SHIM_OK and sets *out (free with
  * shim_model_free).  SHIM_ENOENT names the missing file, SHIM_EFORMAT a corrupt one,
- * SHIM_EDEVICE an unavailable device.
+ * SHIM_EDEVICE an unavailable device, SHIM_ENOTSUP a placement this model dir cannot use
+ * (stream with a transformer.pt exported without the embed/final methods: msg says which
+ * placements would run it).
  */
 shim_status shim_model_load(const struct shim_params *p, shim_model **out, char *msg,
                             size_t msg_len);
@@ -87,6 +116,19 @@ void shim_model_free(shim_model *m);
 
 /* The model's device as a static-lifetime string of the model ("cpu", "cuda:0"). */
 const char *shim_model_device(const shim_model *m);
+
+/* The model's placement (a shim_placement value; 0 when m is NULL). */
+int shim_model_placement(const shim_model *m);
+
+/*
+ * The block schedule of the last shim_run_transformer under SHIM_PLACE_STREAM, as text:
+ * space-separated events in the order they were issued, "F<i>" (block i's weights copied
+ * to the device, on the side stream), "R<i>" (block i run), "E<i>" (block i's device copy
+ * dropped).  Blocks are numbered double blocks first, then single blocks.  Writes at most
+ * len bytes (NUL-terminated when len > 0) and returns the full length; "" for other
+ * placements.  For tests and logs.
+ */
+size_t shim_stream_log(const shim_model *m, char *buf, size_t len);
 
 /* Releases cached device memory (CUDA caching allocator); a no-op on the CPU. */
 shim_status shim_release_cache(shim_model *m, char *msg, size_t msg_len);

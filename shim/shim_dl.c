@@ -66,7 +66,10 @@
     X(void, shim_tensor_shape, (const shim_tensor *t, int64_t shape[8], int *ndim),                \
       (t, shape, ndim), (void)(*ndim = 0))                                                         \
     X(int64_t, shim_tensor_numel, (const shim_tensor *t), (t), 0)                                  \
-    X(shim_dtype, shim_tensor_dtype, (const shim_tensor *t), (t), SHIM_F32)
+    X(shim_dtype, shim_tensor_dtype, (const shim_tensor *t), (t), SHIM_F32)                        \
+    X(int, shim_model_placement, (const shim_model *m), (m), 0)                                    \
+    X(size_t, shim_stream_log, (const shim_model *m, char *buf, size_t len), (m, buf, len),        \
+      (buf && len ? (void)(buf[0] = '\0') : (void)0, (size_t)0))
 
 static struct {
     shim_status (*shim_model_load)(const struct shim_params *, shim_model **, char *, size_t);
@@ -150,6 +153,8 @@ const char *shim_status_name(shim_status st)
         return "SHIM_EINTERNAL";
     case SHIM_ENOLIB:
         return "SHIM_ENOLIB";
+    case SHIM_ENOTSUP:
+        return "SHIM_ENOTSUP";
     }
     return "SHIM_EUNKNOWN";
 }

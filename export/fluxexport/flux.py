@@ -275,6 +275,29 @@ class Flux(nn.Module):
                                             for _ in range(p.depth_single_blocks)])
         self.final_layer = LastLayer(h, p.in_channels, device, dtype)
 
+    # The placement `stream` (docs/operations.md) drives the blocks one at a time from the
+    # C side: embed, then each of double_blocks.N / single_blocks.N through its scripted
+    # forward (the text and image streams joined by torch.cat((txt, img), 1) in between),
+    # then final.  These two methods repeat forward's first and last lines, op for op, so
+    # that the streamed result is bit-identical to forward's; forward itself is unchanged.
+    @torch.jit.export
+    def embed(self, img: Tensor, img_ids: Tensor, txt: Tensor, txt_ids: Tensor,
+              timesteps: Tensor, y: Tensor,
+              guidance: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """forward's inputs -> (img, txt, vec, cos, sin) as the first block takes them."""
+        img = self.img_in(img)
+        vec = self.time_in(timestep_embedding(timesteps, 256))
+        vec = vec + self.guidance_in(timestep_embedding(guidance, 256))
+        vec = vec + self.vector_in(y)
+        txt = self.txt_in(txt)
+        cos, sin = rope_tables(torch.cat((txt_ids, img_ids), dim=1), self.axes_dim, self.theta)
+        return img, txt, vec, cos, sin
+
+    @torch.jit.export
+    def final(self, x: Tensor, vec: Tensor, txt_len: int) -> Tensor:
+        """The joint sequence after the last single block -> the velocity of the image tokens."""
+        return self.final_layer(x[:, txt_len:], vec)
+
     def forward(self, img: Tensor, img_ids: Tensor, txt: Tensor, txt_ids: Tensor,
                 timesteps: Tensor, y: Tensor, guidance: Tensor) -> Tensor:
         img = self.img_in(img)

@@ -37,6 +37,22 @@ class TorchScriptParity(unittest.TestCase):
             self.assertEqual(tuple(b.shape), (1, (w // 16) * (h // 16), 64))
             self.assertLessEqual(helpers.max_abs(a, b), TOL, f"{w}x{h}")
 
+    def test_transformer_block_methods(self):
+        """embed, the block submodules and final (what the placement stream drives) give
+        forward's output bit for bit."""
+        ts = self.scripted("transformer")
+        args = helpers.transformer_inputs(self.params[0], 256, 128, txt_len=512)
+        with torch.no_grad():
+            want = ts(*args)
+            img, txt, vec, cos, sin = ts.embed(*args)
+            for _, b in ts.double_blocks.named_children():
+                img, txt = b(img, txt, vec, cos, sin)
+            x = torch.cat((txt, img), dim=1)
+            for _, b in ts.single_blocks.named_children():
+                x = b(x, vec, cos, sin)
+            got = ts.final(x, vec, txt.shape[1])
+        self.assertTrue(torch.equal(got, want))
+
     def test_ae_decoder_two_resolutions(self):
         eager = self.ck.load("ae")
         ts = self.scripted("ae_decoder")

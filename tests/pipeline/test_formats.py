@@ -60,12 +60,12 @@ class Formats(unittest.TestCase):
     def tearDownClass(cls):
         shutil.rmtree(cls.tmp)
 
-    def generate(self, model, name, w=256, h=256, steps=4, seed=7):
+    def generate(self, model, name, w=256, h=256, steps=4, seed=7, placement="resident"):
         out = os.path.join(self.tmp, name)
         os.makedirs(out + "-lat", exist_ok=True)
         fluxgen("--model", model, "--prompt", PROMPT, "--steps", str(steps), "--width", str(w),
                 "--height", str(h), "--seed", str(seed), "--dump-latents", out + "-lat",
-                "-o", out + ".png")
+                "--placement", placement, "-o", out + ".png")
         lat = np.load(os.path.join(out + "-lat", f"step_{steps:03d}.npy"))
         with Image.open(out + ".png") as im:
             return lat, np.asarray(im.convert("RGB")).astype(int)
@@ -76,6 +76,15 @@ class Formats(unittest.TestCase):
         lat, px = self.generate(self.models["int8"], "int8-parity")
         self.assertLessEqual(float(np.abs(lat - ref["latents"][4].numpy()).max()), 1e-4)
         self.assertLessEqual(int(np.abs(px - ref["pixels"].numpy().astype(int)).max()), 1)
+
+    def test_stream_streams_quantised_blocks(self):
+        """A quantised export has the block methods too: stream runs the int4 blocks and
+        gives resident's latents and pixels."""
+        lat_r, px_r = self.generate(self.models["int4"], "int4-res", 64, 64, 2)
+        lat_s, px_s = self.generate(self.models["int4"], "int4-stream", 64, 64, 2,
+                                    placement="stream")
+        self.assertTrue(np.array_equal(lat_r, lat_s))
+        self.assertTrue(np.array_equal(px_r, px_s))
 
     def test_close_to_fp32(self):
         lat32, px32 = self.generate(MODEL, "fp32")

@@ -41,6 +41,8 @@ class Endpoints:
         self.assertIs(j["ready"], True)
         self.assertEqual(j["model"], "flux-tiny")
         self.assertEqual(j["device"], "cpu")
+        self.assertEqual(j["placement"], "resident")  # the default
+        self.assertEqual(j["weights"], "fp32")
 
     def test_generate_sync(self):
         st, h, b = self.s.request("POST", "/generate", {
@@ -155,7 +157,8 @@ class Endpoints:
         for name in ("fluxcgi_queue_depth", "fluxcgi_jobs{state=\"completed\"}",
                      "fluxcgi_step_seconds_bucket{le=\"+Inf\"}", "fluxcgi_step_seconds_count",
                      "fluxcgi_job_seconds_bucket{le=\"+Inf\"}", "fluxcgi_job_seconds_sum",
-                     "fluxcgi_ready 1"):
+                     "fluxcgi_ready 1",
+                     "fluxcgi_placement_info{placement=\"resident\",weights=\"fp32\"} 1"):
             self.assertIn(name, text)
         count = int(re.search(r"^fluxcgi_job_seconds_count (\d+)$", text, re.M).group(1))
         self.assertGreaterEqual(count, 1)

@@ -64,6 +64,14 @@ static void test_good(void)
     CHECK_INT(c.max_size, 512);
     CHECK_INT(c.warmup_steps, 0);
     CHECK_INT(c.cpu_threads, 2);
+    CHECK_STR(c.placement, "resident"); /* the default */
+    for (int i = 0; i < 4; i++) {
+        static const char *const names[] = {"resident", "encoders-offload", "stream", "auto"};
+        char text[128];
+        snprintf(text, sizeof(text), "db = a\nmodel = b\nplacement = %s\n", names[i]);
+        CHECK_INT(parse(text, &c, msg, sizeof(msg)), 0);
+        CHECK_STR(c.placement, names[i]);
+    }
 
     /* defaults; TCP sockets are not paths; bare durations are seconds */
     rc = parse("db = a.db\nmodel = /m\nsocket = 127.0.0.1:9000\nretention = 30\n", &c, msg,
@@ -127,6 +135,9 @@ static void test_bad(void)
         {"db = a\nmodel = b\nmax_body = 1000M\n", FX_EFORMAT, "out of range"},
         {"db = a\nmodel = b\ndevice = gpu\n", FX_EFORMAT, "'gpu' is not cpu, cuda or cuda:N"},
         {"db = a\nmodel = b\ndevice = cuda:\n", FX_EFORMAT, "key 'device'"},
+        {"db = a\nmodel = b\nplacement = offload\n", FX_EFORMAT,
+         "t.conf:3: key 'placement': 'offload' is not resident, encoders-offload, stream or auto"},
+        {"db = a\nmodel = b\nplacement =\n", FX_EFORMAT, "key 'placement'"},
         {"db = a\nmodel = b\ndefault_guidance = nan\n", FX_EFORMAT, "key 'default_guidance'"},
         {"db = a\nmodel = b\ndefault_guidance = 1e999\n", FX_EFORMAT, "key 'default_guidance'"},
         {"db = a\nmodel = b\nsocket_mode = 0999\n", FX_EFORMAT, "octal"},

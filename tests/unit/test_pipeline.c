@@ -173,7 +173,7 @@ static void test_cancel(struct fx_pipeline *p)
 static void test_load_errors(void)
 {
     struct fx_pipeline *p = (struct fx_pipeline *)&msg;
-    struct fx_pipeline_params pp = {"/nonexistent/model", "cpu", 0};
+    struct fx_pipeline_params pp = {"/nonexistent/model", "cpu", 0, NULL, 0, 0, 0};
     CHECK_INT(fx_pipeline_load(&pp, &p, msg, sizeof(msg)), FX_ENOENT);
     CHECK(p == NULL);
     CHECK(strstr(msg, "the directory does not exist") != NULL);
@@ -191,9 +191,26 @@ int main(int argc, char **argv)
         fprintf(stderr, "test_pipeline: --model DIR is required\n");
         return 2;
     }
-    struct fx_pipeline_params pp = {a.model, "cpu", 0};
+    /* an unknown placement is refused, auto on the CPU is resident */
+    struct fx_pipeline_params pp = {a.model, "cpu", 0, "sideways", 0, 0, 0};
+    CHECK_INT(fx_pipeline_load(&pp, &p, msg, sizeof(msg)), FX_EINVAL);
+    CHECK(p == NULL);
+    CHECK(strstr(msg, "placement 'sideways'") != NULL);
+    pp.placement = "auto";
+    pp.device_memory = 1;
     CHECK_INT(fx_pipeline_load(&pp, &p, msg, sizeof(msg)), 0);
     if (p) {
+        char log[64] = "x";
+        CHECK_STR(fx_pipeline_placement(p), "resident");
+        CHECK_INT((long long)fx_pipeline_stream_log(p, log, sizeof(log)), 0);
+        CHECK_STR(log, "");
+        fx_pipeline_free(p);
+        p = NULL;
+    }
+    pp.placement = NULL;
+    CHECK_INT(fx_pipeline_load(&pp, &p, msg, sizeof(msg)), 0);
+    if (p) {
+        CHECK_STR(fx_pipeline_placement(p), "resident");
         CHECK_STR(fx_pipeline_device(p), "cpu");
         CHECK_STR(fx_pipeline_manifest(p)->name, "flux-tiny");
         test_generate(p);

@@ -245,6 +245,61 @@ static void test_max_size(void)
     manifest_free(m);
 }
 
+/* auto: resident on the CPU or without a figure, else the first placement that fits. */
+static void test_auto(void)
+{
+    struct fx_manifest *m;
+    struct fx_plan res, off, str;
+    enum fx_placement p = FX_PLACE_STREAM;
+    char msg[512];
+    write_manifest("bf16", "", "");
+    m = load(0, NULL);
+    if (m == NULL)
+        return;
+    CHECK_INT(plan_compute(m, FX_PLACE_RESIDENT, 1024, 1024, "cuda", &res, NULL, 0), 0);
+    CHECK_INT(plan_compute(m, FX_PLACE_ENCODERS_OFFLOAD, 1024, 1024, "cuda", &off, NULL, 0), 0);
+    CHECK_INT(plan_compute(m, FX_PLACE_STREAM, 1024, 1024, "cuda", &str, NULL, 0), 0);
+    CHECK_INT(plan_auto_placement(m, "cpu", 1LL << 30, 1024, 1024, &p, msg, sizeof(msg)), 0);
+    CHECK_INT(p, FX_PLACE_RESIDENT);
+    p = FX_PLACE_STREAM;
+    CHECK_INT(plan_auto_placement(m, "cuda", 0, 1024, 1024, &p, msg, sizeof(msg)), 0);
+    CHECK_INT(p, FX_PLACE_RESIDENT);
+    CHECK_INT(plan_auto_placement(m, "cuda:1", res.device_total, 1024, 1024, &p, msg, sizeof(msg)),
+              0);
+    CHECK_INT(p, FX_PLACE_RESIDENT);
+    CHECK_INT(
+        plan_auto_placement(m, "cuda", res.device_total - 1, 1024, 1024, &p, msg, sizeof(msg)), 0);
+    CHECK_INT(p, FX_PLACE_ENCODERS_OFFLOAD);
+    CHECK_INT(
+        plan_auto_placement(m, "cuda", off.device_total - 1, 1024, 1024, &p, msg, sizeof(msg)), 0);
+    CHECK_INT(p, FX_PLACE_STREAM);
+    CHECK_INT(
+        plan_auto_placement(m, "cuda", str.device_total - 1, 1024, 1024, &p, msg, sizeof(msg)),
+        FX_EDEVICE);
+    CHECK(strstr(msg, "no placement fits") != NULL);
+    /* a configured name: auto resolved as above, the others as named */
+    CHECK_INT(plan_resolve_placement(m, NULL, "cuda", 1, 1024, 1024, &p, msg, sizeof(msg)), 0);
+    CHECK_INT(p, FX_PLACE_RESIDENT);
+    CHECK_INT(plan_resolve_placement(m, "stream", "cuda", 1, 1024, 1024, &p, msg, sizeof(msg)), 0);
+    CHECK_INT(p, FX_PLACE_STREAM);
+    CHECK_INT(plan_resolve_placement(m, "auto", "cuda", off.device_total - 1, 1024, 1024, &p, msg,
+                                     sizeof(msg)),
+              0);
+    CHECK_INT(p, FX_PLACE_STREAM);
+    CHECK_INT(plan_resolve_placement(m, "auto", "cuda", 1, 1024, 1024, &p, msg, sizeof(msg)),
+              FX_EDEVICE);
+    CHECK_INT(plan_resolve_placement(m, "sideways", "cuda", 0, 1024, 1024, &p, msg, sizeof(msg)),
+              FX_EINVAL);
+    CHECK(strstr(msg, "placement 'sideways'") != NULL);
+    /* without block sizes, stream cannot be chosen: the message says to export again */
+    m->double_block_bytes = m->single_block_bytes = 0;
+    CHECK_INT(
+        plan_auto_placement(m, "cuda", off.device_total - 1, 1024, 1024, &p, msg, sizeof(msg)),
+        FX_EDEVICE);
+    CHECK(strstr(msg, "export") != NULL);
+    manifest_free(m);
+}
+
 static void test_printers(void)
 {
     struct fx_manifest *m;
@@ -382,6 +437,7 @@ int main(int argc, char **argv)
     test_placements();
     test_activation_formula();
     test_max_size();
+    test_auto();
     test_printers();
     test_parse_bytes();
     test_service_limits();
