@@ -289,17 +289,24 @@ void api_response_release(struct api_response *rs)
     }
 }
 
-/* The memory plan against cfg->device_memory: the default image must fit (else FX_EDEVICE),
- * and max_size drops to the largest square side that fits. */
+/* The memory plan of the configured placement against cfg->device_memory: the default image
+ * must fit (else FX_EDEVICE), and max_size drops to the largest square side that fits. */
 static int fit_device_memory(struct api_ctx *ctx, const struct fx_manifest *m,
                              const struct fx_config *cfg, bool *lowered, char *msg, size_t msg_len)
 {
     struct fx_plan pl;
     int64_t mem = (int64_t)cfg->device_memory;
     const char *dev = cfg->device[0] ? cfg->device : NULL;
+    enum fx_placement place;
     int side, rc;
-    rc = plan_compute(m, FX_PLACE_RESIDENT, ctx->defaults.width, ctx->defaults.height, dev, &pl,
-                      msg, msg_len);
+    /* the placement that will run (auto resolves against the same figure) */
+    rc = plan_resolve_placement(m, cfg->placement, dev, mem, ctx->defaults.width,
+                                ctx->defaults.height, &place, msg, msg_len);
+    if (rc == FX_EDEVICE)
+        place = FX_PLACE_STREAM; /* none fits: say what the smallest placement needs */
+    else if (rc)
+        return rc;
+    rc = plan_compute(m, place, ctx->defaults.width, ctx->defaults.height, dev, &pl, msg, msg_len);
     if (rc)
         return rc;
     if (pl.device_total > mem)
@@ -312,7 +319,7 @@ static int fit_device_memory(struct api_ctx *ctx, const struct fx_manifest *m,
                        m->name, (long long)mem, (long long)pl.device_total, ctx->defaults.width,
                        ctx->defaults.height, (long long)pl.weights_device,
                        (long long)pl.activation_peak, (long long)pl.overhead);
-    side = plan_max_size(m, FX_PLACE_RESIDENT, dev, mem, ctx->limits.min_size, ctx->limits.max_size,
+    side = plan_max_size(m, place, dev, mem, ctx->limits.min_size, ctx->limits.max_size,
                          ctx->limits.multiple_of);
     if (side > 0 && side < ctx->limits.max_size) {
         ctx->limits.max_size = side;

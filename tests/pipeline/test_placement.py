@@ -173,6 +173,21 @@ class Check(unittest.TestCase):
         res = self.check("auto", "default_width = 64\ndefault_height = 64\ndevice_memory = 1G\n")
         self.assertEqual(res.returncode, 0, res.stderr)
         self.assertIn("placement: resident (auto)", res.stdout)  # the CPU: resident
+        # the start-up check plans the configured placement: a figure that only stream fits
+        # lets a stream service start, and stops a resident one
+        plans = {}
+        out = subprocess.run([os.environ.get("FLUXGEN", "build/fluxgen"), "plan", "--model",
+                              MODEL, "--json", "--size", "64"], capture_output=True, text=True)
+        for line in out.stdout.splitlines():
+            d = json.loads(line)
+            plans[d["placement"]] = d["device_total"]
+        between = (plans["stream"] + plans["resident"]) // 2
+        fits = f"default_width = 64\ndefault_height = 64\ndevice_memory = {between}\n"
+        res = self.check("stream", fits)
+        self.assertEqual(res.returncode, 0, res.stderr)
+        res = self.check("resident", fits)
+        self.assertNotEqual(res.returncode, 0, res.stdout)
+        self.assertIn("does not fit device_memory", res.stderr)
         res = self.check("offload")
         self.assertEqual(res.returncode, 2, res.stdout)
         self.assertIn("'offload' is not resident, encoders-offload, stream or auto", res.stderr)
