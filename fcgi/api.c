@@ -24,6 +24,10 @@ int api_http_status(int code)
     case FX_EUTF8:
     case FX_EBADID:
         return 400;
+    case FX_EAUTH:
+        return 401;
+    case FX_EFORBIDDEN:
+        return 403;
     case FX_ENOENT:
         return 404;
     case FX_EMETHOD:
@@ -40,6 +44,7 @@ int api_http_status(int code)
     case FX_ERANGE:
         return 422;
     case FX_EFULL:
+    case FX_EQUOTA:
         return 429;
     case FX_ENOTSUP:
         return 501;
@@ -145,8 +150,9 @@ bool api_needs_store(const char *method, const char *uri)
     return r != R_PING;
 }
 
-void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
-                struct api_response *rs)
+/* The routing and the access check of api_handle (which adds the CORS headers). */
+static void dispatch(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
+                     struct api_response *rs)
 {
     const char *uri = rq->uri ? rq->uri : "", *m = rq->method ? rq->method : "";
     const char *allow = "", *id = NULL;
@@ -154,10 +160,14 @@ void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_re
     enum route r = route_of(uri, n, &allow, &id, &id_len);
     /* HEAD is GET without a body (the web server drops it) */
     const char *as = strcmp(m, "HEAD") == 0 ? "GET" : m;
+    struct api_caller who;
 
-    memset(rs, 0, sizeof(*rs));
     if (r == R_NONE) {
         api_send_error(rs, FX_ENOENT, "no such endpoint");
+        return;
+    }
+    if (access_is_preflight(rq)) { /* a browser asking before the real request: no key */
+        access_preflight(ctx, rq, allow, rs);
         return;
     }
     if (rq->bad_length) {
@@ -171,30 +181,37 @@ void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_re
                        strlen(m) > 16 ? "..." : "", allow);
         return;
     }
+    /* /ping is open (liveness, answered without the store); /metrics unless metrics_auth is
+     * admin; everything else needs a key when auth is on */
+    access_open_caller(ctx, &who);
+    if (ctx->cfg->auth && r != R_PING &&
+        (r != R_METRICS || ctx->cfg->metrics_auth == CONFIG_METRICS_ADMIN) &&
+        access_check(ctx, st, rq, r == R_METRICS, &who, rs) != 0)
+        return;
     switch (r) {
     case R_PING:
         route_ping(ctx, rs);
         break;
     case R_GENERATE:
-        route_generate(ctx, st, rq, rs);
+        route_generate(ctx, st, rq, &who, rs);
         break;
     case R_GENERATE_QUEUE:
-        route_generate_queue(ctx, st, rq, rs);
+        route_generate_queue(ctx, st, rq, &who, rs);
         break;
     case R_STATUS:
-        route_queue_status(ctx, st, rs);
+        route_queue_status(ctx, st, &who, rs);
         break;
     case R_JOB_STATUS:
-        route_job_status(ctx, st, id, id_len, rs);
+        route_job_status(ctx, st, &who, id, id_len, rs);
         break;
     case R_CANCEL:
-        route_cancel(ctx, st, id, id_len, rs);
+        route_cancel(ctx, st, &who, id, id_len, rs);
         break;
     case R_EVENTS:
-        route_events(ctx, st, id, id_len, rs);
+        route_events(ctx, st, &who, id, id_len, rs);
         break;
     case R_RESULT:
-        route_result(ctx, st, id, id_len, rs);
+        route_result(ctx, st, &who, id, id_len, rs);
         break;
     case R_METRICS:
         route_metrics(ctx, st, rs);
@@ -202,6 +219,18 @@ void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_re
     case R_NONE:
         break;
     }
+}
+
+void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
+                struct api_response *rs)
+{
+    int cors = access_cors_index(ctx, rq);
+    memset(rs, 0, sizeof(*rs));
+    dispatch(ctx, st, rq, rs);
+    if (rs->park)
+        rs->events.cors = cors; /* api_generate_poll adds them to the answer */
+    else if (rs->status != 204)
+        access_cors_headers(ctx, cors, rs);
 }
 
 void api_response_release(struct api_response *rs)

@@ -13,6 +13,7 @@
 
 #include "../core/err.h"
 #include "api_int.h"
+#include "auth.h"
 
 #define JSON_MAX_DEPTH 16
 
@@ -170,6 +171,14 @@ int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
                        struct fx_request *out, char **prompt, const char **field, char *msg,
                        size_t msg_len)
 {
+    return api_parse_generate_ex(ctx, body, len, out, prompt, NULL, field, msg, msg_len);
+}
+
+int api_parse_generate_ex(const struct api_ctx *ctx, const char *body, size_t len,
+                          struct fx_request *out, char **prompt, struct api_job_extra *extra,
+                          const char **field, char *msg, size_t msg_len)
+{
+    struct api_job_extra ignored;
     const char *dummy;
     struct perr pe = {field ? field : &dummy, msg, msg_len};
     json_tokener *tok = NULL;
@@ -179,6 +188,9 @@ int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
 
     field = pe.field;
     *field = NULL;
+    if (extra == NULL)
+        extra = &ignored;
+    memset(extra, 0, sizeof(*extra));
     *prompt = NULL;
     *out = ctx->defaults;
     out->prompt = NULL;
@@ -312,6 +324,36 @@ int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
             }
             out->seed = (uint64_t)n;
             out->has_seed = true;
+        } else if (strcmp(key, "webhook") == 0) {
+            char why[200];
+            if (json_object_is_type(v, json_type_null))
+                continue;
+            if (!json_object_is_type(v, json_type_string)) {
+                rc =
+                    field_error(&pe, "webhook", FX_EINVAL, "webhook: must be a URL or null, got %s",
+                                json_type_to_name(json_object_get_type(v)));
+                goto out;
+            }
+            if (strlen(json_object_get_string(v)) != (size_t)json_object_get_string_len(v)) {
+                rc = field_error(&pe, "webhook", FX_EINVAL, "webhook: must not contain NUL");
+                goto out;
+            }
+            rc = auth_webhook_check(json_object_get_string(v), ctx->cfg->webhook_hosts, why,
+                                    sizeof(why));
+            if (rc) {
+                rc = field_error(&pe, "webhook", rc == FX_ENOMEM ? FX_ENOMEM : FX_EINVAL,
+                                 "webhook: %s", why);
+                goto out;
+            }
+            snprintf(extra->webhook, sizeof(extra->webhook), "%s", json_object_get_string(v));
+        } else if (strcmp(key, "webhook_progress") == 0) {
+            if (!json_object_is_type(v, json_type_boolean)) {
+                rc = field_error(&pe, "webhook_progress", FX_EINVAL,
+                                 "webhook_progress: must be true or false, got %s",
+                                 json_type_to_name(json_object_get_type(v)));
+                goto out;
+            }
+            extra->webhook_progress = json_object_get_boolean(v);
         } else {
             char shown[64];
             size_t i, k = strlen(key);
@@ -321,7 +363,8 @@ int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
             shown[i] = '\0';
             rc = field_error(&pe, key, FX_EINVAL,
                              "%s%s: unknown field (known: prompt, "
-                             "guidance_scale, num_inference_steps, width, height, seed)",
+                             "guidance_scale, num_inference_steps, width, height, seed, webhook, "
+                             "webhook_progress)",
                              shown, k > 40 ? "..." : "");
             *field = "body";
             goto out;
