@@ -226,7 +226,7 @@ static void test_store_keys(void)
     size_t n = 0;
     long active = -1, before = 0;
 
-    CHECK_INT(query_long("PRAGMA user_version"), 3);
+    CHECK_INT(query_long("PRAGMA user_version"), STORE_SCHEMA_VERSION);
     CHECK_INT(store_key_active(st, api_now_ms(), &before), 0);
     CHECK_INT(store_key_add(st, &a), 0);
     CHECK_INT(store_key_active(st, api_now_ms(), &active), 0);
