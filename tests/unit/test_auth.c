@@ -688,6 +688,138 @@ static void test_api_cors_and_webhooks(void)
     cfg.webhook_hosts[0] = '\0';
 }
 
+/* The string value of a top-level field of a JSON answer into out ("" when absent). */
+static void field_of(const struct api_response *rs, const char *name, char *out, size_t n)
+{
+    json_object *o = rs->body ? json_tokener_parse(rs->body) : NULL, *v;
+    out[0] = '\0';
+    if (o && json_object_object_get_ex(o, name, &v) && json_object_is_type(v, json_type_string))
+        snprintf(out, n, "%s", json_object_get_string(v));
+    json_object_put(o);
+}
+
+/* Job groups and the OpenAI / A1111 routes under auth: another key's group is 404 (and is not
+ * cancelled), a group counts each image toward the key's quota, the clients' routes answer
+ * auth errors in their own shapes, A1111's "current job" is the caller's own, the fixed lists
+ * need a key while /openapi.json stays open. */
+static void test_api_groups_and_clients(void)
+{
+    char kc[AUTH_KEY_LEN + 1], kd[AUTH_KEY_LEN + 1], kadm[AUTH_KEY_LEN + 1];
+    char gid[STORE_ID_LEN + 1], id[STORE_ID_LEN + 1], uri[128];
+    struct store_key c = make_key("grp-c", false, kc), d = make_key("grp-d", false, kd);
+    struct store_key adm = make_key("grp-admin", true, kadm);
+    struct store_key_usage u;
+    struct api_response rs;
+    long counts[STORE_NSTATES];
+
+    drain();
+    cfg.auth = 1;
+    CHECK_INT(store_key_add(st, &c), 0);
+    CHECK_INT(store_key_add(st, &d), 0);
+    CHECK_INT(store_key_add(st, &adm), 0);
+
+    /* a group of 3 images of c's key */
+    cfg.key_daily_images = 4;
+    rs = call_as(kc, "POST", "/generate/queue", "{\"prompt\":\"three\",\"n\":3}");
+    CHECK_INT(rs.status, 202);
+    field_of(&rs, "group_id", gid, sizeof(gid));
+    field_of(&rs, "request_id", id, sizeof(id));
+    api_response_release(&rs);
+    CHECK(gid[0] != '\0');
+    CHECK_INT(store_key_usage(st, c.id, api_now_ms(), &u), 0);
+    CHECK_INT(u.images, 3);
+    CHECK_INT(u.queued, 3);
+    CHECK_INT(query_long("SELECT count(*) FROM jobs WHERE key_id IS NOT NULL AND cost = 2 * 64 * "
+                         "64 AND group_id IS NOT NULL"),
+              3);
+    /* 2 more images do not fit the 4 of the day (all or none), 1 does */
+    rs = call_as(kc, "POST", "/generate/queue", "{\"prompt\":\"two\",\"n\":2}");
+    CHECK_INT(rs.status, 429);
+    CHECK(has_code(&rs, "quota_exceeded"));
+    CHECK(header(&rs, "Retry-After") != NULL);
+    api_response_release(&rs);
+    /* the OpenAI route answers the quota in its own shape */
+    rs = call_as(kc, "POST", "/v1/images/generations", "{\"prompt\":\"two\",\"n\":2}");
+    CHECK_INT(rs.status, 429);
+    CHECK(memmem(rs.body, rs.body_len, "\"type\"", 6) != NULL);
+    api_response_release(&rs);
+    CHECK_INT(store_counts(st, counts), 0);
+    CHECK_INT(counts[STORE_QUEUED], 3);
+    cfg.key_daily_images = 0;
+
+    /* the group: c and the admin see it; d gets 404 and cannot cancel it */
+    snprintf(uri, sizeof(uri), "/queue/group/%s", gid);
+    EXPECT(call_as(kc, "GET", uri, NULL), 200, NULL);
+    EXPECT(call_as(kadm, "GET", uri, NULL), 200, NULL);
+    struct api_response theirs = call_as(kd, "GET", uri, NULL), unknown;
+    CHECK_INT(theirs.status, 404);
+    snprintf(uri, sizeof(uri), "/queue/group/%032x", 0x5eed);
+    unknown = call_as(kd, "GET", uri, NULL);
+    CHECK_INT(theirs.body_len, unknown.body_len);
+    api_response_release(&theirs);
+    api_response_release(&unknown);
+    snprintf(uri, sizeof(uri), "/queue/group/%s", gid);
+    EXPECT(call_as(kd, "DELETE", uri, NULL), 404, "not_found");
+    CHECK_INT(store_counts(st, counts), 0);
+    CHECK_INT(counts[STORE_QUEUED], 3);
+    EXPECT(call_as(NULL, "GET", uri, NULL), 401, "unauthorized");
+
+    /* A1111's current job is the caller's own: d sees none and stops nothing */
+    struct store_job j;
+    CHECK_INT(store_claim(st, "unit", api_now_ms(), 60000, &j), 0);
+    CHECK_STR(j.id, id);
+    store_job_release(&j);
+    rs = call_as(kd, "GET", "/sdapi/v1/progress", NULL);
+    CHECK_INT(rs.status, 200);
+    CHECK(memmem(rs.body, rs.body_len, id, strlen(id)) == NULL);
+    api_response_release(&rs);
+    rs = call_as(kc, "GET", "/sdapi/v1/progress", NULL);
+    CHECK_INT(rs.status, 200);
+    CHECK(memmem(rs.body, rs.body_len, id, strlen(id)) != NULL);
+    api_response_release(&rs);
+    EXPECT(call_as(kd, "POST", "/sdapi/v1/interrupt", NULL), 200, NULL);
+    CHECK_INT(store_get(st, id, &j), 0);
+    CHECK_INT(j.cancel, 0);
+    store_job_release(&j);
+    EXPECT(call_as(kc, "POST", "/sdapi/v1/interrupt", NULL), 200, NULL);
+    CHECK_INT(store_get(st, id, &j), 0);
+    CHECK_INT(j.cancel, 1);
+    store_job_release(&j);
+
+    /* c cancels its group: the queued images are given back to its quota */
+    EXPECT(call_as(kc, "DELETE", uri, NULL), 202, NULL);
+    CHECK_INT(store_key_usage(st, c.id, api_now_ms(), &u), 0);
+    CHECK_INT(u.images, 1); /* the running one, until it ends */
+    CHECK_INT(u.queued, 0);
+
+    /* the clients' routes answer auth errors in their own shapes */
+    rs = call_as(NULL, "POST", "/v1/images/generations", "{\"prompt\":\"x\"}");
+    CHECK_INT(rs.status, 401);
+    CHECK(memmem(rs.body, rs.body_len, "\"type\"", 6) != NULL);
+    api_response_release(&rs);
+    rs = call_as(NULL, "POST", "/sdapi/v1/txt2img", "{\"prompt\":\"x\"}");
+    CHECK_INT(rs.status, 401);
+    CHECK(memmem(rs.body, rs.body_len, "\"detail\"", 8) != NULL);
+    api_response_release(&rs);
+    /* the fixed lists need a key (so the store) with auth on; /openapi.json is open */
+    EXPECT(call_as(NULL, "GET", "/v1/models", NULL), 401, "unauthorized");
+    EXPECT(call_as(kd, "GET", "/v1/models", NULL), 200, NULL);
+    EXPECT(call_as(NULL, "GET", "/sdapi/v1/samplers", NULL), 401, NULL);
+    CHECK(api_needs_store(&ctx, "GET", "/v1/models"));
+    CHECK(api_needs_store(&ctx, "GET", "/sdapi/v1/options"));
+    CHECK(!api_needs_store(&ctx, "GET", "/openapi.json"));
+    CHECK(!api_needs_store(&ctx, "GET", "/ping"));
+    set_headers(NULL, NULL, NULL, NULL);
+    struct api_request doc = {"GET", "/openapi.json", NULL, 0, false, false, &hdr};
+    api_handle(&ctx, NULL, &doc, &rs);
+    CHECK_INT(rs.status, 200);
+    CHECK(rs.body && memmem(rs.body, rs.body_len, "securitySchemes", 15) != NULL);
+    api_response_release(&rs);
+    cfg.auth = 0;
+    CHECK(!api_needs_store(&ctx, "GET", "/v1/models"));
+    drain();
+}
+
 int main(int argc, char **argv)
 {
     char msg[512] = "";
@@ -723,6 +855,7 @@ int main(int argc, char **argv)
     ctx.readiness = &readiness;
     ctx.metrics = &metrics;
     test_api_auth();
+    test_api_groups_and_clients();
     test_api_cors_and_webhooks();
 
     store_close(st);
