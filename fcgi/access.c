@@ -1,11 +1,11 @@
 /* access.c - who may ask the HTTP API: API keys, admin keys, CORS and per-key usage.
  *
- * With `auth` on, every route but /ping (and /metrics unless metrics_auth is admin) needs a
- * key; each request looks its key up in the store by id (no cache: a revoked key is refused
- * at its next request) and compares hashes in constant time (auth.h).  /ping stays open and
- * is answered on the event thread without the store; so are unknown paths, refused methods
- * and CORS preflights, which carry no key.  Everything that reads a key runs on a handler
- * thread. */
+ * With `auth` on, every route but /ping and /openapi.json (and /metrics unless metrics_auth
+ * is admin) needs a key; each request looks its key up in the store by id (no cache: a
+ * revoked key is refused at its next request) and compares hashes in constant time (auth.h).
+ * /ping and /openapi.json stay open and are answered on the event thread without the store;
+ * so are unknown paths, refused methods and CORS preflights, which carry no key.  Everything
+ * that reads a key runs on a handler thread. */
 #include <json-c/json.h>
 #include <stdatomic.h>
 #include <stdio.h>

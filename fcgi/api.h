@@ -35,8 +35,9 @@
  * job; the job (and its group) in the store say how api_generate_poll answers it.
  *   OPTIONS any route             a CORS preflight (Origin and Access-Control-Request-Method):
  *                                204 for an allowed origin, 403 forbidden otherwise
- * With auth on (fcgi/access.c), every route but /ping (and /metrics with metrics_auth open)
- * needs an API key: 401 unauthorized without a valid one; a job made by another key is 404.
+ * With auth on (fcgi/access.c), every route but /ping and /openapi.json (and /metrics with
+ * metrics_auth open) needs an API key: 401 unauthorized without a valid one; a job or group
+ * made by another key is 404.
  * Every error is {"error":{"code":"...","message":"..."}} with a code from core/err.h
  * (fx_errcode) and the status from api_http_status.  Ids are 32 lower-case hex digits;
  * anything else in an id position is 400 invalid_id.  A field error's message starts with

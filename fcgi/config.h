@@ -63,8 +63,9 @@ struct fx_config {
      * size, and max_size is lowered to the largest square that fits (api_ctx_limits) */
     size_t device_memory;
     /* access control (fcgi/auth.h, docs/operations.md "Access control") */
-    int auth;                   /* 1: every route but /ping (and /metrics, see metrics_auth)
-                                   needs an API key; default 0 (the installed config: 1) */
+    int auth;                   /* 1: every route but /ping, /openapi.json (and /metrics,
+                                   see metrics_auth) needs an API key; default 0 (the
+                                   installed config: 1) */
     int metrics_auth;           /* CONFIG_METRICS_OPEN (default) or CONFIG_METRICS_ADMIN */
     long key_max_queued;        /* queued jobs of one key at most; 0: no bound but
                                    queue_size (a key's own max_queued wins) */
