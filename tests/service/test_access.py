@@ -305,6 +305,52 @@ class Access:
 
     # ---- CORS -----------------------------------------------------------------------------
 
+    # ---- job groups and the clients' APIs -----------------------------------------------
+
+    def test_groups_and_clients_behind_keys(self):
+        small = {"width": 64, "height": 64, "num_inference_steps": 2}
+        # a group is its key's: another key gets 404 and cannot cancel it
+        st, _, q = self.json_as(self.a, "POST", "/generate/queue",
+                                dict(small, prompt="group", n=2))
+        self.assertEqual(st, 202, q)
+        gid = q["group_id"]
+        st, _, j = self.json_as(self.b, "GET", "/queue/group/" + gid)
+        self.assertEqual((st, j["error"]["code"]), (404, "not_found"))
+        st, _, j = self.json_as(self.b, "DELETE", "/queue/group/" + gid)
+        self.assertEqual(st, 404, j)
+        st, _, j = self.json_as(self.admin, "GET", "/queue/group/" + gid)
+        self.assertEqual(st, 200, j)
+        for rid in q["request_ids"]:
+            self.wait_done(rid, self.a)
+        st, _, j = self.json_as(self.a, "GET", "/queue/group/" + gid)
+        self.assertEqual((st, j["status"]), (200, "completed"))
+        rows = self.audit("SELECT count(*) FROM jobs j JOIN api_keys k ON k.id = j.key_id "
+                          "WHERE j.group_id = ? AND k.name = 'alice'", gid)
+        self.assertEqual(rows[0][0], 2)
+        # the OpenAI and A1111 routes: a key answers, none is 401 in their own shapes
+        st, _, j = self.s.json("POST", "/v1/images/generations",
+                               {"prompt": "x", "size": "64x64"})
+        self.assertEqual(st, 401, j)
+        self.assertIn("type", j["error"])
+        st, _, j = self.s.json("POST", "/sdapi/v1/txt2img", {"prompt": "x"})
+        self.assertEqual(st, 401, j)
+        self.assertIn("detail", j)
+        self.assertEqual(self.s.request("GET", "/v1/models")[0], 401)
+        self.assertEqual(self.as_key(self.a, "GET", "/v1/models")[0], 200)
+        st, _, j = self.json_as(self.a, "POST", "/v1/images/generations",
+                                {"prompt": "openai", "size": "64x64", "n": 1})
+        self.assertEqual(st, 200, j)
+        self.assertTrue(j["data"][0]["b64_json"])
+        # /openapi.json is open and declares the keys
+        st, _, doc = self.s.json("GET", "/openapi.json")
+        self.assertEqual(st, 200)
+        self.assertEqual(set(doc["components"]["securitySchemes"]), {"bearer", "apiKey"})
+        # each image of a group counts toward the daily quota: capped has 3 images a day
+        st, h, j = self.json_as(self.capped, "POST", "/generate/queue",
+                                dict(small, prompt="too many", n=4))
+        self.assertEqual((st, j["error"]["code"]), (429, "quota_exceeded"), j)
+        self.assertIn("retry-after", h)
+
     def test_cors(self):
         pre = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
                "Access-Control-Request-Headers": "authorization, content-type"}
