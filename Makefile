@@ -368,15 +368,16 @@ format-check:
 SVC_C      := sql/store.c fcgi/config.c fcgi/jobid.c fcgi/log.c fcgi/metrics.c fcgi/job.c \
               fcgi/worker.c fcgi/api.c fcgi/reply.c fcgi/parse.c fcgi/routes_generate.c \
               fcgi/routes_queue.c fcgi/routes_ops.c fcgi/routes_events.c fcgi/fcgi_proto.c \
-              fcgi/server.c fcgi/routes_openai.c fcgi/routes_a1111.c fcgi/routes_docs.c
+              fcgi/server.c fcgi/routes_openai.c fcgi/routes_a1111.c fcgi/routes_docs.c \
+              fcgi/auth.c fcgi/access.c fcgi/keys.c fcgi/webhook.c
 SVC_GEN    := $(BUILD)/gen/sql/schema_sql.c $(BUILD)/gen/fcgi/openapi_json.c
 SVC_OBJ    := $(SVC_C:%.c=$(BUILD)/obj/%.o) $(SVC_GEN:%.c=$(BUILD)/obj/%.o)
 SAN_SVC_OBJ := $(SVC_C:%.c=$(BUILD)/san/%.o) $(SVC_GEN:%.c=$(BUILD)/san/%.o)
 SVC_LIB    := $(BUILD)/libfluxsvc.a
 SAN_SVC_LIB := $(BUILD)/san/libfluxsvc.a
-SVC_LIBS    = $(shell pkg-config --libs sqlite3)
+SVC_LIBS    = $(shell pkg-config --libs sqlite3 libcrypto libcurl)
 FLUXCGI    := $(BUILD)/fluxcgi
-SVC_UNIT   := test_store test_config test_api test_fcgi_proto
+SVC_UNIT   := test_store test_config test_api test_fcgi_proto test_auth
 # test_plan also checks the service's use of the plan (api_ctx_limits)
 SVC_UNIT   += test_plan
 SVC_UNIT_BIN := $(SVC_UNIT:%=$(BUILD)/unit/%)

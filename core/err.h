@@ -46,7 +46,10 @@ extern "C" {
     X(FX_EINTERRUPTED, -22, "interrupted too many times", "interrupted")                           \
     X(FX_EBADID, -23, "invalid request id", "invalid_id")                                          \
     X(FX_EMETHOD, -24, "method not allowed", "method_not_allowed")                                 \
-    X(FX_ENOSPC, -25, "no space left on device", "insufficient_storage")
+    X(FX_ENOSPC, -25, "no space left on device", "insufficient_storage")                           \
+    X(FX_EAUTH, -26, "not authenticated", "unauthorized")                                          \
+    X(FX_EFORBIDDEN, -27, "not allowed", "forbidden")                                              \
+    X(FX_EQUOTA, -28, "quota exceeded", "quota_exceeded")
 
 enum fx_err {
 #define FX_ERR_ENUM_(name, value, msg, code) name = (value),

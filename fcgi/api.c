@@ -25,6 +25,10 @@ int api_http_status(int code)
     case FX_EUTF8:
     case FX_EBADID:
         return 400;
+    case FX_EAUTH:
+        return 401;
+    case FX_EFORBIDDEN:
+        return 403;
     case FX_ENOENT:
         return 404;
     case FX_EMETHOD:
@@ -41,6 +45,7 @@ int api_http_status(int code)
     case FX_ERANGE:
         return 422;
     case FX_EFULL:
+    case FX_EQUOTA:
         return 429;
     case FX_ENOTSUP:
         return 501;
@@ -179,7 +184,7 @@ static bool method_allowed(const char *allow, const char *m)
     return false;
 }
 
-bool api_needs_store(const char *method, const char *uri)
+bool api_needs_store(const struct api_ctx *ctx, const char *method, const char *uri)
 {
     const char *allow = "", *id = NULL, *u = uri ? uri : "", *m = method ? method : "";
     size_t id_len = 0;
@@ -188,12 +193,19 @@ bool api_needs_store(const char *method, const char *uri)
         return false;
     if (!method_allowed(allow, strcmp(m, "HEAD") == 0 ? "GET" : m))
         return false;
-    /* answered from memory: fixed lists and the ping */
-    return r != R_PING && r != R_OPENAI_MODELS && r != R_A1111_OPTIONS && r != R_A1111_LIST;
+    /* open, answered from memory: the ping and the OpenAPI document */
+    if (r == R_PING || r == R_OPENAPI)
+        return false;
+    /* the fixed lists are answered from memory too, but with auth on the key is checked
+     * against the store first */
+    if (r == R_OPENAI_MODELS || r == R_A1111_OPTIONS || r == R_A1111_LIST)
+        return ctx && ctx->cfg && ctx->cfg->auth;
+    return true;
 }
 
-void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
-                struct api_response *rs)
+/* The routing and the access check of api_handle (which adds the CORS headers). */
+static void dispatch(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
+                     struct api_response *rs)
 {
     const char *uri = rq->uri ? rq->uri : "", *m = rq->method ? rq->method : "";
     const char *allow = "", *id = NULL;
@@ -201,10 +213,14 @@ void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_re
     enum route r = route_of(uri, n, &allow, &id, &id_len);
     /* HEAD is GET without a body (the web server drops it) */
     const char *as = strcmp(m, "HEAD") == 0 ? "GET" : m;
+    struct api_caller who;
 
-    memset(rs, 0, sizeof(*rs));
     if (r == R_NONE) {
         api_send_error(rs, FX_ENOENT, "no such endpoint");
+        return;
+    }
+    if (access_is_preflight(rq)) { /* a browser asking before the real request: no key */
+        access_preflight(ctx, rq, allow, rs);
         return;
     }
     if (rq->bad_length) {
@@ -218,54 +234,68 @@ void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_re
                        strlen(m) > 16 ? "..." : "", allow);
         return;
     }
+    /* /ping is open (liveness, answered without the store), and so is /openapi.json (the
+     * API's description, the same for everyone, which /docs reads before a key is typed in);
+     * /metrics unless metrics_auth is admin; everything else needs a key when auth is on */
+    access_open_caller(ctx, &who);
+    if (ctx->cfg->auth && r != R_PING && r != R_OPENAPI &&
+        (r != R_METRICS || ctx->cfg->metrics_auth == CONFIG_METRICS_ADMIN) &&
+        access_check(ctx, st, rq, r == R_METRICS, &who, rs) != 0) {
+        /* the OpenAI and A1111 clients read errors in their own shapes */
+        if (r == R_OPENAI_IMAGES || r == R_OPENAI_MODELS)
+            api_restyle_error(rs, "openai", NULL);
+        else if (r >= R_A1111_TXT2IMG && r <= R_A1111_LIST)
+            api_restyle_error(rs, "a1111", NULL);
+        return;
+    }
     switch (r) {
     case R_PING:
         route_ping(ctx, rs);
         break;
     case R_GENERATE:
-        route_generate(ctx, st, rq, rs);
+        route_generate(ctx, st, rq, &who, rs);
         break;
     case R_GENERATE_QUEUE:
-        route_generate_queue(ctx, st, rq, rs);
+        route_generate_queue(ctx, st, rq, &who, rs);
         break;
     case R_STATUS:
-        route_queue_status(ctx, st, rs);
+        route_queue_status(ctx, st, &who, rs);
         break;
     case R_JOB_STATUS:
-        route_job_status(ctx, st, id, id_len, rs);
+        route_job_status(ctx, st, &who, id, id_len, rs);
         break;
     case R_CANCEL:
-        route_cancel(ctx, st, id, id_len, rs);
+        route_cancel(ctx, st, &who, id, id_len, rs);
         break;
     case R_EVENTS:
-        route_events(ctx, st, id, id_len, rs);
+        route_events(ctx, st, &who, id, id_len, rs);
         break;
     case R_RESULT:
-        route_result(ctx, st, id, id_len, rs);
+        route_result(ctx, st, &who, id, id_len, rs);
         break;
     case R_METRICS:
         route_metrics(ctx, st, rs);
         break;
     case R_GROUP:
-        route_group(ctx, st, as, id, id_len, rs);
+        route_group(ctx, st, &who, as, id, id_len, rs);
         break;
     case R_OPENAPI:
         route_openapi(ctx, rs);
         break;
     case R_OPENAI_IMAGES:
-        route_openai_images(ctx, st, rq, rs);
+        route_openai_images(ctx, st, rq, &who, rs);
         break;
     case R_OPENAI_MODELS:
         route_openai_models(ctx, rs);
         break;
     case R_A1111_TXT2IMG:
-        route_a1111_txt2img(ctx, st, rq, rs);
+        route_a1111_txt2img(ctx, st, rq, &who, rs);
         break;
     case R_A1111_PROGRESS:
-        route_a1111_progress(ctx, st, rs);
+        route_a1111_progress(ctx, st, &who, rs);
         break;
     case R_A1111_INTERRUPT:
-        route_a1111_interrupt(ctx, st, rs);
+        route_a1111_interrupt(ctx, st, &who, rs);
         break;
     case R_A1111_OPTIONS:
     case R_A1111_LIST: {
@@ -278,6 +308,18 @@ void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_re
     case R_NONE:
         break;
     }
+}
+
+void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
+                struct api_response *rs)
+{
+    int cors = access_cors_index(ctx, rq);
+    memset(rs, 0, sizeof(*rs));
+    dispatch(ctx, st, rq, rs);
+    if (rs->park)
+        rs->events.cors = cors; /* api_generate_poll adds them to the answer */
+    else if (rs->status != 204)
+        access_cors_headers(ctx, cors, rs);
 }
 
 void api_response_release(struct api_response *rs)

@@ -33,6 +33,11 @@
  *   GET    /openapi.json         the OpenAPI document of all of these (routes_docs.c)
  * The sync-style routes (POST /generate, the OpenAI and A1111 ones) park their request on a
  * job; the job (and its group) in the store say how api_generate_poll answers it.
+ *   OPTIONS any route             a CORS preflight (Origin and Access-Control-Request-Method):
+ *                                204 for an allowed origin, 403 forbidden otherwise
+ * With auth on (fcgi/access.c), every route but /ping and /openapi.json (and /metrics with
+ * metrics_auth open) needs an API key: 401 unauthorized without a valid one; a job or group
+ * made by another key is 404.
  * Every error is {"error":{"code":"...","message":"..."}} with a code from core/err.h
  * (fx_errcode) and the status from api_http_status.  Ids are 32 lower-case hex digits;
  * anything else in an id position is 400 invalid_id.  A field error's message starts with
@@ -77,27 +82,51 @@ struct api_ctx {
 int api_ctx_limits(struct api_ctx *ctx, const struct fx_manifest *m, const struct fx_config *cfg,
                    char *msg, size_t msg_len);
 
+/*
+ * The request headers access control reads, as FastCGI params (the web server passes each
+ * request header as HTTP_NAME: nginx with its default fastcgi_pass_request_headers on,
+ * lighttpd always).  The front end copies them into an api_headers with fcgi_in_param; a
+ * value cut at API_HDR_MAX - 1 bytes counts as malformed (Authorization) or unknown.
+ */
+enum api_hdr {
+    API_HDR_AUTHORIZATION, /* HTTP_AUTHORIZATION: "Bearer KEY" */
+    API_HDR_API_KEY,       /* HTTP_X_API_KEY: KEY */
+    API_HDR_ORIGIN,        /* HTTP_ORIGIN: a browser's origin (CORS) */
+    API_HDR_ACR_METHOD,    /* HTTP_ACCESS_CONTROL_REQUEST_METHOD: a CORS preflight */
+    API_HDR_REMOTE_ADDR,   /* REMOTE_ADDR: for the log of refused keys */
+    API_HDR_COUNT
+};
+#define API_HDR_MAX 1024
+extern const char *const api_header_params[API_HDR_COUNT];
+struct api_headers {
+    char value[API_HDR_COUNT][API_HDR_MAX];
+    bool present[API_HDR_COUNT];
+};
+
 struct api_request {
     const char *method; /* "GET", ... */
     const char *uri;    /* REQUEST_URI: path and optional "?query" */
     const char *body;   /* may contain NUL bytes; NULL when body_len is 0 */
     size_t body_len;
-    bool body_too_large; /* the body was over cfg->max_body and not read */
-    bool bad_length;     /* the body's length is not the declared CONTENT_LENGTH */
+    bool body_too_large;           /* the body was over cfg->max_body and not read */
+    bool bad_length;               /* the body's length is not the declared CONTENT_LENGTH */
+    const struct api_headers *hdr; /* NULL: no such header was sent */
 };
 
-/* What an event stream has sent so far (route_events starts it in api_response.events). */
+/* What an event stream has sent so far (route_events starts it in api_response.events);
+ * for a parked POST /generate only cors is used. */
 struct api_events {
     int state; /* enum store_state last sent; -1 none */
     int step;
     int64_t last_sent_ms; /* monotonic: the last event or keep-alive comment */
+    int cors;             /* the allowed origin of the request (1-based in cors_origins), 0: none */
 };
 
-#define API_MAX_HEADERS 6
+#define API_MAX_HEADERS 10
 
 struct api_header {
     char name[32];
-    char value[224];
+    char value[256];
 };
 
 struct api_response {
@@ -123,10 +152,12 @@ void api_handle(const struct api_ctx *ctx, struct store *st, const struct api_re
 
 void api_response_release(struct api_response *rs);
 
-/* False when api_handle answers the request from memory alone (GET/HEAD /ping, unknown
- * paths, methods a route does not take): it may then be called with st NULL, on any thread,
- * and returns at once. */
-bool api_needs_store(const char *method, const char *uri);
+/* False when api_handle answers the request from memory alone (GET/HEAD /ping and
+ * /openapi.json, unknown paths, methods a route does not take, preflights; the fixed lists of
+ * the OpenAI and A1111 APIs too unless ctx's auth is on, when their key is checked in the
+ * store): it may then be called with st NULL, on any thread, and returns at once.  ctx may be
+ * NULL (auth off). */
+bool api_needs_store(const struct api_ctx *ctx, const char *method, const char *uri);
 
 enum api_poll {
     API_POLL_CHECK,   /* has the job ended? */
@@ -136,12 +167,13 @@ enum api_poll {
 
 /*
  * The answer to a parked POST /generate for job id: the image (200, X-Request-Id, X-Seed)
- * or the job's error once it has ended, else for API_POLL_TIMEOUT a 504 and for
- * API_POLL_STOPPING a 503 that name the job (it goes on, or stays queued).  Returns true
- * with *rs filled (release it), or false (nothing to answer yet; *rs is empty).
+ * or the job's error once it has ended (with the CORS headers of ev->cors; ev may be NULL), else
+ * for API_POLL_TIMEOUT a 504 and for API_POLL_STOPPING a 503 that name the job (it goes on, or
+ * stays queued).  Returns true with *rs filled (release it), or false (nothing to answer yet; *rs
+ * is empty).
  */
 bool api_generate_poll(const struct api_ctx *ctx, struct store *st, const char *id,
-                       enum api_poll why, struct api_response *rs);
+                       enum api_poll why, const struct api_events *ev, struct api_response *rs);
 
 /*
  * The next part of the event stream of job id: events for what changed since *ev (a state
@@ -179,5 +211,20 @@ int api_http_status(int code);
 int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
                        struct fx_request *out, char **prompt, const char **field, char *msg,
                        size_t msg_len);
+
+/* What a generation request asks besides the image (not part of the job's params). */
+struct api_job_extra {
+    char webhook[2048 + 1]; /* "": none; else checked against webhook_hosts */
+    bool webhook_progress;  /* progress events too, not only the end */
+};
+
+/*
+ * api_parse_generate, also reading `webhook` (an http(s) URL whose host webhook_hosts allows,
+ * or null) and `webhook_progress` (a boolean) into *extra (may be NULL: then they are read
+ * and checked but dropped).  A webhook host that is not allowed is 422 invalid_argument.
+ */
+int api_parse_generate_ex(const struct api_ctx *ctx, const char *body, size_t len,
+                          struct fx_request *out, char **prompt, struct api_job_extra *extra,
+                          const char **field, char *msg, size_t msg_len);
 
 #endif

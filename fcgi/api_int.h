@@ -3,8 +3,9 @@
  *
  * fcgi/api.c routes a request to one handler; the handlers live one file per family of
  * routes: routes_generate.c (POST /generate, /generate/queue), routes_queue.c (status,
- * result, cancel, groups), routes_ops.c (/ping, /metrics), routes_openai.c (the OpenAI
- * Images API), routes_a1111.c (the A1111 / Forge API), routes_docs.c (/openapi.json).  reply.c
+ * result, cancel, groups), routes_ops.c (/ping, /metrics), routes_events.c, routes_openai.c
+ * (the OpenAI Images API), routes_a1111.c (the A1111 / Forge API), routes_docs.c
+ * (/openapi.json); access.c decides who may ask (API keys, CORS, per-key limits).  reply.c
  * builds answers (JSON, errors, the status view of a job, images) and parse.c reads generation
  * requests.
  */
@@ -22,6 +23,16 @@ static const char CT_JSON[] = "application/json";
 static const char CT_PNG[] = "image/png";
 static const char CT_TEXT[] = "text/plain; charset=utf-8";
 static const char CT_PROM[] = "text/plain; version=0.0.4; charset=utf-8";
+
+/* Who is asking: the API key a request presented (fcgi/access.c). */
+struct api_caller {
+    bool admin;                        /* sees and cancels every job (everyone, with auth off) */
+    char key_id[STORE_KEY_ID_LEN + 1]; /* "": no key (auth off) */
+    char name[65];
+    long max_queued, daily_images; /* the key's limits in force; 0: none */
+    int64_t daily_budget;
+    char webhook[1024]; /* the key's default webhook; "" none */
+};
 
 /* Wall-clock time (Unix epoch milliseconds) for the timestamps stored in job rows. */
 int64_t api_now_ms(void);
@@ -49,9 +60,10 @@ json_object *api_job_status(const struct api_ctx *ctx, const struct store_job *j
 void api_answer_result(const struct api_ctx *ctx, struct store *st, struct api_response *rs,
                        const struct store_job *j);
 bool api_terminal(enum store_state s);
-/* Reads the job named by a path segment; answers and returns non-zero when it cannot. */
-int api_load_job(struct store *st, const char *id, size_t id_len, struct api_response *rs,
-                 struct store_job *j);
+/* Reads the job named by a path segment; answers and returns non-zero when it cannot.  A job
+ * of another key is 404 like an unknown id (unless who is admin). */
+int api_load_job(struct store *st, const struct api_caller *who, const char *id, size_t id_len,
+                 struct api_response *rs, struct store_job *j);
 bool api_ready(const struct api_ctx *ctx);
 void api_not_ready(const struct api_ctx *ctx, struct api_response *rs);
 
@@ -75,6 +87,7 @@ struct api_gen {
     char *prompt;          /* malloc'd */
     int n;                 /* images, 1..API_MAX_IMAGES */
     struct api_ignored ignored;
+    struct api_job_extra extra; /* the webhook (native bodies only) */
 };
 /* req = ctx->defaults without prompt or seed, n = 1, nothing ignored. */
 void api_gen_init(const struct api_ctx *ctx, struct api_gen *g);
@@ -138,11 +151,15 @@ struct api_queued {
 /*
  * Queues g->n jobs with consecutive seeds from g->req's (random when it has none), in one
  * transaction, as a group when group is true or n > 1.  reply (NULL or JSON) is stored with
- * each job (api_reply_json).  Returns 0 with *q filled, or answers rs in the native error
- * shape (not ready, queue full, store errors) and returns the error.
+ * each job (api_reply_json), and so are who's key, each image's cost and the webhook (g's,
+ * else the key's): in the same transaction the key's limits count all n images (429
+ * quota_exceeded with the key's usage, Retry-After).  Returns 0 with *q filled, or answers rs
+ * in the native error shape (not ready, queue full, quota, store errors) and returns the
+ * error.
  */
-int api_enqueue(const struct api_ctx *ctx, struct store *st, struct api_gen *g, bool sync,
-                bool group, const char *reply, struct api_queued *q, struct api_response *rs);
+int api_enqueue(const struct api_ctx *ctx, struct store *st, const struct api_caller *who,
+                struct api_gen *g, bool sync, bool group, const char *reply, struct api_queued *q,
+                struct api_response *rs);
 
 /* The reply JSON a job keeps for its waiting client: extra (taken; may be NULL) with "api"
  * and the ignored fields added.  malloc'd text, NULL when out of memory. */
@@ -178,32 +195,64 @@ void openai_answer(const struct api_ctx *ctx, struct store *st, const struct sto
 void a1111_answer(const struct api_ctx *ctx, struct store *st, const struct store_job *jobs, int n,
                   json_object *reply, struct api_response *rs);
 
+/* ---- access.c ---- */
+/* The value of a request header, or NULL when it was not sent. */
+const char *api_hdr(const struct api_request *rq, enum api_hdr h);
+/* The caller when no key is needed: admin when auth is off, else nobody in particular. */
+void access_open_caller(const struct api_ctx *ctx, struct api_caller *who);
+/*
+ * Authenticates the request's key (auth on): fills *who and returns 0, or answers 400
+ * malformed / 401 unauthorized (403 forbidden when need_admin and the key is not an admin
+ * key) and returns the error.  Failures are counted in the metrics and logged without the
+ * key.  Needs the store: never called on the event thread.
+ */
+int access_check(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
+                 bool need_admin, struct api_caller *who, struct api_response *rs);
+/* The 1-based place of the request's Origin in cors_origins; 0 when absent or not allowed. */
+int access_cors_index(const struct api_ctx *ctx, const struct api_request *rq);
+/* Adds the CORS headers of an answer to an allowed origin (index from access_cors_index). */
+void access_cors_headers(const struct api_ctx *ctx, int index, struct api_response *rs);
+/* Whether the request is a CORS preflight (OPTIONS with Origin and
+ * Access-Control-Request-Method). */
+bool access_is_preflight(const struct api_request *rq);
+/* Answers a preflight for a route that takes the methods in allow. */
+void access_preflight(const struct api_ctx *ctx, const struct api_request *rq, const char *allow,
+                      struct api_response *rs);
+/* The key's limits and usage as JSON ({"name","queued","max_queued",...}). */
+json_object *access_usage_json(const struct api_caller *who, const struct store_key_usage *u);
+/* Per-key Prometheus series (usage and limits of every key in use); malloc'd text or NULL. */
+char *access_metrics(const struct api_ctx *ctx, struct store *st, size_t *len);
+
 /* ---- the handlers ---- */
 void route_ping(const struct api_ctx *ctx, struct api_response *rs);
 void route_metrics(const struct api_ctx *ctx, struct store *st, struct api_response *rs);
 void route_generate(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
-                    struct api_response *rs);
+                    const struct api_caller *who, struct api_response *rs);
 void route_generate_queue(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
-                          struct api_response *rs);
-void route_queue_status(const struct api_ctx *ctx, struct store *st, struct api_response *rs);
-void route_job_status(const struct api_ctx *ctx, struct store *st, const char *id, size_t id_len,
-                      struct api_response *rs);
-void route_result(const struct api_ctx *ctx, struct store *st, const char *id, size_t id_len,
-                  struct api_response *rs);
-void route_events(const struct api_ctx *ctx, struct store *st, const char *id, size_t id_len,
-                  struct api_response *rs);
-void route_cancel(const struct api_ctx *ctx, struct store *st, const char *id, size_t id_len,
-                  struct api_response *rs);
+                          const struct api_caller *who, struct api_response *rs);
+void route_queue_status(const struct api_ctx *ctx, struct store *st, const struct api_caller *who,
+                        struct api_response *rs);
+void route_job_status(const struct api_ctx *ctx, struct store *st, const struct api_caller *who,
+                      const char *id, size_t id_len, struct api_response *rs);
+void route_result(const struct api_ctx *ctx, struct store *st, const struct api_caller *who,
+                  const char *id, size_t id_len, struct api_response *rs);
+void route_events(const struct api_ctx *ctx, struct store *st, const struct api_caller *who,
+                  const char *id, size_t id_len, struct api_response *rs);
+void route_cancel(const struct api_ctx *ctx, struct store *st, const struct api_caller *who,
+                  const char *id, size_t id_len, struct api_response *rs);
 /* GET (status) and DELETE (cancel) /queue/group/{gid} */
-void route_group(const struct api_ctx *ctx, struct store *st, const char *method, const char *gid,
-                 size_t gid_len, struct api_response *rs);
+void route_group(const struct api_ctx *ctx, struct store *st, const struct api_caller *who,
+                 const char *method, const char *gid, size_t gid_len, struct api_response *rs);
 void route_openai_images(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
-                         struct api_response *rs);
+                         const struct api_caller *who, struct api_response *rs);
 void route_openai_models(const struct api_ctx *ctx, struct api_response *rs);
 void route_a1111_txt2img(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
-                         struct api_response *rs);
-void route_a1111_progress(const struct api_ctx *ctx, struct store *st, struct api_response *rs);
-void route_a1111_interrupt(const struct api_ctx *ctx, struct store *st, struct api_response *rs);
+                         const struct api_caller *who, struct api_response *rs);
+/* the progress and interrupt of the caller's first running job (any job's for an admin) */
+void route_a1111_progress(const struct api_ctx *ctx, struct store *st, const struct api_caller *who,
+                          struct api_response *rs);
+void route_a1111_interrupt(const struct api_ctx *ctx, struct store *st,
+                           const struct api_caller *who, struct api_response *rs);
 /* GET/POST /sdapi/v1/options and the lists front-ends read to connect (what names it) */
 void route_a1111_info(const struct api_ctx *ctx, const char *method, const char *what,
                       struct api_response *rs);

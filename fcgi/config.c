@@ -38,6 +38,8 @@ void config_defaults(struct fx_config *c)
     c->warmup_steps = 1;
     c->default_guidance = -1.0;
     c->max_steps = 100;
+    c->webhook_attempts = 5;
+    c->webhook_timeout_ms = 10 * 1000;
 }
 
 /* Where a message goes and which line it is about. */
@@ -182,6 +184,76 @@ static int parse_double(struct ctx *x, const char *v, double lo, double hi, doub
     return 0;
 }
 
+static int parse_bool(struct ctx *x, const char *v, int *out)
+{
+    static const char *const yes[] = {"yes", "true", "on", "1"}, *const no[] = {"no", "false",
+                                                                                "off", "0"};
+    for (size_t i = 0; i < 4; i++) {
+        if (strcmp(v, yes[i]) == 0) {
+            *out = 1;
+            return 0;
+        }
+        if (strcmp(v, no[i]) == 0) {
+            *out = 0;
+            return 0;
+        }
+    }
+    return bad(x, "'%s' is not a boolean (yes/no, true/false, on/off, 1/0)", v);
+}
+
+/* A host name or IPv4 address, with an optional :PORT (n bytes of it). */
+static bool host_port_valid(const char *h, size_t n)
+{
+    size_t k = 0;
+    while (k < n && (isalnum((unsigned char)h[k]) || h[k] == '.' || h[k] == '-'))
+        k++;
+    if (k == 0 || h[0] == '-' || h[0] == '.')
+        return false;
+    if (k == n)
+        return true;
+    if (h[k] != ':' || k + 1 == n || n - k - 1 > 5)
+        return false;
+    for (size_t i = k + 1; i < n; i++)
+        if (!isdigit((unsigned char)h[i]))
+            return false;
+    return atol(h + k + 1) >= 1 && atol(h + k + 1) <= 65535;
+}
+
+/* A comma-separated list (blanks around items ignored) where every item passes ok(); stored
+ * with ", " between items. */
+static int parse_list(struct ctx *x, const char *v, char *dst, size_t n, const char *what,
+                      bool (*ok)(const char *item, size_t len))
+{
+    size_t at = 0;
+    dst[0] = '\0';
+    for (const char *p = v; *p;) {
+        p += strspn(p, ", \t");
+        size_t k = strcspn(p, ", \t");
+        if (k == 0)
+            break;
+        if (!ok(p, k))
+            return bad(x, "'%.*s' is not %s", (int)(k > 80 ? 80 : k), p, what);
+        if (at + k + 3 > n)
+            return bad(x, "longer than %zu bytes", n - 1);
+        at += (size_t)snprintf(dst + at, n - at, "%s%.*s", at ? ", " : "", (int)k, p);
+        p += k;
+    }
+    return 0;
+}
+
+/* "*" or scheme://host[:port] with scheme http or https and nothing after (a browser's
+ * Origin header). */
+static bool origin_valid(const char *o, size_t n)
+{
+    if (n == 1 && o[0] == '*')
+        return true;
+    if (n > 7 && strncmp(o, "http://", 7) == 0)
+        return host_port_valid(o + 7, n - 7);
+    if (n > 8 && strncmp(o, "https://", 8) == 0)
+        return host_port_valid(o + 8, n - 8);
+    return false;
+}
+
 static int parse_mode(struct ctx *x, const char *v, int *out)
 {
     char *end;
@@ -208,7 +280,12 @@ enum kind {
     K_MODE,
     K_LONG,
     K_IDPREFIX,
-    K_PLACEMENT
+    K_PLACEMENT,
+    K_BOOL,
+    K_METRICS_AUTH,
+    K_ORIGINS,
+    K_HOSTS,
+    K_SECRET
 };
 
 struct key {
@@ -253,6 +330,16 @@ static const struct key keys[] = {
     {"max_steps", K_INT, OFF(max_steps), 1, 1000},
     {"device_memory", K_SIZE, OFF(device_memory), 0, 1L << 50},
     {"placement", K_PLACEMENT, OFF(placement), 0, 0},
+    {"auth", K_BOOL, OFF(auth), 0, 0},
+    {"metrics_auth", K_METRICS_AUTH, OFF(metrics_auth), 0, 0},
+    {"key_max_queued", K_LONG, OFF(key_max_queued), 0, 1000000},
+    {"key_daily_images", K_LONG, OFF(key_daily_images), 0, 100000000},
+    {"key_daily_budget", K_LONG, OFF(key_daily_budget), 0, 4000000000000000000L},
+    {"cors_origins", K_ORIGINS, OFF(cors_origins), 0, 0},
+    {"webhook_hosts", K_HOSTS, OFF(webhook_hosts), 0, 0},
+    {"webhook_attempts", K_INT, OFF(webhook_attempts), 1, 100},
+    {"webhook_timeout", K_DURATION, OFF(webhook_timeout_ms), 100, 600L * 1000},
+    {"webhook_secret", K_SECRET, OFF(webhook_secret), 0, 0},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -302,6 +389,26 @@ static int set_value(struct ctx *x, const struct key *k, const char *v, const ch
         return parse_double(x, v, (double)k->lo, (double)k->hi, (double *)(void *)f);
     case K_MODE:
         return parse_mode(x, v, (int *)(void *)f);
+    case K_BOOL:
+        return parse_bool(x, v, (int *)(void *)f);
+    case K_METRICS_AUTH:
+        if (strcmp(v, "open") == 0)
+            c->metrics_auth = CONFIG_METRICS_OPEN;
+        else if (strcmp(v, "admin") == 0)
+            c->metrics_auth = CONFIG_METRICS_ADMIN;
+        else
+            return bad(x, "'%s' is not open or admin", v);
+        return 0;
+    case K_ORIGINS:
+        return parse_list(x, v, c->cors_origins, sizeof(c->cors_origins),
+                          "an origin such as https://app.example.com (or *)", origin_valid);
+    case K_HOSTS:
+        return parse_list(x, v, c->webhook_hosts, sizeof(c->webhook_hosts),
+                          "a host name or address with an optional :PORT", host_port_valid);
+    case K_SECRET:
+        if (strlen(v) < 16 || strlen(v) >= sizeof(c->webhook_secret))
+            return bad(x, "must be 16 to %zu characters", sizeof(c->webhook_secret) - 1);
+        return parse_text(x, v, c->webhook_secret, sizeof(c->webhook_secret), "-_.+/=");
     case K_IDPREFIX:
         if (!jobid_prefix_valid(v))
             return bad(x, "'%s' is not 1 to %d characters from [a-z0-9]", v, JOBID_PREFIX_MAX);

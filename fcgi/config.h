@@ -66,7 +66,27 @@ struct fx_config {
      * (default), "encoders-offload", "stream" or "auto" (picked at load from device_memory
      * and the memory plan; resident on the CPU or without device_memory) */
     char placement[20];
+    /* access control (fcgi/auth.h, docs/operations.md "Access control") */
+    int auth;                   /* 1: every route but /ping, /openapi.json (and /metrics,
+                                   see metrics_auth) needs an API key; default 0 (the
+                                   installed config: 1) */
+    int metrics_auth;           /* CONFIG_METRICS_OPEN (default) or CONFIG_METRICS_ADMIN */
+    long key_max_queued;        /* queued jobs of one key at most; 0: no bound but
+                                   queue_size (a key's own max_queued wins) */
+    long key_daily_images;      /* images one key may queue per UTC day; 0: no quota */
+    long key_daily_budget;      /* steps x width x height one key may queue per UTC day;
+                                   0: no budget */
+    char cors_origins[1024];    /* origins allowed to call from a browser, comma-separated
+                                   ("https://app.example.com", or "*"); empty: none */
+    char webhook_hosts[1024];   /* hosts (name or name:port) webhooks may call,
+                                   comma-separated; empty: webhooks are refused */
+    int webhook_attempts;       /* deliveries of one event at most, default 5 */
+    int64_t webhook_timeout_ms; /* one delivery attempt at most, default 10 s */
+    char webhook_secret[129];   /* signs the webhooks of jobs made without a key; empty:
+                                   those are sent unsigned */
 };
+
+enum { CONFIG_METRICS_OPEN = 0, CONFIG_METRICS_ADMIN = 1 };
 
 /* Fills the defaults above (db and model empty). */
 void config_defaults(struct fx_config *c);

@@ -16,6 +16,7 @@
  * the store cannot be opened, the address cannot be listened on, the device keeps failing)
  * or after SIGUSR1/SIGUSR2; 2 for a bad command line or config.
  */
+#include <curl/curl.h>
 #include <errno.h>
 #include <libgen.h>
 #include <netdb.h>
@@ -39,9 +40,11 @@
 #include "../sql/store.h"
 #include "api.h"
 #include "config.h"
+#include "keys.h"
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
+#include "webhook.h"
 #include "worker.h"
 
 struct service {
@@ -51,6 +54,7 @@ struct service {
     struct api_ctx api;
     struct worker *worker;
     struct server *server;
+    struct webhook *webhook;
     int listen_fd;
 };
 
@@ -221,6 +225,7 @@ static void fit_open_files(struct fx_config *cfg)
 static void usage(FILE *f)
 {
     fputs("usage: fluxcgi --config FILE [--check]\n"
+          "       fluxcgi keys add|list|revoke ... --config FILE   (fluxcgi keys --help)\n"
           "       fluxcgi --help | --version\n"
           "  --config FILE  the service's config (conf/fluxcgi.conf is the commented example)\n"
           "  --check        check the config, the model manifest and the folders of the db,\n"
@@ -239,6 +244,8 @@ int main(int argc, char **argv)
     sigset_t sigs;
     char msg[2048] = "";
 
+    if (argc > 1 && strcmp(argv[1], "keys") == 0) /* API keys in the store (keys.h) */
+        return keys_main(argc - 1, argv + 1);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
             config = argv[++i];
@@ -312,6 +319,10 @@ int main(int argc, char **argv)
             else
                 printf("memory plan: %s\n", msg);
         }
+        if (svc.cfg.auth)
+            printf("fluxcgi: auth is on: every request but /ping needs an API key (fluxcgi keys "
+                   "add NAME --admin --config %s)\n",
+                   config);
         manifest_free(svc.man);
         return 0;
     }
@@ -352,6 +363,13 @@ int main(int argc, char **argv)
     svc.api.worker = svc.worker;
     svc.api.readiness = worker_readiness(svc.worker);
     svc.api.metrics = &svc.metrics;
+    /* webhooks go out from their own thread, never from a request's */
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    if ((rc = webhook_start(&svc.api, &svc.webhook, msg, sizeof(msg)))) {
+        log_printf("error", "%s", msg);
+        goto out;
+    }
+    keys_check_store(&svc.cfg, config);
     {
         struct server_params sp = {
             .listen_fd = svc.listen_fd,
@@ -400,14 +418,17 @@ int main(int argc, char **argv)
         status = atomic_load(&fatal_exit) ? 1 : 0;
     }
 out:
-    worker_stop(svc.worker); /* re-queues the running job, wakes POST /generate waiters */
-    server_stop(svc.server); /* stops accepting, answers what is waiting, closes */
+    worker_stop(svc.worker);   /* re-queues the running job, wakes POST /generate waiters */
+    server_stop(svc.server);   /* stops accepting, answers what is waiting, closes */
+    webhook_stop(svc.webhook); /* pending deliveries stay in the store for the next start */
     if (svc.listen_fd > 0) {
         close(svc.listen_fd);
         if (svc.cfg.socket[0] && strchr(svc.cfg.socket, '/'))
             unlink(svc.cfg.socket);
     }
     server_free(svc.server);
+    webhook_free(svc.webhook);
+    curl_global_cleanup();
     worker_free(svc.worker);
     log_printf("info", "stopped");
     metrics_release(&svc.metrics);

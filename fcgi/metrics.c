@@ -74,6 +74,18 @@ void metrics_count_http(struct fx_metrics *m, int status)
     pthread_mutex_unlock(&m->lock);
 }
 
+void metrics_auth_failure(struct fx_metrics *m, enum metrics_auth_failure why)
+{
+    if (m && (unsigned)why < sizeof(m->auth_failures) / sizeof(m->auth_failures[0]))
+        atomic_fetch_add(&m->auth_failures[why], 1);
+}
+
+void metrics_webhook(struct fx_metrics *m, enum metrics_webhook what)
+{
+    if (m && (unsigned)what < sizeof(m->webhooks) / sizeof(m->webhooks[0]))
+        atomic_fetch_add(&m->webhooks[what], 1);
+}
+
 static void hist(FILE *f, const char *name, const char *help, const struct metrics_hist *h)
 {
     uint64_t cum = 0;
@@ -150,6 +162,21 @@ char *metrics_render(struct fx_metrics *m, const struct metrics_extra *x, size_t
             atomic_load(&m->conns_open), (unsigned long long)atomic_load(&m->conns_accepted),
             (unsigned long long)atomic_load(&m->conns_refused),
             (unsigned long long)atomic_load(&m->conns_timed_out), atomic_load(&m->requests_parked));
+    {
+        static const char *const why[6] = {"missing", "malformed", "unknown",
+                                           "revoked", "expired",   "forbidden"};
+        static const char *const what[4] = {"delivered", "retried", "failed", "dropped"};
+        fprintf(f, "# HELP fluxcgi_auth_failures_total Requests refused for their API key, by "
+                   "reason.\n# TYPE fluxcgi_auth_failures_total counter\n");
+        for (int i = 0; i < 6; i++)
+            fprintf(f, "fluxcgi_auth_failures_total{reason=\"%s\"} %llu\n", why[i],
+                    (unsigned long long)atomic_load(&m->auth_failures[i]));
+        fprintf(f, "# HELP fluxcgi_webhook_attempts_total Webhook delivery attempts of this "
+                   "process, by outcome.\n# TYPE fluxcgi_webhook_attempts_total counter\n");
+        for (int i = 0; i < 4; i++)
+            fprintf(f, "fluxcgi_webhook_attempts_total{outcome=\"%s\"} %llu\n", what[i],
+                    (unsigned long long)atomic_load(&m->webhooks[i]));
+    }
     hist(f, "fluxcgi_step_seconds", "Time of one denoising step.", &m->step);
     hist(f, "fluxcgi_job_seconds", "Run time of a completed job (claim to stored PNG).", &m->job);
     fprintf(f, "# HELP fluxcgi_http_responses_total HTTP answers by status.\n"

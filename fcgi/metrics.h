@@ -35,7 +35,34 @@ struct fx_metrics {
     /* the FastCGI front end (fcgi/server.c), updated without the lock */
     _Atomic uint64_t conns_accepted, conns_refused, conns_timed_out;
     _Atomic long conns_open, requests_parked;
+    /* access control (fcgi/access.c, fcgi/webhook.c), updated without the lock */
+    _Atomic uint64_t auth_failures[6]; /* by enum metrics_auth_failure */
+    _Atomic uint64_t webhooks[4];      /* by enum metrics_webhook */
 };
+
+/* Why a request's key was refused. */
+enum metrics_auth_failure {
+    METRICS_AUTH_MISSING,   /* no key presented */
+    METRICS_AUTH_MALFORMED, /* a header that is not 'Bearer KEY' */
+    METRICS_AUTH_UNKNOWN,   /* no such key, or the secret does not match */
+    METRICS_AUTH_REVOKED,
+    METRICS_AUTH_EXPIRED,
+    METRICS_AUTH_FORBIDDEN /* a key that is not an admin key where one is needed */
+};
+
+/* What one webhook delivery attempt came to. */
+enum metrics_webhook {
+    METRICS_WEBHOOK_DELIVERED,
+    METRICS_WEBHOOK_RETRIED, /* failed; another attempt is due later */
+    METRICS_WEBHOOK_FAILED,  /* failed for the last time */
+    METRICS_WEBHOOK_DROPPED  /* not sent: superseded, or its host is no longer allowed */
+};
+
+/* Counts a refused key (m may be NULL). */
+void metrics_auth_failure(struct fx_metrics *m, enum metrics_auth_failure why);
+
+/* Counts a webhook attempt (m may be NULL). */
+void metrics_webhook(struct fx_metrics *m, enum metrics_webhook what);
 
 /* Zeroes m and initialises its lock; metrics_release undoes it. */
 void metrics_init(struct fx_metrics *m);

@@ -14,6 +14,7 @@
 #include "../core/err.h"
 #include "../core/imgw.h"
 #include "api_int.h"
+#include "auth.h"
 
 #define JSON_MAX_DEPTH 16
 
@@ -413,11 +414,34 @@ enum native_field {
     NF_N,
     NF_FORMAT,
     NF_QUALITY,
+    NF_WEBHOOK,
+    NF_WEBHOOK_PROGRESS,
     NF_COUNT
 };
 const char *const api_native_fields[NF_COUNT + 1] = {
-    "prompt", "guidance_scale", "num_inference_steps", "width", "height", "seed",
-    "n",      "output_format",  "output_quality",      NULL};
+    "prompt", "guidance_scale", "num_inference_steps", "width",   "height",           "seed",
+    "n",      "output_format",  "output_quality",      "webhook", "webhook_progress", NULL};
+
+/* The webhook field (an http(s) URL whose host webhook_hosts allows) into extra. */
+static int get_webhook(const struct api_ctx *ctx, struct perr *pe, json_object *v,
+                       struct api_job_extra *extra)
+{
+    char why[200];
+    int rc;
+    if (!json_object_is_type(v, json_type_string))
+        return field_error(pe, "webhook", FX_EINVAL, "webhook: must be a URL or null, got %s",
+                           json_type_to_name(json_object_get_type(v)));
+    if (strlen(json_object_get_string(v)) != (size_t)json_object_get_string_len(v))
+        return field_error(pe, "webhook", FX_EINVAL, "webhook: must not contain NUL");
+    if (json_object_get_string_len(v) == 0) /* "" is null's default: the key's, if any */
+        return 0;
+    rc = auth_webhook_check(json_object_get_string(v), ctx->cfg->webhook_hosts, why, sizeof(why));
+    if (rc)
+        return field_error(pe, "webhook", rc == FX_ENOMEM ? FX_ENOMEM : FX_EINVAL, "webhook: %s",
+                           why);
+    snprintf(extra->webhook, sizeof(extra->webhook), "%s", json_object_get_string(v));
+    return 0;
+}
 
 int api_field_index(const char *const *table, const char *key)
 {
@@ -501,6 +525,17 @@ int api_parse_native(const struct api_ctx *ctx, const char *body, size_t len, st
             rc = api_get_int(v, key, 1, 100, &iv, field, msg, msg_len);
             g->req.quality = (int)iv;
             break;
+        case NF_WEBHOOK:
+            rc = get_webhook(ctx, &pe, v, &g->extra);
+            break;
+        case NF_WEBHOOK_PROGRESS:
+            if (!json_object_is_type(v, json_type_boolean))
+                rc = field_error(&pe, "webhook_progress", FX_EINVAL,
+                                 "webhook_progress: must be true or false, got %s",
+                                 json_type_to_name(json_object_get_type(v)));
+            else
+                g->extra.webhook_progress = json_object_get_boolean(v);
+            break;
         case NF_COUNT:
             break;
         }
@@ -525,11 +560,20 @@ int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
                        struct fx_request *out, char **prompt, const char **field, char *msg,
                        size_t msg_len)
 {
+    return api_parse_generate_ex(ctx, body, len, out, prompt, NULL, field, msg, msg_len);
+}
+
+int api_parse_generate_ex(const struct api_ctx *ctx, const char *body, size_t len,
+                          struct fx_request *out, char **prompt, struct api_job_extra *extra,
+                          const char **field, char *msg, size_t msg_len)
+{
     struct api_gen g;
     int rc = api_parse_native(ctx, body, len, &g, field, msg, msg_len);
     *prompt = rc ? NULL : g.prompt;
     *out = g.req;
     if (rc)
         out->prompt = NULL;
+    if (extra)
+        *extra = rc ? (struct api_job_extra){{0}, false} : g.extra;
     return rc;
 }

@@ -238,8 +238,8 @@ bool api_terminal(enum store_state s)
 }
 
 /* Reads the job named by a path segment; answers and returns non-zero when it cannot. */
-int api_load_job(struct store *st, const char *id, size_t id_len, struct api_response *rs,
-                 struct store_job *j)
+int api_load_job(struct store *st, const struct api_caller *who, const char *id, size_t id_len,
+                 struct api_response *rs, struct store_job *j)
 {
     char key[JOBID_MAX + 1];
     int rc;
@@ -253,6 +253,11 @@ int api_load_job(struct store *st, const char *id, size_t id_len, struct api_res
     memcpy(key, id, id_len);
     key[id_len] = '\0';
     rc = store_get(st, key, j);
+    if (rc == 0 && !who->admin && strcmp(j->key_id, who->key_id) != 0) {
+        /* another key's job reads exactly like an unknown id, so ids cannot be probed */
+        store_job_release(j);
+        rc = FX_ENOENT;
+    }
     if (rc == FX_ENOENT)
         api_send_error(rs, rc, "no job '%s'", key);
     else if (rc)

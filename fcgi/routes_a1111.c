@@ -213,7 +213,7 @@ static json_object *parameters(const struct api_gen *g, const struct a1111_req *
 }
 
 void route_a1111_txt2img(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
-                         struct api_response *rs)
+                         const struct api_caller *who, struct api_response *rs)
 {
     struct api_gen g;
     struct api_queued q;
@@ -244,7 +244,7 @@ void route_a1111_txt2img(const struct api_ctx *ctx, struct store *st, const stru
         api_send_error(rs, FX_ENOMEM, "out of memory");
         goto out;
     }
-    if (api_enqueue(ctx, st, &g, true, true, reply, &q, rs) == 0)
+    if (api_enqueue(ctx, st, who, &g, true, true, reply, &q, rs) == 0)
         api_park(rs, q.ids[0]);
 out:
     api_restyle_error(rs, "a1111", param);
@@ -370,7 +370,15 @@ void a1111_answer(const struct api_ctx *ctx, struct store *st, const struct stor
     api_send_json(rs, 200, o);
 }
 
-void route_a1111_progress(const struct api_ctx *ctx, struct store *st, struct api_response *rs)
+/* The running job queued first that the caller may see (any for an admin): A1111's current
+ * job, which another key's job must not be. */
+static int current_job(struct store *st, const struct api_caller *who, struct store_job *j)
+{
+    return store_running_first_of(st, who->admin ? NULL : who->key_id, j);
+}
+
+void route_a1111_progress(const struct api_ctx *ctx, struct store *st, const struct api_caller *who,
+                          struct api_response *rs)
 {
     struct store_job j;
     long counts[STORE_NSTATES];
@@ -381,7 +389,7 @@ void route_a1111_progress(const struct api_ctx *ctx, struct store *st, struct ap
     double progress = 0, eta = 0;
 
     if (rc == 0) {
-        rc = store_running_first(st, &j);
+        rc = current_job(st, who, &j);
         running = rc == 0;
         if (rc == FX_ENOENT)
             rc = 0;
@@ -422,11 +430,12 @@ void route_a1111_progress(const struct api_ctx *ctx, struct store *st, struct ap
 }
 
 /* A1111 stops "the current job": here the running job queued first. */
-void route_a1111_interrupt(const struct api_ctx *ctx, struct store *st, struct api_response *rs)
+void route_a1111_interrupt(const struct api_ctx *ctx, struct store *st,
+                           const struct api_caller *who, struct api_response *rs)
 {
     struct store_job j;
     enum store_state s = STORE_QUEUED;
-    int rc = store_running_first(st, &j);
+    int rc = current_job(st, who, &j);
     if (rc == 0) {
         rc = store_cancel(st, j.id, api_now_ms(), &s);
         if (rc == 0 && s == STORE_RUNNING)

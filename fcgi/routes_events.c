@@ -58,15 +58,15 @@ static bool events_for(const struct api_ctx *ctx, const struct store_job *j, str
     return end;
 }
 
-void route_events(const struct api_ctx *ctx, struct store *st, const char *id, size_t id_len,
-                  struct api_response *rs)
+void route_events(const struct api_ctx *ctx, struct store *st, const struct api_caller *who,
+                  const char *id, size_t id_len, struct api_response *rs)
 {
     struct store_job j;
     char *buf = NULL;
     size_t len = 0;
     bool end;
 
-    if (api_load_job(st, id, id_len, rs, &j))
+    if (api_load_job(st, who, id, id_len, rs, &j))
         return;
     memset(&rs->events, 0, sizeof(rs->events));
     rs->events.state = -1;

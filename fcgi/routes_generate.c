@@ -13,11 +13,58 @@
 #include "api_int.h"
 #include "job.h"
 
-int api_enqueue(const struct api_ctx *ctx, struct store *st, struct api_gen *g, bool sync,
-                bool group, const char *reply, struct api_queued *q, struct api_response *rs)
+/* Seconds until the next UTC midnight, when daily quotas start again. */
+static long until_midnight(void)
+{
+    int64_t now = api_now_ms();
+    return (long)((STORE_DAY_MS - now % STORE_DAY_MS + 999) / 1000);
+}
+
+/* 429 quota_exceeded for the limit of the key that refused the n image(s), with its usage. */
+static void send_quota(struct store *st, const struct api_caller *who,
+                       const struct store_key_usage *u, int n, struct api_response *rs)
+{
+    json_object *o = json_object_new_object();
+    char m[256];
+    long after;
+    if (u->limit == STORE_LIMIT_QUEUED) {
+        double mean = 0;
+        store_mean_run_ms(st, &mean);
+        after = (long)ceil(mean / 1000.0);
+        after = after < 1 ? 1 : after > 3600 ? 3600 : after;
+        if (n > 1)
+            snprintf(m, sizeof(m),
+                     "this API key has %ld queued jobs and may have %ld; %d more do not fit, "
+                     "try again later",
+                     u->queued, who->max_queued, n);
+        else
+            snprintf(m, sizeof(m), "this API key has %ld queued jobs, its most; try again later",
+                     u->queued);
+    } else {
+        after = until_midnight();
+        if (u->limit == STORE_LIMIT_IMAGES)
+            snprintf(m, sizeof(m),
+                     "this API key queued %ld of its %ld images of the day (UTC); %d more do "
+                     "not fit",
+                     u->images, who->daily_images, n);
+        else
+            snprintf(m, sizeof(m),
+                     "this request would take the API key past its daily budget of %lld steps x "
+                     "pixels (%lld used today, UTC)",
+                     (long long)who->daily_budget, (long long)u->budget);
+    }
+    api_add_header(rs, "Retry-After", "%ld", after);
+    json_object_object_add(o, "key", access_usage_json(who, u));
+    api_send_error_in(rs, FX_EQUOTA, o, m);
+}
+
+int api_enqueue(const struct api_ctx *ctx, struct store *st, const struct api_caller *who,
+                struct api_gen *g, bool sync, bool group, const char *reply, struct api_queued *q,
+                struct api_response *rs)
 {
     struct store_new_job jobs[API_MAX_IMAGES];
     char *params[API_MAX_IMAGES] = {NULL};
+    struct store_key_usage usage;
     int rc = 0;
 
     memset(q, 0, sizeof(*q));
@@ -51,8 +98,26 @@ int api_enqueue(const struct api_ctx *ctx, struct store *st, struct api_gen *g, 
         }
         jobs[i] = (struct store_new_job){q->ids[i], params[i], r.seed, r.steps};
     }
-    rc = store_enqueue_group(st, q->gid[0] ? q->gid : NULL, sync, reply, jobs, g->n, api_now_ms(),
-                             ctx->cfg->queue_size, &q->position);
+    /* each job records its key, its cost (one image's) against the key's budget and its
+     * webhook (the request's, else the key's own); the key's limits count every image */
+    struct store_owner owner = {
+        who->key_id[0] ? who->key_id : NULL,
+        who->max_queued,
+        who->daily_images,
+        who->daily_budget,
+        (int64_t)g->req.steps * g->req.width * g->req.height,
+        g->extra.webhook[0] ? g->extra.webhook
+        : who->webhook[0]   ? who->webhook
+                            : NULL,
+        g->extra.webhook_progress,
+    };
+    rc =
+        store_enqueue_group_owned(st, q->gid[0] ? q->gid : NULL, sync, reply, jobs, g->n,
+                                  api_now_ms(), ctx->cfg->queue_size, &owner, &q->position, &usage);
+    if (rc == FX_EQUOTA) {
+        send_quota(st, who, &usage, g->n, rs);
+        goto out;
+    }
     if (rc == FX_EFULL) {
         double mean = 0;
         store_mean_run_ms(st, &mean);
@@ -94,8 +159,8 @@ char *api_reply_json(const char *api, const struct api_ignored *ig, json_object 
 
 /* Reads the native body and queues it; has answered (and returns the error) when it cannot. */
 static int enqueue_native(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
-                          struct api_response *rs, bool sync, struct api_gen *g,
-                          struct api_queued *q)
+                          const struct api_caller *who, struct api_response *rs, bool sync,
+                          struct api_gen *g, struct api_queued *q)
 {
     char msg[512] = "", *reply = NULL;
     const char *field = NULL;
@@ -126,7 +191,7 @@ static int enqueue_native(const struct api_ctx *ctx, struct store *st, const str
         rc = FX_ENOMEM;
         goto out;
     }
-    rc = api_enqueue(ctx, st, g, sync, false, reply, q, rs);
+    rc = api_enqueue(ctx, st, who, g, sync, false, reply, q, rs);
 out:
     if (g->ignored.n)
         api_add_header(rs, "X-Ignored-Fields", "%s", g->ignored.list);
@@ -135,7 +200,7 @@ out:
 }
 
 void route_generate_queue(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
-                          struct api_response *rs)
+                          const struct api_caller *who, struct api_response *rs)
 {
     struct api_gen g;
     struct api_queued q;
@@ -143,7 +208,7 @@ void route_generate_queue(const struct api_ctx *ctx, struct store *st, const str
     json_object *o, *p;
 
     api_gen_init(ctx, &g);
-    if (enqueue_native(ctx, st, rq, rs, false, &g, &q)) {
+    if (enqueue_native(ctx, st, rq, who, rs, false, &g, &q)) {
         api_gen_release(&g);
         return;
     }
@@ -194,13 +259,13 @@ void route_generate_queue(const struct api_ctx *ctx, struct store *st, const str
  * api_generate_poll when the job ends, the wait runs out or the service stops), so waiting
  * holds no thread. */
 void route_generate(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
-                    struct api_response *rs)
+                    const struct api_caller *who, struct api_response *rs)
 {
     struct api_gen g;
     struct api_queued q;
 
     api_gen_init(ctx, &g);
-    if (enqueue_native(ctx, st, rq, rs, true, &g, &q) == 0)
+    if (enqueue_native(ctx, st, rq, who, rs, true, &g, &q) == 0)
         api_park(rs, q.ids[0]);
     api_gen_release(&g);
 }
@@ -223,8 +288,9 @@ static void add_ignored_header(struct api_response *rs, const char *reply)
     json_object_put(o);
 }
 
-bool api_generate_poll(const struct api_ctx *ctx, struct store *st, const char *id,
-                       enum api_poll why, struct api_response *rs)
+/* api_generate_poll less the CORS headers. */
+static bool generate_poll(const struct api_ctx *ctx, struct store *st, const char *id,
+                          enum api_poll why, struct api_response *rs)
 {
     struct store_job j = {0};
     int rc;
@@ -258,6 +324,16 @@ bool api_generate_poll(const struct api_ctx *ctx, struct store *st, const char *
     store_job_release(&j);
     if (rs->status != 200)
         api_add_header(rs, "X-Request-Id", "%s", id);
+    return true;
+}
+
+bool api_generate_poll(const struct api_ctx *ctx, struct store *st, const char *id,
+                       enum api_poll why, const struct api_events *ev, struct api_response *rs)
+{
+    if (!generate_poll(ctx, st, id, why, rs))
+        return false;
+    if (ev) /* the request's allowed origin, kept while it was parked */
+        access_cors_headers(ctx, ev->cors, rs);
     return true;
 }
 

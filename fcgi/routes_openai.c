@@ -181,7 +181,7 @@ out:
 }
 
 void route_openai_images(const struct api_ctx *ctx, struct store *st, const struct api_request *rq,
-                         struct api_response *rs)
+                         const struct api_caller *who, struct api_response *rs)
 {
     struct api_gen g;
     struct api_queued q;
@@ -211,7 +211,7 @@ void route_openai_images(const struct api_ctx *ctx, struct store *st, const stru
         goto out;
     }
     /* always a group, so that the poll finds the reply and every image */
-    if (api_enqueue(ctx, st, &g, true, true, reply, &q, rs) == 0)
+    if (api_enqueue(ctx, st, who, &g, true, true, reply, &q, rs) == 0)
         api_park(rs, q.ids[0]);
 out:
     api_restyle_error(rs, "openai", param);

@@ -72,6 +72,17 @@ void route_metrics(const struct api_ctx *ctx, struct store *st, struct api_respo
         api_send_error(rs, FX_ENOMEM, "out of memory");
         return;
     }
+    {
+        /* usage and limits per API key, from the store like the job counts */
+        size_t klen = 0;
+        char *keys = access_metrics(ctx, st, &klen), *all;
+        if (keys && (all = realloc(rs->body, len + klen + 1)) != NULL) {
+            memcpy(all + len, keys, klen + 1);
+            rs->body = all;
+            len += klen;
+        }
+        free(keys);
+    }
     rs->status = 200;
     rs->content_type = CT_PROM;
     rs->body_len = len;

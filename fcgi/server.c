@@ -57,6 +57,7 @@ struct task {
     char *body;
     size_t body_len;
     bool too_large, bad_length;
+    struct api_headers hdr; /* access control: the headers api_handle reads */
 };
 
 /* An answer (or a park), from a handler or the waiter to the event thread. */
@@ -148,8 +149,14 @@ static const char *reason(int status)
         return "OK";
     case 202:
         return "Accepted";
+    case 204:
+        return "No Content";
     case 400:
         return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
     case 404:
         return "Not Found";
     case 405:
@@ -218,7 +225,8 @@ struct handler_arg {
  * (the connection then times out). */
 static struct done *handle(struct server *s, struct store *st, struct task *t)
 {
-    struct api_request rq = {t->method, t->uri, t->body, t->body_len, t->too_large, t->bad_length};
+    struct api_request rq = {t->method,    t->uri,        t->body, t->body_len,
+                             t->too_large, t->bad_length, &t->hdr /* access control */};
     struct api_response rs;
     struct done *d = calloc(1, sizeof(*d));
 
@@ -232,6 +240,7 @@ static struct done *handle(struct server *s, struct store *st, struct task *t)
     if (rs.park) {
         d->park = true;
         snprintf(d->park_id, sizeof(d->park_id), "%s", rs.park_id);
+        d->events = rs.events; /* access control: the CORS origin of the later answer */
     } else {
         d->bytes = encode(s, t->req_id, &rq, &rs, &d->len);
     }
@@ -372,7 +381,7 @@ static void poll_parked(struct server *s, bool stopping)
         enum api_poll why = stopping             ? API_POLL_STOPPING
                             : now >= p->deadline ? API_POLL_TIMEOUT
                                                  : API_POLL_CHECK;
-        if (!api_generate_poll(s->api, s->waiter_st, p->id, why, &rs))
+        if (!api_generate_poll(s->api, s->waiter_st, p->id, why, &p->events, &rs))
             continue;
         struct done *d = calloc(1, sizeof(*d));
         if (d) {
@@ -549,6 +558,10 @@ static struct task *take_request(struct server *s, uint32_t slot, struct conn *c
         t->method[0] = '\0';
     if (!fcgi_in_param(&c->in, "REQUEST_URI", t->uri, ulen))
         t->uri[0] = '\0';
+    /* access control (fcgi/access.c): the request headers it reads, as HTTP_* params */
+    for (int i = 0; i < API_HDR_COUNT; i++)
+        t->hdr.present[i] = fcgi_in_param(&c->in, api_header_params[i], t->hdr.value[i],
+                                          sizeof(t->hdr.value[i])) != NULL;
     if (early) {
         t->bad_length = c->in.content_length < 0; /* a CONTENT_LENGTH that is not a number */
         t->too_large = !t->bad_length;
@@ -605,7 +618,7 @@ static bool parse(struct server *s, uint32_t slot)
             struct task *t = take_request(s, slot, c, ev == FCGI_EV_EARLY);
             if (t == NULL)
                 return flush(s, slot);
-            if (api_needs_store(t->method, t->uri)) {
+            if (api_needs_store(s->api, t->method, t->uri)) {
                 queue_task(s, t);
                 break;
             }

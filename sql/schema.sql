@@ -13,6 +13,8 @@
 -- Migration 3 adds job groups (jobs.group_id, group_index, group_size: one request for
 -- several images queues one job per image) and jobs.reply (JSON: how a waiting client is
 -- answered, e.g. {"api":"openai","response_format":"b64_json"}).
+-- Migration 4 adds access control: api_keys, key_usage, webhook_deliveries, jobs.key_id,
+-- cost, webhook, webhook_progress, and their triggers and audit views.
 
 CREATE TABLE jobs (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,  -- queue order, never reused

@@ -48,9 +48,97 @@ static const char migration3_sql[] =
     "ALTER TABLE jobs ADD COLUMN reply TEXT CHECK (reply IS NULL OR json_valid(reply));\n"
     "CREATE INDEX jobs_group ON jobs (group_id, group_index) WHERE group_id IS NOT NULL;\n";
 
-/* Migration N brings user_version from N - 1 to N; the list only grows. */
-static const char *const migrations[STORE_SCHEMA_VERSION] = {store_schema_sql, migration2_sql,
-                                                             migration3_sql};
+/*
+ * Migration 4: access control (fcgi/auth.h).  API keys (only a SHA-256 of each key is kept),
+ * the key that queued each job, per-key daily usage (counted by the enqueue transaction and
+ * given back by a trigger when a job fails or is cancelled), and webhook deliveries, which
+ * triggers queue when a job with a webhook ends (or makes a step, when progress was asked)
+ * so that no path to a final state can miss one.  Self-contained: it only adds.
+ */
+static const char migration4_sql[] =
+    "CREATE TABLE api_keys (\n"
+    "  id TEXT PRIMARY KEY CHECK (length(id) = 16 AND id NOT GLOB '*[^0-9a-f]*'),\n"
+    "  name TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 64),\n"
+    "  hash BLOB NOT NULL CHECK (length(hash) = 32),\n"
+    "  admin INTEGER NOT NULL DEFAULT 0,\n"
+    "  created_ms INTEGER NOT NULL, last_used_ms INTEGER, expires_ms INTEGER,\n"
+    "  revoked_ms INTEGER,\n"
+    "  max_queued INTEGER, daily_images INTEGER, daily_budget INTEGER,\n"
+    "  webhook_url TEXT, webhook_secret TEXT NOT NULL) WITHOUT ROWID;\n"
+    "CREATE UNIQUE INDEX api_keys_name ON api_keys (name) WHERE revoked_ms IS NULL;\n"
+    "ALTER TABLE jobs ADD COLUMN key_id TEXT;\n"
+    "ALTER TABLE jobs ADD COLUMN cost INTEGER;\n"
+    "ALTER TABLE jobs ADD COLUMN webhook TEXT;\n"
+    "ALTER TABLE jobs ADD COLUMN webhook_progress INTEGER NOT NULL DEFAULT 0;\n"
+    "CREATE INDEX jobs_key_state ON jobs (key_id, state) WHERE key_id IS NOT NULL;\n"
+    "CREATE TABLE key_usage (key_id TEXT NOT NULL, day INTEGER NOT NULL,\n"
+    "  images INTEGER NOT NULL, budget INTEGER NOT NULL,\n"
+    "  PRIMARY KEY (key_id, day)) WITHOUT ROWID;\n"
+    "CREATE TRIGGER jobs_usage_refund AFTER UPDATE OF state ON jobs\n"
+    "  WHEN NEW.key_id IS NOT NULL AND NEW.state IN ('failed', 'cancelled')\n"
+    "   AND OLD.state IN ('queued', 'running') BEGIN\n"
+    "  UPDATE key_usage SET images = max(images - 1, 0),\n"
+    "         budget = max(budget - coalesce(NEW.cost, 0), 0)\n"
+    "   WHERE key_id = NEW.key_id AND day = NEW.created_ms / 86400000; END;\n"
+    "CREATE TABLE webhook_deliveries (\n"
+    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+    "  job_id TEXT NOT NULL, key_id TEXT,\n"
+    "  event TEXT NOT NULL CHECK (event IN ('progress', 'end')),\n"
+    "  url TEXT NOT NULL,\n"
+    "  state TEXT NOT NULL DEFAULT 'pending'\n"
+    "    CHECK (state IN ('pending', 'delivered', 'failed', 'dropped')),\n"
+    "  attempts INTEGER NOT NULL DEFAULT 0,\n"
+    "  next_ms INTEGER NOT NULL,\n"
+    "  body TEXT, last_status INTEGER, last_error TEXT,\n"
+    "  created_ms INTEGER NOT NULL, finished_ms INTEGER);\n"
+    "CREATE INDEX webhook_due ON webhook_deliveries (state, next_ms);\n"
+    "CREATE INDEX webhook_job ON webhook_deliveries (job_id);\n"
+    "CREATE TRIGGER jobs_webhook_end AFTER UPDATE OF state ON jobs\n"
+    "  WHEN NEW.webhook IS NOT NULL AND OLD.state <> NEW.state\n"
+    "   AND NEW.state IN ('completed', 'failed', 'cancelled') BEGIN\n"
+    "  INSERT INTO webhook_deliveries (job_id, key_id, event, url, next_ms, created_ms)\n"
+    "  VALUES (NEW.id, NEW.key_id, 'end', NEW.webhook, coalesce(NEW.finished_ms, 0),\n"
+    "          coalesce(NEW.finished_ms, 0)); END;\n"
+    "CREATE TRIGGER jobs_webhook_progress AFTER UPDATE OF step ON jobs\n"
+    "  WHEN NEW.webhook IS NOT NULL AND NEW.webhook_progress = 1 AND NEW.state = 'running'\n"
+    "   AND NEW.step > OLD.step AND NOT EXISTS (SELECT 1 FROM webhook_deliveries\n"
+    "   WHERE job_id = NEW.id AND event = 'progress' AND state = 'pending') BEGIN\n"
+    "  INSERT INTO webhook_deliveries (job_id, key_id, event, url, next_ms, created_ms)\n"
+    "  VALUES (NEW.id, NEW.key_id, 'progress', NEW.webhook, coalesce(NEW.started_ms, 0),\n"
+    "          coalesce(NEW.started_ms, 0)); END;\n"
+    /* audit views: who did what */
+    "CREATE VIEW keys AS SELECT id, name, admin,\n"
+    "  strftime('%Y-%m-%d %H:%M:%f', created_ms / 1000.0, 'unixepoch') AS created_utc,\n"
+    "  strftime('%Y-%m-%d %H:%M:%f', last_used_ms / 1000.0, 'unixepoch') AS last_used_utc,\n"
+    "  strftime('%Y-%m-%d %H:%M:%f', expires_ms / 1000.0, 'unixepoch') AS expires_utc,\n"
+    "  strftime('%Y-%m-%d %H:%M:%f', revoked_ms / 1000.0, 'unixepoch') AS revoked_utc,\n"
+    "  max_queued, daily_images, daily_budget, webhook_url\n"
+    "  FROM api_keys ORDER BY created_ms;\n"
+    "CREATE VIEW jobs_by_key AS SELECT coalesce(k.name, '(no key)') AS key, j.key_id,\n"
+    "  count(*) AS jobs, sum(j.state = 'queued') AS queued, sum(j.state = 'running') AS running,\n"
+    "  sum(j.state IN ('completed', 'expired')) AS images, sum(j.state = 'failed') AS failed,\n"
+    "  sum(j.state = 'cancelled') AS cancelled, sum(coalesce(j.cost, 0)) AS budget,\n"
+    "  strftime('%Y-%m-%d %H:%M:%f', max(j.created_ms) / 1000.0, 'unixepoch') AS last_job_utc\n"
+    "  FROM jobs j LEFT JOIN api_keys k ON k.id = j.key_id\n"
+    "  GROUP BY j.key_id ORDER BY jobs DESC;\n"
+    "CREATE VIEW failures_by_key AS SELECT coalesce(k.name, '(no key)') AS key, j.key_id,\n"
+    "  j.state, j.error_code, count(*) AS jobs,\n"
+    "  strftime('%Y-%m-%d %H:%M:%f', max(j.finished_ms) / 1000.0, 'unixepoch') AS last_utc\n"
+    "  FROM jobs j LEFT JOIN api_keys k ON k.id = j.key_id\n"
+    "  WHERE j.state IN ('failed', 'cancelled')\n"
+    "  GROUP BY j.key_id, j.state, j.error_code ORDER BY jobs DESC;\n"
+    "CREATE VIEW webhook_log AS SELECT d.seq, d.job_id, coalesce(k.name, '(no key)') AS key,\n"
+    "  d.event, d.url, d.state, d.attempts, d.last_status, d.last_error,\n"
+    "  strftime('%Y-%m-%d %H:%M:%f', d.created_ms / 1000.0, 'unixepoch') AS created_utc,\n"
+    "  strftime('%Y-%m-%d %H:%M:%f', d.finished_ms / 1000.0, 'unixepoch') AS finished_utc\n"
+    "  FROM webhook_deliveries d LEFT JOIN api_keys k ON k.id = d.key_id\n"
+    "  ORDER BY d.seq DESC;\n";
+
+/* Migration N brings user_version from N - 1 to N; the list only grows.  Not static: the
+ * unit test builds stores of every older version with it. */
+extern const char *const store_migrations[STORE_SCHEMA_VERSION];
+const char *const store_migrations[STORE_SCHEMA_VERSION] = {store_schema_sql, migration2_sql,
+                                                            migration3_sql, migration4_sql};
 
 /* The message of a job whose cancel was asked while it ran, when its worker stopped (drain,
  * crash, lost lease) before it could end it. */
@@ -59,7 +147,11 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {store_schema_sql, m
 #define JOB_COLS                                                                                   \
     "id, state, kind, params, seed, steps, step, attempts, cancel, worker, error_code, "           \
     "error_message, created_ms, started_ms, finished_ms, expired_ms, result_bytes, group_id, "     \
-    "group_index, group_size, reply"
+    "group_index, group_size, reply, key_id"
+
+#define KEY_COLS                                                                                   \
+    "id, name, hash, admin, created_ms, last_used_ms, expires_ms, revoked_ms, max_queued, "        \
+    "daily_images, daily_budget, webhook_url, webhook_secret"
 
 /* X(name, sql) */
 #define STORE_STATEMENTS(X)                                                                        \
@@ -108,7 +200,7 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {store_schema_sql, m
                                "AND state = 'running'")                                            \
     X(ST_GROUP, "SELECT " JOB_COLS " FROM jobs WHERE group_id = ?1 ORDER BY group_index")          \
     X(ST_RUNNING_FIRST, "SELECT " JOB_COLS " FROM jobs WHERE state = 'running' "                   \
-                        "ORDER BY seq LIMIT 1")                                                    \
+                        "AND (?1 IS NULL OR key_id = ?1) ORDER BY seq LIMIT 1")                    \
     X(ST_STATE, "SELECT state FROM jobs WHERE id = ?1")                                            \
     X(ST_GET, "SELECT " JOB_COLS " FROM jobs WHERE id = ?1")                                       \
     X(ST_RESULT_GET, "SELECT r.png FROM results r JOIN jobs j ON j.seq = r.job_seq "               \
@@ -140,7 +232,41 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {store_schema_sql, m
                       "WHERE state = 'completed' AND finished_ms < ?1")                            \
     X(ST_MEAN_RUN, "SELECT coalesce(avg(finished_ms - started_ms), 0) FROM (SELECT finished_ms, "  \
                    "started_ms FROM jobs WHERE state IN ('completed', 'expired') "                 \
-                   "ORDER BY finished_ms DESC LIMIT 20)")
+                   "ORDER BY finished_ms DESC LIMIT 20)")                                          \
+    X(ST_JOB_OWNER, "UPDATE jobs SET key_id = ?2, cost = ?3, webhook = ?4, webhook_progress = ?5 " \
+                    "WHERE id = ?1")                                                               \
+    X(ST_KEY_QUEUED, "SELECT count(*) FROM jobs WHERE key_id = ?1 AND state = 'queued'")           \
+    X(ST_USAGE_GET, "SELECT images, budget FROM key_usage WHERE key_id = ?1 AND day = ?2")         \
+    X(ST_USAGE_ADD, "INSERT INTO key_usage (key_id, day, images, budget) VALUES (?1, ?2, ?4, ?3) " \
+                    "ON CONFLICT (key_id, day) DO UPDATE SET images = images + excluded.images, "  \
+                    "budget = budget + excluded.budget")                                           \
+    X(ST_USAGE_PURGE, "DELETE FROM key_usage WHERE day < ?1")                                      \
+    X(ST_KEY_ADD, "INSERT INTO api_keys (" KEY_COLS ") "                                           \
+                  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)")               \
+    X(ST_KEY_GET, "SELECT " KEY_COLS " FROM api_keys WHERE id = ?1")                               \
+    X(ST_KEY_LIST, "SELECT " KEY_COLS " FROM api_keys ORDER BY created_ms, id")                    \
+    X(ST_KEY_REVOKE, "UPDATE api_keys SET revoked_ms = ?2 WHERE (id = ?1 OR name = ?1) "           \
+                     "AND revoked_ms IS NULL RETURNING id")                                        \
+    X(ST_KEY_TOUCH, "UPDATE api_keys SET last_used_ms = ?2 WHERE id = ?1")                         \
+    X(ST_KEY_ACTIVE, "SELECT count(*) FROM api_keys WHERE revoked_ms IS NULL "                     \
+                     "AND (expires_ms IS NULL OR expires_ms > ?1)")                                \
+    X(ST_KEY_STATS, "SELECT k.id, k.name, k.max_queued, k.daily_images, k.daily_budget, "          \
+                    "(SELECT count(*) FROM jobs WHERE key_id = k.id AND state = 'queued'), "       \
+                    "coalesce(u.images, 0), coalesce(u.budget, 0) FROM api_keys k "                \
+                    "LEFT JOIN key_usage u ON u.key_id = k.id AND u.day = ?1 "                     \
+                    "WHERE k.revoked_ms IS NULL ORDER BY k.name")                                  \
+    X(ST_DELIVERY_CLAIM, "UPDATE webhook_deliveries SET attempts = attempts + 1, next_ms = ?2 "    \
+                         "WHERE seq = (SELECT seq FROM webhook_deliveries WHERE state = "          \
+                         "'pending' AND next_ms <= ?1 ORDER BY next_ms, seq LIMIT 1) "             \
+                         "RETURNING seq, job_id, key_id, event, url, body, attempts")              \
+    X(ST_DELIVERY_DONE, "UPDATE webhook_deliveries SET state = ?2, last_status = ?3, "             \
+                        "last_error = ?4, next_ms = ?5, body = coalesce(body, ?6), "               \
+                        "finished_ms = CASE WHEN ?2 = 'pending' THEN NULL ELSE ?7 END "            \
+                        "WHERE seq = ?1")                                                          \
+    X(ST_DELIVERY_NEXT, "SELECT min(next_ms) FROM webhook_deliveries WHERE state = 'pending'")     \
+    X(ST_DELIVERY_PURGE, "DELETE FROM webhook_deliveries WHERE seq IN (SELECT seq FROM "           \
+                         "webhook_deliveries WHERE state <> 'pending' AND finished_ms < ?1 "       \
+                         "LIMIT ?2)")
 
 enum {
 #define ST_ENUM_(name, sql) name,
@@ -265,7 +391,7 @@ static int migrate(struct store *st, const char *path, char *msg, size_t msg_len
     for (; version < STORE_SCHEMA_VERSION; version++) {
         char pragma[64];
         snprintf(pragma, sizeof(pragma), "PRAGMA user_version = %d", version + 1);
-        if (sqlite3_exec(st->db, migrations[version], NULL, NULL, &err) != SQLITE_OK ||
+        if (sqlite3_exec(st->db, store_migrations[version], NULL, NULL, &err) != SQLITE_OK ||
             sqlite3_exec(st->db, pragma, NULL, NULL, &err) != SQLITE_OK) {
             rc = fx_fail(msg, msg_len, FX_EIO, "database '%s': migration %d: %s", path, version + 1,
                          err ? err : sqlite3_errmsg(st->db));
@@ -413,6 +539,7 @@ static int read_job(sqlite3_stmt *s, struct store_job *j)
         if (j->reply == NULL)
             return FX_ENOMEM;
     }
+    copy_text(j->key_id, sizeof(j->key_id), sqlite3_column_text(s, 21));
     return 0;
 }
 
@@ -454,14 +581,78 @@ static int update_n(struct store *st, sqlite3_stmt *s, long *n)
 int store_enqueue(struct store *st, const char *id, bool sync, const char *params, uint64_t seed,
                   int steps, int64_t now_ms, long max_queued, long *pos)
 {
-    struct store_new_job j = {id, params, seed, steps};
-    return store_enqueue_group(st, NULL, sync, NULL, &j, 1, now_ms, max_queued, pos);
+    return store_enqueue_owned(st, id, sync, params, seed, steps, now_ms, max_queued, NULL, pos,
+                               NULL);
 }
 
 int store_enqueue_group(struct store *st, const char *group_id, bool sync, const char *reply,
                         const struct store_new_job *jobs, int n, int64_t now_ms, long max_queued,
                         long *pos)
 {
+    return store_enqueue_group_owned(st, group_id, sync, reply, jobs, n, now_ms, max_queued, NULL,
+                                     pos, NULL);
+}
+
+int store_enqueue_owned(struct store *st, const char *id, bool sync, const char *params,
+                        uint64_t seed, int steps, int64_t now_ms, long max_queued,
+                        const struct store_owner *owner, long *pos, struct store_key_usage *usage)
+{
+    struct store_new_job j = {id, params, seed, steps};
+    return store_enqueue_group_owned(st, NULL, sync, NULL, &j, 1, now_ms, max_queued, owner, pos,
+                                     usage);
+}
+
+/* The owner's usage now (inside the caller's transaction). */
+static int key_usage(struct store *st, const char *key_id, int64_t day, struct store_key_usage *u)
+{
+    sqlite3_stmt *s = stmt(st, ST_KEY_QUEUED);
+    int rc;
+    memset(u, 0, sizeof(*u));
+    sqlite3_bind_text(s, 1, key_id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        u->queued = (long)sqlite3_column_int64(s, 0);
+    sqlite3_reset(s);
+    if (rc != SQLITE_ROW)
+        return from_sqlite(rc);
+    s = stmt(st, ST_USAGE_GET);
+    sqlite3_bind_text(s, 1, key_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, day);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        u->images = (long)sqlite3_column_int64(s, 0);
+        u->budget = sqlite3_column_int64(s, 1);
+    }
+    sqlite3_reset(s);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : from_sqlite(rc);
+}
+
+int store_key_usage(struct store *st, const char *key_id, int64_t now_ms, struct store_key_usage *u)
+{
+    return key_usage(st, key_id, now_ms / STORE_DAY_MS, u);
+}
+
+/* The limit of the owner that n more jobs (images) would cross, or STORE_LIMIT_NONE: a group
+ * counts each of its images, all or none. */
+static enum store_limit over_limit(const struct store_owner *o, const struct store_key_usage *u,
+                                   int n)
+{
+    if (o->max_queued > 0 && u->queued + n > o->max_queued)
+        return STORE_LIMIT_QUEUED;
+    if (o->daily_images > 0 && u->images + n > o->daily_images)
+        return STORE_LIMIT_IMAGES;
+    if (o->daily_budget > 0 && u->budget + (int64_t)n * o->cost > o->daily_budget)
+        return STORE_LIMIT_BUDGET;
+    return STORE_LIMIT_NONE;
+}
+
+int store_enqueue_group_owned(struct store *st, const char *group_id, bool sync, const char *reply,
+                              const struct store_new_job *jobs, int n, int64_t now_ms,
+                              long max_queued, const struct store_owner *owner, long *pos,
+                              struct store_key_usage *usage)
+{
+    struct store_key_usage u = {0, 0, 0, STORE_LIMIT_NONE};
+    enum store_limit lim = STORE_LIMIT_NONE;
     sqlite3_stmt *s;
     long p = 0;
     int rc;
@@ -469,6 +660,16 @@ int store_enqueue_group(struct store *st, const char *group_id, bool sync, const
         return FX_EINVAL;
     if ((rc = tx_begin(st)))
         return rc;
+    /* the key's limits are checked and its usage counted in the transaction of the insert,
+     * so concurrent requests of one key cannot both pass the last free place */
+    if (owner && owner->key_id) {
+        if ((rc = key_usage(st, owner->key_id, now_ms / STORE_DAY_MS, &u)))
+            goto out;
+        if ((lim = over_limit(owner, &u, n)) != STORE_LIMIT_NONE) {
+            rc = FX_EQUOTA;
+            goto out;
+        }
+    }
     /* all or none: a group that does not fit the queue is refused whole */
     for (int i = 0; i < n && rc == 0; i++) {
         s = stmt(st, ST_INSERT);
@@ -489,12 +690,43 @@ int store_enqueue_group(struct store *st, const char *group_id, bool sync, const
         rc = update1(st, s);
         if (rc == FX_ENOENT) /* the INSERT's WHERE found the queue full */
             rc = FX_EFULL;
+        if (rc == 0 && owner && (owner->key_id || owner->webhook)) {
+            /* each image is a job of its own: its key, its cost (refunded per job by the
+             * trigger) and its webhook */
+            s = stmt(st, ST_JOB_OWNER);
+            sqlite3_bind_text(s, 1, jobs[i].id, -1, SQLITE_STATIC);
+            if (owner->key_id)
+                sqlite3_bind_text(s, 2, owner->key_id, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(s, 3, owner->cost);
+            if (owner->webhook)
+                sqlite3_bind_text(s, 4, owner->webhook, -1, SQLITE_STATIC);
+            sqlite3_bind_int(s, 5, owner->webhook_progress ? 1 : 0);
+            rc = update1(st, s);
+        }
     }
-    if (rc == 0)
-        rc = position(st, jobs[0].id, &p);
+    if (rc)
+        goto out;
+    if (owner && owner->key_id) {
+        s = stmt(st, ST_USAGE_ADD);
+        sqlite3_bind_text(s, 1, owner->key_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, now_ms / STORE_DAY_MS);
+        sqlite3_bind_int64(s, 3, (int64_t)n * owner->cost);
+        sqlite3_bind_int(s, 4, n);
+        if ((rc = update1(st, s)))
+            goto out;
+        u.queued += n;
+        u.images += n;
+        u.budget += (int64_t)n * owner->cost;
+    }
+    rc = position(st, jobs[0].id, &p);
+out:
     rc = tx_end(st, rc);
     if (rc == 0 && pos)
         *pos = p;
+    if (usage) {
+        *usage = u;
+        usage->limit = lim;
+    }
     return rc;
 }
 
@@ -952,9 +1184,16 @@ int store_cancel_group(struct store *st, const char *group_id, int64_t now_ms, l
 
 int store_running_first(struct store *st, struct store_job *job)
 {
+    return store_running_first_of(st, NULL, job);
+}
+
+int store_running_first_of(struct store *st, const char *key_id, struct store_job *job)
+{
     sqlite3_stmt *s = stmt(st, ST_RUNNING_FIRST);
     int rc;
     memset(job, 0, sizeof(*job));
+    if (key_id)
+        sqlite3_bind_text(s, 1, key_id, -1, SQLITE_STATIC);
     rc = sqlite3_step(s);
     if (rc == SQLITE_ROW)
         rc = read_job(s, job);
@@ -963,5 +1202,311 @@ int store_running_first(struct store *st, struct store_job *job)
     sqlite3_reset(s);
     if (rc)
         store_job_release(job);
+    return rc;
+}
+
+/* ---- access control ----------------------------------------------------------------------- */
+
+static int64_t col_opt(sqlite3_stmt *s, int i)
+{
+    return sqlite3_column_type(s, i) == SQLITE_NULL ? -1 : sqlite3_column_int64(s, i);
+}
+
+/* Fills a key from a row of KEY_COLS. */
+static void read_key(sqlite3_stmt *s, struct store_key *k)
+{
+    const void *h = sqlite3_column_blob(s, 2);
+    memset(k, 0, sizeof(*k));
+    copy_text(k->id, sizeof(k->id), sqlite3_column_text(s, 0));
+    copy_text(k->name, sizeof(k->name), sqlite3_column_text(s, 1));
+    if (h && sqlite3_column_bytes(s, 2) == STORE_KEY_HASH_LEN)
+        memcpy(k->hash, h, STORE_KEY_HASH_LEN);
+    k->admin = sqlite3_column_int(s, 3) != 0;
+    k->created_ms = col_ms(s, 4);
+    k->last_used_ms = col_ms(s, 5);
+    k->expires_ms = col_ms(s, 6);
+    k->revoked_ms = col_ms(s, 7);
+    k->max_queued = (long)col_opt(s, 8);
+    k->daily_images = (long)col_opt(s, 9);
+    k->daily_budget = col_opt(s, 10);
+    copy_text(k->webhook_url, sizeof(k->webhook_url), sqlite3_column_text(s, 11));
+    copy_text(k->webhook_secret, sizeof(k->webhook_secret), sqlite3_column_text(s, 12));
+}
+
+static void bind_opt(sqlite3_stmt *s, int i, int64_t v)
+{
+    if (v >= 0)
+        sqlite3_bind_int64(s, i, v);
+}
+
+static void bind_ms(sqlite3_stmt *s, int i, int64_t v)
+{
+    if (v > 0)
+        sqlite3_bind_int64(s, i, v);
+}
+
+int store_key_add(struct store *st, const struct store_key *k)
+{
+    sqlite3_stmt *s;
+    int rc = tx_begin(st);
+    if (rc)
+        return rc;
+    s = stmt(st, ST_KEY_ADD);
+    sqlite3_bind_text(s, 1, k->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, k->name, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(s, 3, k->hash, STORE_KEY_HASH_LEN, SQLITE_STATIC);
+    sqlite3_bind_int(s, 4, k->admin ? 1 : 0);
+    sqlite3_bind_int64(s, 5, k->created_ms);
+    bind_ms(s, 6, k->last_used_ms);
+    bind_ms(s, 7, k->expires_ms);
+    bind_ms(s, 8, k->revoked_ms);
+    bind_opt(s, 9, k->max_queued);
+    bind_opt(s, 10, k->daily_images);
+    bind_opt(s, 11, k->daily_budget);
+    if (k->webhook_url[0])
+        sqlite3_bind_text(s, 12, k->webhook_url, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 13, k->webhook_secret, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    /* the unique index on the names of keys in use, or an id drawn twice */
+    rc = rc == SQLITE_DONE ? 0 : (rc & 0xff) == SQLITE_CONSTRAINT ? FX_EINVAL : from_sqlite(rc);
+    return tx_end(st, rc);
+}
+
+int store_key_get(struct store *st, const char *id, struct store_key *k)
+{
+    sqlite3_stmt *s = stmt(st, ST_KEY_GET);
+    int rc;
+    memset(k, 0, sizeof(*k));
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        read_key(s, k);
+    sqlite3_reset(s);
+    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? FX_ENOENT : from_sqlite(rc);
+}
+
+int store_key_list(struct store *st, struct store_key **out, size_t *n)
+{
+    sqlite3_stmt *s = stmt(st, ST_KEY_LIST);
+    struct store_key *v = NULL;
+    size_t k = 0, cap = 0;
+    int rc;
+    *out = NULL;
+    *n = 0;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (k == cap) {
+            struct store_key *t = realloc(v, (cap = cap ? 2 * cap : 8) * sizeof(*v));
+            if (t == NULL) {
+                sqlite3_reset(s);
+                free(v);
+                return FX_ENOMEM;
+            }
+            v = t;
+        }
+        read_key(s, &v[k++]);
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+        free(v);
+        return from_sqlite(rc);
+    }
+    *out = v;
+    *n = k;
+    return 0;
+}
+
+int store_key_revoke(struct store *st, const char *id_or_name, int64_t now_ms,
+                     char id[STORE_KEY_ID_LEN + 1])
+{
+    sqlite3_stmt *s;
+    bool found = false;
+    int rc = tx_begin(st);
+    if (rc)
+        return rc;
+    s = stmt(st, ST_KEY_REVOKE);
+    sqlite3_bind_text(s, 1, id_or_name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, now_ms);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        found = true;
+        if (id)
+            copy_text(id, STORE_KEY_ID_LEN + 1, sqlite3_column_text(s, 0));
+    }
+    sqlite3_reset(s);
+    rc = tx_end(st, rc == SQLITE_DONE ? 0 : from_sqlite(rc));
+    return rc ? rc : found ? 0 : FX_ENOENT;
+}
+
+int store_key_touch(struct store *st, const char *id, int64_t now_ms)
+{
+    sqlite3_stmt *s;
+    int rc = tx_begin(st);
+    if (rc)
+        return rc;
+    s = stmt(st, ST_KEY_TOUCH);
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, now_ms);
+    rc = update1(st, s);
+    return tx_end(st, rc == FX_ENOENT ? 0 : rc);
+}
+
+int store_key_active(struct store *st, int64_t now_ms, long *n)
+{
+    sqlite3_stmt *s = stmt(st, ST_KEY_ACTIVE);
+    int rc;
+    sqlite3_bind_int64(s, 1, now_ms);
+    rc = sqlite3_step(s);
+    *n = rc == SQLITE_ROW ? (long)sqlite3_column_int64(s, 0) : 0;
+    sqlite3_reset(s);
+    return rc == SQLITE_ROW ? 0 : from_sqlite(rc);
+}
+
+int store_key_stats(struct store *st, int64_t now_ms, struct store_key_stat **out, size_t *n)
+{
+    sqlite3_stmt *s = stmt(st, ST_KEY_STATS);
+    struct store_key_stat *v = NULL;
+    size_t k = 0, cap = 0;
+    int rc;
+    *out = NULL;
+    *n = 0;
+    sqlite3_bind_int64(s, 1, now_ms / STORE_DAY_MS);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        struct store_key_stat *x;
+        if (k == cap) {
+            struct store_key_stat *t = realloc(v, (cap = cap ? 2 * cap : 8) * sizeof(*v));
+            if (t == NULL) {
+                sqlite3_reset(s);
+                free(v);
+                return FX_ENOMEM;
+            }
+            v = t;
+        }
+        x = &v[k++];
+        memset(x, 0, sizeof(*x));
+        copy_text(x->id, sizeof(x->id), sqlite3_column_text(s, 0));
+        copy_text(x->name, sizeof(x->name), sqlite3_column_text(s, 1));
+        x->max_queued = (long)col_opt(s, 2);
+        x->daily_images = (long)col_opt(s, 3);
+        x->daily_budget = col_opt(s, 4);
+        x->usage.queued = (long)sqlite3_column_int64(s, 5);
+        x->usage.images = (long)sqlite3_column_int64(s, 6);
+        x->usage.budget = sqlite3_column_int64(s, 7);
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+        free(v);
+        return from_sqlite(rc);
+    }
+    *out = v;
+    *n = k;
+    return 0;
+}
+
+/* ---- webhook deliveries ------------------------------------------------------------------- */
+
+static char *dup_col(sqlite3_stmt *s, int i)
+{
+    const unsigned char *t = sqlite3_column_text(s, i);
+    return t ? strdup((const char *)t) : NULL;
+}
+
+void store_delivery_release(struct store_delivery *d)
+{
+    if (d) {
+        free(d->url);
+        free(d->body);
+        d->url = d->body = NULL;
+    }
+}
+
+int store_delivery_claim(struct store *st, int64_t now_ms, int64_t lease_ms,
+                         struct store_delivery *d)
+{
+    sqlite3_stmt *s;
+    int rc = tx_begin(st), step;
+    bool found = false;
+    memset(d, 0, sizeof(*d));
+    if (rc)
+        return rc;
+    s = stmt(st, ST_DELIVERY_CLAIM);
+    sqlite3_bind_int64(s, 1, now_ms);
+    sqlite3_bind_int64(s, 2, now_ms + lease_ms);
+    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
+        found = true;
+        d->seq = sqlite3_column_int64(s, 0);
+        copy_text(d->job_id, sizeof(d->job_id), sqlite3_column_text(s, 1));
+        copy_text(d->key_id, sizeof(d->key_id), sqlite3_column_text(s, 2));
+        copy_text(d->event, sizeof(d->event), sqlite3_column_text(s, 3));
+        d->url = dup_col(s, 4);
+        d->body = dup_col(s, 5);
+        d->attempts = sqlite3_column_int(s, 6);
+        if (d->url == NULL)
+            rc = FX_ENOMEM;
+    }
+    sqlite3_reset(s);
+    if (step != SQLITE_DONE)
+        rc = from_sqlite(step);
+    rc = tx_end(st, rc);
+    if (rc == 0 && !found)
+        rc = FX_ENOENT;
+    if (rc)
+        store_delivery_release(d);
+    return rc;
+}
+
+int store_delivery_done(struct store *st, int64_t seq, const char *state, int http_status,
+                        const char *error, int64_t next_ms, const char *body, int64_t now_ms)
+{
+    sqlite3_stmt *s;
+    int rc = tx_begin(st);
+    if (rc)
+        return rc;
+    s = stmt(st, ST_DELIVERY_DONE);
+    sqlite3_bind_int64(s, 1, seq);
+    sqlite3_bind_text(s, 2, state, -1, SQLITE_STATIC);
+    if (http_status > 0)
+        sqlite3_bind_int(s, 3, http_status);
+    if (error && error[0])
+        sqlite3_bind_text(s, 4, error, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 5, next_ms);
+    if (body)
+        sqlite3_bind_text(s, 6, body, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 7, now_ms);
+    return tx_end(st, update1(st, s));
+}
+
+int store_delivery_next(struct store *st, int64_t *next_ms)
+{
+    sqlite3_stmt *s = stmt(st, ST_DELIVERY_NEXT);
+    int rc = sqlite3_step(s);
+    bool none = rc == SQLITE_ROW && sqlite3_column_type(s, 0) == SQLITE_NULL;
+    *next_ms = rc == SQLITE_ROW && !none ? sqlite3_column_int64(s, 0) : 0;
+    sqlite3_reset(s);
+    if (rc != SQLITE_ROW)
+        return from_sqlite(rc);
+    return none ? FX_ENOENT : 0;
+}
+
+int store_access_purge(struct store *st, int64_t before_ms, long limit, long *n)
+{
+    sqlite3_stmt *s;
+    long count = 0;
+    int rc = tx_begin(st);
+    if (rc)
+        return rc;
+    s = stmt(st, ST_DELIVERY_PURGE);
+    sqlite3_bind_int64(s, 1, before_ms);
+    sqlite3_bind_int64(s, 2, limit);
+    rc = update_n(st, s, &count);
+    if (rc == 0) {
+        /* usage of days before yesterday is never read again */
+        s = stmt(st, ST_USAGE_PURGE);
+        sqlite3_bind_int64(s, 1, before_ms / STORE_DAY_MS - 1);
+        long gone = 0;
+        rc = update_n(st, s, &gone);
+    }
+    rc = tx_end(st, rc);
+    if (rc == 0 && n)
+        *n = count;
     return rc;
 }

@@ -51,7 +51,7 @@
 struct store;
 
 /* The schema version this program writes (the number of migrations). */
-#define STORE_SCHEMA_VERSION 3
+#define STORE_SCHEMA_VERSION 4
 
 #define STORE_ID_LEN 49 /* longest job id: host part, "-", 32 hex digits (jobid.h) */
 
@@ -86,6 +86,8 @@ struct store_job {
     char group_id[STORE_ID_LEN + 1];                         /* "" when the job is not in a group */
     int group_index, group_size; /* its place (0-based) in the group, and the group's size */
     char *reply;                 /* malloc'd JSON: how a waiting client is answered, or NULL */
+    char key_id[16 + 1];         /* the API key that queued it; "" none (auth off, or before
+                                    migration 4) */
 };
 
 /* Frees what a job owns (params, reply); the struct itself is the caller's. */
@@ -153,6 +155,138 @@ int store_cancel_group(struct store *st, const char *group_id, int64_t now_ms, l
 /* The running job that was queued first (what "the current job" of A1111's progress is).
  * Returns 0 and fills *job (release it), FX_ENOENT when none runs, FX_EIO/FX_EBUSY. */
 int store_running_first(struct store *st, struct store_job *job);
+/* store_running_first among the jobs of one key (key_id NULL: every job's). */
+int store_running_first_of(struct store *st, const char *key_id, struct store_job *job);
+
+/* ---- access control (migration 4; fcgi/auth.h is the policy) ---- */
+
+#define STORE_KEY_ID_LEN 16     /* the public part of a key: 16 lower-case hex digits */
+#define STORE_KEY_HASH_LEN 32   /* SHA-256 of the whole key */
+#define STORE_DAY_MS 86400000LL /* usage is counted per UTC day: now_ms / STORE_DAY_MS */
+
+/* An API key as stored (never the key itself). */
+struct store_key {
+    char id[STORE_KEY_ID_LEN + 1];
+    char name[65];
+    uint8_t hash[STORE_KEY_HASH_LEN];
+    bool admin;
+    int64_t created_ms, last_used_ms, expires_ms, revoked_ms; /* 0: none / never */
+    long max_queued, daily_images;                            /* -1: the config's */
+    int64_t daily_budget;                                     /* -1: the config's */
+    char webhook_url[1024];  /* "" none: the default webhook of the key's jobs */
+    char webhook_secret[80]; /* the HMAC key of its webhooks (kept: it signs) */
+};
+
+/* Adds a key.  Returns 0, FX_EINVAL (a key in use has that name, or the id exists),
+ * FX_EIO/FX_EBUSY. */
+int store_key_add(struct store *st, const struct store_key *k);
+
+/* Reads the key with this id.  Returns 0, FX_ENOENT, FX_EIO/FX_EBUSY. */
+int store_key_get(struct store *st, const char *id, struct store_key *k);
+
+/* Every key, revoked ones too, oldest first: *out is malloc'd (caller frees), *n rows. */
+int store_key_list(struct store *st, struct store_key **out, size_t *n);
+
+/* Revokes the key in use with this id or name; copies its id into id (may be NULL).
+ * Returns 0, FX_ENOENT (none in use), FX_EIO/FX_EBUSY. */
+int store_key_revoke(struct store *st, const char *id_or_name, int64_t now_ms,
+                     char id[STORE_KEY_ID_LEN + 1]);
+
+/* Sets the key's last-used time (a write: callers do it at most once a minute per key). */
+int store_key_touch(struct store *st, const char *id, int64_t now_ms);
+
+/* Keys neither revoked nor expired at now_ms. */
+int store_key_active(struct store *st, int64_t now_ms, long *n);
+
+/* What a key has used: queued jobs now, images and steps x pixels queued today (UTC; jobs
+ * that failed or were cancelled are given back), and which limit refused a job. */
+enum store_limit { STORE_LIMIT_NONE, STORE_LIMIT_QUEUED, STORE_LIMIT_IMAGES, STORE_LIMIT_BUDGET };
+struct store_key_usage {
+    long queued, images;
+    int64_t budget;
+    enum store_limit limit; /* store_enqueue_owned: the one crossed (FX_EQUOTA) */
+};
+int store_key_usage(struct store *st, const char *key_id, int64_t now_ms,
+                    struct store_key_usage *u);
+
+/* Usage and limits of every key in use (for /metrics): *out malloc'd, caller frees. */
+struct store_key_stat {
+    char id[STORE_KEY_ID_LEN + 1];
+    char name[65];
+    long max_queued, daily_images; /* -1: the config's */
+    int64_t daily_budget;
+    struct store_key_usage usage;
+};
+int store_key_stats(struct store *st, int64_t now_ms, struct store_key_stat **out, size_t *n);
+
+/* Who queues a job, that key's limits in force (0: none) and the job's webhook. */
+struct store_owner {
+    const char *key_id;   /* NULL: no key (auth off) */
+    long max_queued;      /* queued jobs of the key at most */
+    long daily_images;    /* images of the key per UTC day at most */
+    int64_t daily_budget; /* steps x pixels of the key per UTC day at most */
+    int64_t cost;         /* this job's steps x width x height */
+    const char *webhook;  /* NULL: none */
+    bool webhook_progress;
+};
+
+/*
+ * store_enqueue, recording the owner: in the same transaction the key's limits are checked
+ * (FX_EQUOTA, usage->limit says which, before the global bound), the job is inserted with
+ * its key, cost and webhook, and the key's usage of the day counted.  owner may be NULL
+ * (store_enqueue).  Fills *usage (may be NULL) with the key's usage including this job.
+ */
+int store_enqueue_owned(struct store *st, const char *id, bool sync, const char *params,
+                        uint64_t seed, int steps, int64_t now_ms, long max_queued,
+                        const struct store_owner *owner, long *position,
+                        struct store_key_usage *usage);
+
+/*
+ * store_enqueue_group, recording the owner as store_enqueue_owned does for each of the n jobs
+ * (owner->cost is one image's): the key's limits count every image of the group (n toward
+ * max_queued and daily_images, n x cost toward daily_budget), all in one transaction with the
+ * inserts, all or none.  owner may be NULL (store_enqueue_group).
+ */
+int store_enqueue_group_owned(struct store *st, const char *group_id, bool sync, const char *reply,
+                              const struct store_new_job *jobs, int n, int64_t now_ms,
+                              long max_queued, const struct store_owner *owner, long *position,
+                              struct store_key_usage *usage);
+
+/* A webhook delivery claimed for an attempt (store_delivery_release frees url and body). */
+struct store_delivery {
+    int64_t seq;
+    char job_id[STORE_ID_LEN + 1];
+    char key_id[STORE_KEY_ID_LEN + 1];
+    char event[16]; /* "end" or "progress" */
+    char *url;
+    char *body;   /* NULL until the first attempt stored what it sent */
+    int attempts; /* including this one */
+};
+void store_delivery_release(struct store_delivery *d);
+
+/*
+ * Claims the pending delivery due first (next_ms <= now_ms): attempts + 1, and it is not
+ * due again before now + lease_ms (so another process sharing the store does not send it
+ * meanwhile, and a process that dies mid-attempt leaves it to be retried).  Returns 0,
+ * FX_ENOENT (nothing due), FX_EIO/FX_EBUSY.
+ */
+int store_delivery_claim(struct store *st, int64_t now_ms, int64_t lease_ms,
+                         struct store_delivery *d);
+
+/*
+ * Records an attempt: state "delivered", "failed" (no attempt left) or "dropped" (not sent:
+ * superseded or not allowed), or "pending" with the next attempt at next_ms; the HTTP status
+ * (0: none), the error (may be NULL), and the body sent (kept from the first attempt on).
+ */
+int store_delivery_done(struct store *st, int64_t seq, const char *state, int http_status,
+                        const char *error, int64_t next_ms, const char *body, int64_t now_ms);
+
+/* The earliest next_ms of a pending delivery.  Returns 0, FX_ENOENT (none), FX_EIO/FX_EBUSY. */
+int store_delivery_next(struct store *st, int64_t *next_ms);
+
+/* Deletes at most limit finished deliveries that finished before before_ms, and per-key usage
+ * of days before it.  Sets *n (may be NULL) to the deliveries deleted. */
+int store_access_purge(struct store *st, int64_t before_ms, long limit, long *n);
 
 /*
  * Claims the oldest queued job for worker: running, attempts + 1, started now, step 0, its

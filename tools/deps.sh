@@ -14,7 +14,7 @@ set -eu
 
 BUILD="build-essential pkg-config ca-certificates make
 libjson-c-dev libpng-dev libsqlite3-dev sqlite3 libutf8proc-dev libsentencepiece-dev
-libturbojpeg0-dev libwebp-dev"
+libturbojpeg0-dev libwebp-dev libssl-dev libcurl4-openssl-dev"
 PYTHON="python3 python3-numpy python3-pil"
 DEBIAN_TORCH="python3-torch libtorch-dev"
 TOKENIZERS="sentencepiece python3-sentencepiece python3-regex"

@@ -75,7 +75,8 @@ fill() {
         -e "s|@PREFIX@|$DIR|g" -e "s|@LISTEN@|127.0.0.1:$PORT|g" -e "s|@PORT@|$PORT|g" \
         -e "s|@CONF@|$CONF|g" -e "s|@USER@|user $(id -un);|g" "$1"
 }
-fill "$CONF/fluxcgi.conf" > "$DIR/fluxcgi.conf"
+# make run serves 127.0.0.1 only: no API keys (the installed config has auth = on)
+fill "$CONF/fluxcgi.conf" | sed -e 's|^auth = on |auth = off|' > "$DIR/fluxcgi.conf"
 if [ "$TINY" = 1 ]; then
     printf '\n# make run with the tiny model on the CPU: small defaults\n%s\n%s\n%s\n' \
         "default_steps = 4" "default_width = 256" "default_height = 256" >> "$DIR/fluxcgi.conf"

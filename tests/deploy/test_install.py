@@ -82,6 +82,8 @@ class DestdirInstall(unittest.TestCase):
         self.assertRegex(conf, r"(?m)^socket = /run/fluxcgi/fluxcgi.sock")
         self.assertRegex(conf, r"(?m)^db = /var/lib/fluxcgi/jobs.db")
         self.assertRegex(conf, r"(?m)^log = /var/log/fluxcgi/fluxcgi.log")
+        # an installed service asks for API keys (make run on 127.0.0.1 does not)
+        self.assertRegex(conf, r"(?m)^auth = on\b")
         self.assertNotIn("@", re.sub(r"#.*", "", conf))
         with open(os.path.join(INSTALLED, "etc", "fluxcgi", "nginx-site.conf")) as f:
             site = f.read()

@@ -99,6 +99,11 @@ class RunSh(unittest.TestCase):
             time.sleep(0.2)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=30) as r:
             self.assertEqual(r.status, 200)
+        # make run on 127.0.0.1 needs no API key (the installed config does)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/queue/status", timeout=30) as r:
+            self.assertEqual(r.status, 200)
+        with open(os.path.join(self.tmp, "run", "fluxcgi.conf")) as f:
+            self.assertRegex(f.read(), r"(?m)^auth = off\b")
         # on the CPU, make run bounds the image size (a 2048x2048 request grew past 14 GB)
         req = urllib.request.Request(
             f"http://127.0.0.1:{port}/generate/queue", method="POST",

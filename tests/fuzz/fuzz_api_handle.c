@@ -256,7 +256,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (rs.park) {
         struct api_response parked = rs;
         if (!api_generate_poll(&ctx, st, parked.park_id,
-                               (data0 & 0x40) ? API_POLL_STOPPING : API_POLL_TIMEOUT, &rs))
+                               (data0 & 0x40) ? API_POLL_STOPPING : API_POLL_TIMEOUT,
+                               &parked.events, &rs))
             abort(); /* a timeout or a stop always answers */
         api_response_release(&parked);
     }

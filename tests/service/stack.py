@@ -28,7 +28,7 @@ TEST_DIR = os.environ.get("SVC_TEST_DIR") or tempfile.mkdtemp(prefix="fluxcgi-te
 
 # Small defaults so that the tiny model answers quickly on the CPU.
 TINY = {"default_steps": "2", "default_width": "64", "default_height": "64",
-        "warmup_steps": "1"}
+        "warmup_steps": "1", "auth": "off"}
 
 
 def free_port():

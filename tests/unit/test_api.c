@@ -18,7 +18,7 @@ static struct store *st;
 
 static struct api_response call(const char *method, const char *uri, const char *body)
 {
-    struct api_request rq = {method, uri, body, body ? strlen(body) : 0, false, false};
+    struct api_request rq = {method, uri, body, body ? strlen(body) : 0, false, false, NULL};
     struct api_response rs;
     api_handle(&ctx, st, &rq, &rs);
     return rs;
@@ -475,7 +475,7 @@ static void test_routes(void)
     api_response_release(&rs);
 
     /* a body over max_body */
-    struct api_request big = {"POST", "/generate/queue", NULL, 0, true, false};
+    struct api_request big = {"POST", "/generate/queue", NULL, 0, true, false, NULL};
     api_handle(&ctx, st, &big, &rs);
     CHECK_INT(rs.status, 413);
     api_response_release(&rs);
@@ -558,17 +558,17 @@ static void test_events(void)
 static void test_needs_store(void)
 {
     struct api_response rs;
-    CHECK(!api_needs_store("GET", "/ping"));
-    CHECK(!api_needs_store("HEAD", "/ping?x=1"));
-    CHECK(!api_needs_store("GET", "/nope"));
-    CHECK(!api_needs_store("POST", "/ping"));
-    CHECK(!api_needs_store(NULL, NULL));
-    CHECK(api_needs_store("GET", "/queue/status"));
-    CHECK(api_needs_store("GET", "/metrics"));
-    CHECK(api_needs_store("POST", "/generate"));
-    CHECK(api_needs_store("DELETE", "/queue/0123"));
+    CHECK(!api_needs_store(NULL, "GET", "/ping"));
+    CHECK(!api_needs_store(NULL, "HEAD", "/ping?x=1"));
+    CHECK(!api_needs_store(NULL, "GET", "/nope"));
+    CHECK(!api_needs_store(NULL, "POST", "/ping"));
+    CHECK(!api_needs_store(NULL, NULL, NULL));
+    CHECK(api_needs_store(NULL, "GET", "/queue/status"));
+    CHECK(api_needs_store(NULL, "GET", "/metrics"));
+    CHECK(api_needs_store(NULL, "POST", "/generate"));
+    CHECK(api_needs_store(NULL, "DELETE", "/queue/0123"));
     /* and those indeed answer without a store */
-    struct api_request rq = {"GET", "/ping", NULL, 0, false, false};
+    struct api_request rq = {"GET", "/ping", NULL, 0, false, false, NULL};
     api_handle(&ctx, NULL, &rq, &rs);
     CHECK_INT(rs.status, 200);
     api_response_release(&rs);
@@ -608,12 +608,12 @@ static void test_sync(void)
     store_job_release(&j);
 
     /* still queued: nothing to answer; out of time: 504; stopping: 503; both name the job */
-    CHECK(!api_generate_poll(&ctx, st, id, API_POLL_CHECK, &pr));
-    CHECK(api_generate_poll(&ctx, st, id, API_POLL_TIMEOUT, &pr));
+    CHECK(!api_generate_poll(&ctx, st, id, API_POLL_CHECK, NULL, &pr));
+    CHECK(api_generate_poll(&ctx, st, id, API_POLL_TIMEOUT, NULL, &pr));
     CHECK_INT(pr.status, 504);
     CHECK_STR(header(&pr, "X-Request-Id"), id);
     api_response_release(&pr);
-    CHECK(api_generate_poll(&ctx, st, id, API_POLL_STOPPING, &pr));
+    CHECK(api_generate_poll(&ctx, st, id, API_POLL_STOPPING, NULL, &pr));
     CHECK_INT(pr.status, 503);
     CHECK(strstr(pr.body, "stays queued") != NULL);
     api_response_release(&pr);
@@ -622,9 +622,9 @@ static void test_sync(void)
     CHECK_INT(store_claim(st, "unit", 3, 60000, &j), 0);
     CHECK_STR(j.id, id);
     store_job_release(&j);
-    CHECK(!api_generate_poll(&ctx, st, id, API_POLL_CHECK, &pr));
+    CHECK(!api_generate_poll(&ctx, st, id, API_POLL_CHECK, NULL, &pr));
     CHECK_INT(store_complete(st, id, "unit", png, sizeof(png), api_now_ms()), 0);
-    CHECK(api_generate_poll(&ctx, st, id, API_POLL_TIMEOUT, &pr));
+    CHECK(api_generate_poll(&ctx, st, id, API_POLL_TIMEOUT, NULL, &pr));
     CHECK_INT(pr.status, 200);
     CHECK_STR(pr.content_type, "image/png");
     CHECK_INT(pr.body_len, sizeof(png));
@@ -645,7 +645,7 @@ static void test_sync(void)
     api_response_release(&rs);
 
     /* a body cut short of its Content-Length */
-    struct api_request cut = {"POST", "/generate/queue", "{\"pro", 5, false, true};
+    struct api_request cut = {"POST", "/generate/queue", "{\"pro", 5, false, true, NULL};
     api_handle(&ctx, st, &cut, &rs);
     CHECK_INT(rs.status, 400);
     CHECK(strstr(rs.body, "malformed") != NULL);
@@ -830,8 +830,8 @@ static void test_clients(void)
     expect_error("DELETE", "/queue/group/0123456789abcdef0123456789abcdef", NULL, 404, "not_found");
     expect_error("POST", "/queue/group/0123456789abcdef0123456789abcdef", NULL, 405,
                  "method_not_allowed");
-    CHECK(!api_needs_store("GET", "/sdapi/v1/samplers"));
-    CHECK(api_needs_store("POST", "/sdapi/v1/txt2img"));
+    CHECK(!api_needs_store(NULL, "GET", "/sdapi/v1/samplers"));
+    CHECK(api_needs_store(NULL, "POST", "/sdapi/v1/txt2img"));
 }
 
 int main(int argc, char **argv)

@@ -883,6 +883,168 @@ static void test_groups(void)
     snprintf(path, sizeof(path), "%s", saved);
 }
 
+/* ---- migration 4 (access control) over a version-2 or -3 store; groups with an owner ---- */
+
+extern const char *const store_migrations[STORE_SCHEMA_VERSION];
+
+/* A store at version `version` (older migrations only) with one queued job (in a group of
+ * one from version 3 on) migrates to STORE_SCHEMA_VERSION: the job keeps what it had, has no
+ * key, and runs; keys and owned jobs work on. */
+static void test_migrate_to_4(int version)
+{
+    char old[300], sql[600], id[33], gid[33];
+    sqlite3 *db;
+    struct store *st = NULL;
+    struct store_job j;
+    struct store_key_usage u;
+    char msg[256] = "";
+
+    snprintf(old, sizeof(old), "%s/v%d.db", dir, version);
+    id_of(900 + version, id);
+    id_of(950 + version, gid);
+    CHECK_INT(sqlite3_open(old, &db), SQLITE_OK);
+    for (int i = 0; i < version; i++)
+        CHECK_INT(sqlite3_exec(db, store_migrations[i], NULL, NULL, NULL), SQLITE_OK);
+    snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", version);
+    CHECK_INT(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    if (version >= 3)
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO jobs (id, kind, state, params, seed, steps, created_ms, group_id, "
+                 "group_index, group_size, reply) VALUES ('%s', 'queue', 'queued', '{}', 1, 4, "
+                 "1, '%s', 0, 1, '{\"api\":\"openai\"}')",
+                 id, gid);
+    else
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO jobs (id, kind, state, params, seed, steps, created_ms) VALUES "
+                 "('%s', 'queue', 'queued', '{}', 1, 4, 1)",
+                 id);
+    CHECK_INT(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+
+    CHECK_INT(store_open(old, 1000, &st, msg, sizeof(msg)), 0);
+    if (st == NULL) {
+        fprintf(stderr, "  %s\n", msg);
+        return;
+    }
+    CHECK_INT(store_get(st, id, &j), 0);
+    CHECK_STR(j.key_id, "");
+    CHECK_STR(j.group_id, version >= 3 ? gid : "");
+    CHECK_STR(j.reply ? j.reply : "", version >= 3 ? "{\"api\":\"openai\"}" : "");
+    store_job_release(&j);
+    /* the tables of migration 4 are there and work */
+    struct store_key k = {
+        .admin = false, .created_ms = 1, .max_queued = -1, .daily_images = -1, .daily_budget = -1};
+    snprintf(k.id, sizeof(k.id), "00000000000000a%d", version);
+    snprintf(k.name, sizeof(k.name), "k%d", version);
+    snprintf(k.webhook_secret, sizeof(k.webhook_secret), "whsec_test");
+    CHECK_INT(store_key_add(st, &k), 0);
+    struct store_owner o = {k.id, 0, 0, 0, 10, NULL, false};
+    char id2[33];
+    id_of(910 + version, id2);
+    CHECK_INT(store_enqueue_owned(st, id2, false, "{}", 1, 4, 2, 10, &o, NULL, &u), 0);
+    CHECK_INT(u.images, 1);
+    CHECK_INT(store_claim(st, "w", 3, 60000, &j), 0);
+    CHECK_STR(j.id, id); /* the old job first */
+    CHECK_STR(j.key_id, "");
+    store_job_release(&j);
+    store_close(st);
+    sqlite3_open(old, &db);
+    sqlite3_stmt *q;
+    sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &q, NULL);
+    CHECK_INT(sqlite3_step(q), SQLITE_ROW);
+    CHECK_INT(sqlite3_column_int(q, 0), STORE_SCHEMA_VERSION);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    unlink(old);
+}
+
+/* A group queued by a key: each image counts toward the key's queued bound, daily images
+ * and budget (n x cost), all or none in the enqueue's transaction; each job records the key,
+ * its cost and the webhook; cancelling the group gives every job's share back. */
+static void test_groups_owned(void)
+{
+    char saved[256], gid[33], g2[33], ids[4][33];
+    struct store *st;
+    struct store_job *jobs = NULL;
+    struct store_new_job nj[4];
+    struct store_key_usage u;
+    long counts[STORE_NSTATES];
+    int n = 0;
+    static const char key[] = "00000000000000b1";
+
+    snprintf(saved, sizeof(saved), "%s", path);
+    snprintf(path, sizeof(path), "%s/owned.db", dir);
+    st = open_store();
+    if (st == NULL)
+        return;
+    for (int i = 0; i < 4; i++) {
+        id_of(1100 + i, ids[i]);
+        nj[i] = (struct store_new_job){ids[i], "{}", (uint64_t)i, 4};
+    }
+    id_of(1199, gid);
+    id_of(1198, g2);
+    int64_t day = 5 * STORE_DAY_MS;
+    /* 5 images a day, 1000 of budget, 100 per image */
+    struct store_owner o = {key, 0, 5, 1000, 100, "http://127.0.0.1:9/hook", true};
+    CHECK_INT(store_enqueue_group_owned(st, gid, false, NULL, nj, 3, day, 10, &o, NULL, &u), 0);
+    CHECK_INT(u.queued, 3);
+    CHECK_INT(u.images, 3);
+    CHECK_INT((long long)u.budget, 300);
+    CHECK_INT(store_group(st, gid, &jobs, &n), 0);
+    for (int i = 0; i < n && jobs; i++)
+        CHECK_STR(jobs[i].key_id, key);
+    store_group_release(jobs, n);
+    CHECK_INT(query_int("SELECT count(*) FROM jobs WHERE key_id = '00000000000000b1' AND cost = "
+                        "100 AND webhook = 'http://127.0.0.1:9/hook' AND webhook_progress = 1"),
+              3);
+    /* 3 more images do not fit the 5 of the day: refused whole, nothing counted */
+    CHECK_INT(store_enqueue_group_owned(st, g2, false, NULL, &nj[3], 1, day, 10, &o, NULL, &u), 0);
+    CHECK_INT(u.images, 4);
+    {
+        char more[2][33];
+        struct store_new_job m[2];
+        id_of(1110, more[0]);
+        id_of(1111, more[1]);
+        m[0] = (struct store_new_job){more[0], "{}", 1, 4};
+        m[1] = (struct store_new_job){more[1], "{}", 2, 4};
+        char g3[33];
+        id_of(1197, g3);
+        CHECK_INT(store_enqueue_group_owned(st, g3, false, NULL, m, 2, day, 10, &o, NULL, &u),
+                  FX_EQUOTA);
+        CHECK_INT(u.limit, STORE_LIMIT_IMAGES);
+        CHECK_INT(store_counts(st, counts), 0);
+        CHECK_INT(counts[STORE_QUEUED], 4);
+        /* the budget: 4 x 100 used of 1000; 2 images of 400 would take 800 more */
+        struct store_owner big = o;
+        big.daily_images = 0;
+        big.cost = 400;
+        CHECK_INT(store_enqueue_group_owned(st, g3, false, NULL, m, 2, day, 10, &big, NULL, &u),
+                  FX_EQUOTA);
+        CHECK_INT(u.limit, STORE_LIMIT_BUDGET);
+        /* the queued bound: 4 queued, at most 5 */
+        struct store_owner q5 = o;
+        q5.daily_images = 0;
+        q5.daily_budget = 0;
+        q5.max_queued = 5;
+        CHECK_INT(store_enqueue_group_owned(st, g3, false, NULL, m, 2, day, 10, &q5, NULL, &u),
+                  FX_EQUOTA);
+        CHECK_INT(u.limit, STORE_LIMIT_QUEUED);
+        struct store_job j;
+        CHECK_INT(store_get(st, more[0], &j), FX_ENOENT);
+    }
+    /* cancelling the group gives each of its jobs back: 1 image and 100 left */
+    CHECK_INT(store_cancel_group(st, gid, day + 1, NULL, NULL), 0);
+    CHECK_INT(store_key_usage(st, key, day + 2, &u), 0);
+    CHECK_INT(u.images, 1);
+    CHECK_INT((long long)u.budget, 100);
+    CHECK_INT(u.queued, 1);
+    /* each cancelled job queued its own webhook delivery */
+    CHECK_INT(query_int("SELECT count(*) FROM webhook_deliveries WHERE event = 'end'"), 3);
+    store_close(st);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s", saved);
+}
+
 int main(int argc, char **argv)
 {
     unit_parse_args(argc, argv);
@@ -901,6 +1063,9 @@ int main(int argc, char **argv)
     test_counts_and_purge();
     test_migrate_v1();
     test_groups();
+    test_migrate_to_4(2);
+    test_migrate_to_4(3);
+    test_groups_owned();
     test_cancel_survives_stop();
     test_leases();
     test_disk_full();
