@@ -407,16 +407,22 @@ shim_status shim_model_load(const struct shim_params *p, shim_model **out, char 
             return invalid(msg, msg_len, "cpu_threads must be >= 0");
         if (p->cpu_threads > 0)
             at::set_num_threads(p->cpu_threads);
-        if (p->placement != SHIM_PLACE_RESIDENT && p->placement != SHIM_PLACE_ENCODERS_OFFLOAD &&
-            p->placement != SHIM_PLACE_STREAM)
+        /* the value comes from C, where any int fits the enum: read it as an int first (in
+         * C++ an out-of-range enum value is undefined) */
+        int place_raw = 0;
+        static_assert(sizeof(place_raw) == sizeof(p->placement), "shim_placement is an int");
+        std::memcpy(&place_raw, &p->placement, sizeof(place_raw));
+        if (place_raw != SHIM_PLACE_RESIDENT && place_raw != SHIM_PLACE_ENCODERS_OFFLOAD &&
+            place_raw != SHIM_PLACE_STREAM)
             return invalid(msg, msg_len, "unknown placement");
+        const shim_placement placement = static_cast<shim_placement>(place_raw);
         use_device(dev);
         auto *m = new shim_model();
         m->device = dev;
         m->device_name = dev.str();
-        m->placement = p->placement;
-        m->enc_device = p->placement == SHIM_PLACE_RESIDENT ? dev : c10::Device(c10::kCPU);
-        const c10::Device tr_dev = p->placement == SHIM_PLACE_STREAM ? c10::Device(c10::kCPU) : dev;
+        m->placement = placement;
+        m->enc_device = placement == SHIM_PLACE_RESIDENT ? dev : c10::Device(c10::kCPU);
+        const c10::Device tr_dev = placement == SHIM_PLACE_STREAM ? c10::Device(c10::kCPU) : dev;
         shim_status st = load_module("clip", p->clip_path, m->enc_device, m->clip, msg, msg_len);
         if (st == SHIM_OK)
             st = load_module("t5", p->t5_path, m->enc_device, m->t5, msg, msg_len);
@@ -425,7 +431,7 @@ shim_status shim_model_load(const struct shim_params *p, shim_model **out, char 
                              msg_len);
         if (st == SHIM_OK)
             st = load_module("ae", p->ae_path, dev, m->ae, msg, msg_len);
-        if (st == SHIM_OK && p->placement == SHIM_PLACE_STREAM)
+        if (st == SHIM_OK && placement == SHIM_PLACE_STREAM)
             st = setup_stream(m, msg, msg_len);
         if (st != SHIM_OK) {
             delete m;
