@@ -21,6 +21,7 @@
 
 struct fx_pipeline;
 struct fx_manifest;
+struct fx_lora;
 
 /* What a caller asks for. prompt is UTF-8 (invalid bytes are replaced by the tokenizers). */
 struct fx_request {
@@ -32,6 +33,11 @@ struct fx_request {
     bool has_seed; /* false: a random seed is chosen and reported */
     int format;    /* the image's format, an enum imgw_format (core/imgw.h): 0 is PNG */
     int quality;   /* JPEG / WebP quality 1..100; 0: the default (IMGW_DEFAULT_QUALITY) */
+    /* LoRA adapters applied for this request (core/lora.h), n_loras <= FX_LORA_MAX; none
+     * when n_loras is 0.  The pipeline patches the weights before the generation and keeps
+     * them patched until a request asks for another set. */
+    const struct fx_lora *loras;
+    size_t n_loras;
 };
 
 /* Bounds a request must respect. */
