@@ -29,7 +29,7 @@ def read_events(port, rid, on_event, timeout=120):
         c.close()
         return r.status, headers, [("error", body)], comments
     while True:
-        line = r.fp.readline()
+        line = r.readline()
         if not line:
             break
         line = line.decode().rstrip("\r\n")
