@@ -65,7 +65,8 @@ struct fx_lora_map;
  * read-only after loading and may be shared between threads.  Every field the format defines
  * is checked (types, ranges, names of [A-Za-z0-9_.], diffusers rows inside the layer and not
  * overlapping, an even row count where swapped, no two layers with the same key name in any
- * layout); fields it does not define are ignored.
+ * layout); fields it does not define are ignored, and a layer without "diffusers" has no
+ * diffusers names.
  */
 int fx_lora_map_load(const char *model_dir, struct fx_lora_map **out, char *msg, size_t msg_len);
 void fx_lora_map_free(struct fx_lora_map *m);

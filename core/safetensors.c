@@ -363,7 +363,9 @@ int fx_st_open(const char *path, struct fx_st_file **out, char *msg, size_t msg_
         return FX_ENOMEM;
     const char *base = strrchr(path, '/');
     snprintf(f->name, sizeof(f->name), "%s", base ? base + 1 : path);
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO in place of the file must not hang the caller (it is refused below
+     * as not a regular file); it changes nothing for a regular file's reads */
+    f->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (f->fd < 0) {
         int e = errno;
         fx_st_close(f);

@@ -584,6 +584,9 @@ static void test_st_errors(void)
     CHECK_INT(fx_st_open(path_of("nonexistent.safetensors"), &(struct fx_st_file *){NULL}, NULL, 0),
               FX_ENOENT);
     CHECK_INT(fx_st_open(dir, &(struct fx_st_file *){NULL}, NULL, 0), FX_EIO);
+    /* a FIFO without a writer: refused at once, not waited on */
+    CHECK_INT(mkfifo(path_of("fifo.safetensors"), 0600), 0);
+    st_bad("fifo.safetensors", FX_EIO, "not a regular file");
 
     static const float z[16];
     static const struct {
@@ -881,6 +884,8 @@ static void test_map(void)
                  "layers[0].diffusers[2]: row0/rows");
     map_bad_edit("\"row0\": 2, \"rows\": 2", "\"row0\": 1, \"rows\": 2",
                  "layers[0].diffusers[1] overlaps the rows of diffusers[0]");
+    map_bad_edit("\"diffusers\": [{\"name\": \"x_embedder\", \"row0\": 0, \"rows\": 3}]",
+                 "\"diffusers\": {}", "layers[2].diffusers is not an array");
     map_bad_edit("\"rows\": 4, \"swap\": true", "\"rows\": 4, \"swap\": 1",
                  "layers[1].diffusers[0].swap");
     map_bad_edit("\"rows\": 3}", "\"rows\": 3, \"swap\": true}", "swap needs an even row count");
@@ -898,7 +903,7 @@ static void test_map_kohya_collision(void)
         " \"layers\": [{\"part\": \"transformer\", \"layer\": \"a.b_c\", \"out\": 1, \"in\": 1, "
         "\"format\": \"fp32\", \"diffusers\": []},"
         " {\"part\": \"transformer\", \"layer\": \"a_b.c\", \"out\": 1, \"in\": 1, "
-        "\"format\": \"fp32\", \"diffusers\": []}]}";
+        "\"format\": \"fp32\"}]}"; /* no diffusers names: none */
     map_bad(text, "layers 'a.b_c' and 'a_b.c' share the kohya key name 'a_b_c'");
 }
 
