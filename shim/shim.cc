@@ -571,20 +571,28 @@ void patch_layer(shim_model *m, shim_lora_layer &L)
     L.staged.clear();
 }
 
-// Copies every saved original back; layers restored are dropped from the map.
+// Copies every saved original back and drops it; staged deltas stay.
 void restore_all(shim_model *m)
 {
     lora_quiesce(m);
     for (auto it = m->lora.begin(); it != m->lora.end();) {
         shim_lora_layer &L = it->second;
-        L.staged.clear();
         if (!L.saved.empty()) {
             std::vector<at::Tensor> cur = layer_tensors(L);
             for (size_t i = 0; i < cur.size(); i++)
                 cur[i].copy_(L.saved[i]);
             L.saved.clear();
         }
-        it = m->lora.erase(it);
+        it = L.staged.empty() ? m->lora.erase(it) : std::next(it);
+    }
+}
+
+// Drops the staged deltas, and the layers that are then neither staged nor patched.
+void discard_staged(shim_model *m)
+{
+    for (auto it = m->lora.begin(); it != m->lora.end();) {
+        it->second.staged.clear();
+        it = it->second.saved.empty() ? m->lora.erase(it) : std::next(it);
     }
 }
 
@@ -1050,8 +1058,7 @@ shim_status shim_lora_commit(shim_model *m, char *msg, size_t msg_len)
                 restore_all(m);
             } catch (...) {
             }
-            for (auto &kv : m->lora)
-                kv.second.staged.clear();
+            discard_staged(m);
             throw;
         }
         return SHIM_OK;
@@ -1072,12 +1079,8 @@ shim_status shim_lora_restore(shim_model *m, char *msg, size_t msg_len)
 
 void shim_lora_discard(shim_model *m)
 {
-    if (m == nullptr)
-        return;
-    for (auto it = m->lora.begin(); it != m->lora.end();) {
-        it->second.staged.clear();
-        it = it->second.saved.empty() ? m->lora.erase(it) : std::next(it);
-    }
+    if (m != nullptr)
+        discard_staged(m);
 }
 
 void shim_lora_stats(const shim_model *m, struct shim_lora_stats *s)

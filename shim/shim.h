@@ -296,10 +296,11 @@ shim_status shim_lora_stage(shim_model *m, const struct shim_lora_delta *d, char
 shim_status shim_lora_commit(shim_model *m, char *msg, size_t msg_len);
 
 /*
- * Copies every saved original back into its tensor (bit-exact) and drops the saved copies;
- * also drops staged deltas.  A no-op when nothing is patched.  Failing (out of memory on
- * the device side of a copy) leaves the layers it could not restore patched and saved, so
- * that a later call can finish.
+ * Copies every saved original back into its tensor (bit-exact) and drops the saved copies.
+ * Staged deltas stay staged: a caller stages the next set (which checks it against the
+ * modules), restores the last one, then commits.  A no-op when nothing is patched.  Failing
+ * (out of memory on the device side of a copy) leaves the layers it could not restore
+ * patched and saved, so that a later call can finish.
  */
 shim_status shim_lora_restore(shim_model *m, char *msg, size_t msg_len);
 
