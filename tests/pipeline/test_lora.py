@@ -29,7 +29,6 @@ import struct
 import subprocess
 import tempfile
 import unittest
-import zlib
 
 import numpy as np
 import torch
