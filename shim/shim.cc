@@ -477,7 +477,8 @@ std::vector<at::Tensor> layer_tensors(const shim_lora_layer &L)
     return t;
 }
 
-// The float32 weight that stored tensors t stand for, on dev (always a new tensor).
+// The float32 weight that stored tensors t stand for, on dev (always a new tensor); the
+// operations of quant.py's dequantise_weight, in place where that changes nothing.
 at::Tensor dequant(const shim_lora_layer &L, const std::vector<at::Tensor> &t,
                    const c10::Device &dev)
 {
@@ -485,11 +486,17 @@ at::Tensor dequant(const shim_lora_layer &L, const std::vector<at::Tensor> &t,
         return t[0].to(dev, at::kFloat, /*non_blocking=*/false, /*copy=*/true);
     at::Tensor s = t[1].to(dev).to(at::kFloat);
     if (L.kind != lora_kind::int4)
-        return t[0].to(dev).to(at::kFloat) * s.unsqueeze(1);
+        return t[0].to(dev).to(at::kFloat).mul_(s.unsqueeze(1));
     at::Tensor p = t[0].to(dev);
     at::Tensor c = at::stack({at::bitwise_and(p, 15), at::bitwise_right_shift(p, 4)}, -1);
-    c = c.view({L.out, s.size(1), -1}).to(at::kFloat) - 8.0;
-    return (c * s.unsqueeze(2)).view({L.out, L.in});
+    c = c.view({L.out, s.size(1), -1}).to(at::kFloat);
+    return c.sub_(8.0).mul_(s.unsqueeze(2)).view({L.out, L.in});
+}
+
+// max |x| along dim without an |x| copy: max(max x, -min x) is the same number.
+at::Tensor absmax(const at::Tensor &x, int64_t dim)
+{
+    return at::maximum(x.amax({dim}), x.amin({dim}).neg_());
 }
 
 // absmax / qmax rounded to the scale's dtype, 1 where a row (group) is all zero.
@@ -498,33 +505,34 @@ at::Tensor quant_scales(const at::Tensor &absmax, double qmax, at::ScalarType dt
     return at::where(absmax > 0, absmax / qmax, at::ones_like(absmax)).to(dtype);
 }
 
-// W (float32) stored as L's format with quant.py's quantise_weight rules; `like` gives the
-// dtypes.
-std::vector<at::Tensor> requant(const shim_lora_layer &L, const at::Tensor &w,
+// W (float32, consumed: overwritten in place) stored as L's format with quant.py's
+// quantise_weight rules (the same operations, in place); `like` gives the dtypes.
+std::vector<at::Tensor> requant(const shim_lora_layer &L, at::Tensor w,
                                 const std::vector<at::Tensor> &like)
 {
     if (L.kind == lora_kind::plain)
         return {w.to(like[0].scalar_type())};
     const at::ScalarType sdt = like[1].scalar_type();
     if (L.kind == lora_kind::int8) {
-        at::Tensor s = quant_scales(w.abs().amax({1}), 127.0, sdt);
-        at::Tensor q = at::clamp(at::round(w / s.to(at::kFloat).unsqueeze(1)), -127, 127);
-        return {q.to(at::kChar), s};
+        at::Tensor s = quant_scales(absmax(w, 1), 127.0, sdt);
+        w.div_(s.to(at::kFloat).unsqueeze(1)).round_().clamp_(-127, 127);
+        return {w.to(at::kChar), s};
     }
     if (L.kind == lora_kind::fp8) {
 #ifdef SHIM_HAS_FP8
-        at::Tensor s = quant_scales(w.abs().amax({1}), 448.0, sdt);
-        at::Tensor q = at::clamp(w / s.to(at::kFloat).unsqueeze(1), -448.0, 448.0);
-        return {q.to(at::kFloat8_e4m3fn), s};
+        at::Tensor s = quant_scales(absmax(w, 1), 448.0, sdt);
+        w.div_(s.to(at::kFloat).unsqueeze(1)).clamp_(-448.0, 448.0);
+        return {w.to(at::kFloat8_e4m3fn), s};
 #else
         throw std::runtime_error("fp8 layer on a libtorch without float8");
 #endif
     }
     const int64_t groups = like[1].size(1);
     at::Tensor wg = w.view({L.out, groups, L.in / groups});
-    at::Tensor s = quant_scales(wg.abs().amax({2}), 7.0, sdt);
-    at::Tensor c = at::clamp(at::round(wg / s.to(at::kFloat).unsqueeze(2)), -7, 7);
-    c = (c.to(at::kShort) + 8).view({L.out, L.in}).to(at::kByte);
+    at::Tensor s = quant_scales(absmax(wg, 2), 7.0, sdt);
+    // codes + 8 in 1..15, exact in float32: the byte cast keeps them
+    wg.div_(s.to(at::kFloat).unsqueeze(2)).round_().clamp_(-7, 7).add_(8);
+    at::Tensor c = w.to(at::kByte);
     at::Tensor lo = c.slice(1, 0, L.in, 2), hi = c.slice(1, 1, L.in, 2);
     return {at::bitwise_or(lo, at::bitwise_left_shift(hi, 4)), s};
 }
