@@ -1,4 +1,5 @@
-"""Not a test: what applying a LoRA costs (`make bench-lora`).
+"""Not a test: what applying a LoRA costs (`make bench-lora`; docs/formats.md, "LoRA adapters on
+these formats").
 
 1. Patch and restore time of a rank-32 LoRA at the full FLUX.1 width on the CPU. The full
    model (12B transformer parameters) does not fit a small machine in any dtype with its saved
@@ -26,6 +27,11 @@ rank fixed at export); it also costs two extra matmuls per patched layer per ste
 factors on the device. Requantising keeps the exported forward, its speed and its memory; the
 price is one more rounding of the patched layers, measured here (int8 adds about as much error
 as its own quantisation; the fused export is the reference).
+
+The patch is bound by the float32 product up @ down on the CPU: with Debian's reference BLAS it
+is about 3x slower than with OpenBLAS (`LD_LIBRARY_PATH=DIR/usr/lib/x86_64-linux-gnu/
+openblas-pthread make bench-lora` with an unpacked libopenblas0). docs/formats.md has the
+figures.
 
 Usage: bench_lora.py --lora-run build/lora_run --tiny build/models/tiny --work DIR
        [--blocks D,S] [--formats bf16,int8,int4] [--repeat N] [--json FILE]

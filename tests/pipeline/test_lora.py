@@ -36,7 +36,7 @@ from PIL import Image
 
 from fluxexport import stio
 from fluxexport.reference import Pipeline
-from tests.pipeline.test_pipeline import FLUXGEN, MODEL, PROMPT, fluxgen, tokens
+from tests.pipeline.test_pipeline import MODEL, PROMPT, fluxgen, tokens
 
 LORA_RUN = os.environ.get("LORA_RUN", "build/lora_run")
 TINY_SRC = os.environ.get("TINY_SRC", "build/tiny-src")
