@@ -345,8 +345,10 @@ int fx_pipeline_set_loras(struct fx_pipeline *p, const struct fx_lora *loras, si
 
     if (timing)
         *timing = tm;
-    if (p == NULL || n > FX_LORA_MAX || (n && loras == NULL))
-        return fx_fail(msg, msg_len, FX_EINVAL, "loras: at most %d", FX_LORA_MAX);
+    if (p == NULL)
+        return fx_fail(msg, msg_len, FX_EINVAL, "no pipeline");
+    if (n > FX_LORA_MAX || (n && loras == NULL))
+        return fx_fail(msg, msg_len, FX_EINVAL, "loras: at most %d, got %zu", FX_LORA_MAX, n);
     /* a file's identity now: if it is replaced later, the set differs and is read again */
     for (size_t i = 0; i < n; i++) {
         if (loras[i].path == NULL || !isfinite(loras[i].scale) ||
