@@ -374,7 +374,9 @@ class Json(unittest.TestCase):
         self.assertEqual((info["seed"], info["width"], info["height"], info["steps"]),
                          (7, 64, 64, 1))
         self.assertEqual(info["guidance"], 2.5)
-        self.assertEqual(set(info["timings"]), {"tokenize", "encode", "denoise", "decode", "png"})
+        self.assertEqual(set(info["timings"]),
+                         {"lora", "tokenize", "encode", "denoise", "decode", "png"})
+        self.assertEqual((info["loras"], info["lora_skipped"]), ([], True))
 
 
 if __name__ == "__main__":
