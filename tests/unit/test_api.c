@@ -125,6 +125,12 @@ static void test_status_map(void)
     CHECK_INT(api_http_status(FX_ETOOBIG), 413);
     CHECK_INT(api_http_status(FX_EINVAL), 422);
     CHECK_INT(api_http_status(FX_ERANGE), 422);
+    CHECK_INT(api_http_status(FX_ELORA_UNKNOWN), 422);
+    CHECK_INT(api_http_status(FX_ELORA_BAD), 422);
+    CHECK_INT(api_http_status(FX_ELORA_OFF), 422);
+    CHECK_STR(fx_errcode(FX_ELORA_UNKNOWN), "unknown_lora");
+    CHECK_STR(fx_errcode(FX_ELORA_BAD), "bad_lora");
+    CHECK_STR(fx_errcode(FX_ELORA_OFF), "loras_not_configured");
     CHECK_INT(api_http_status(FX_EFULL), 429);
     CHECK_INT(api_http_status(FX_ERUNTIME), 500);
     CHECK_INT(api_http_status(FX_ENOTREADY), 503);
@@ -570,6 +576,11 @@ static void test_needs_store(void)
     CHECK(api_needs_store(NULL, "GET", "/metrics"));
     CHECK(api_needs_store(NULL, "POST", "/generate"));
     CHECK(api_needs_store(NULL, "DELETE", "/queue/0123"));
+    /* the LoRA lists read the disk: never on the event thread */
+    CHECK(api_needs_store(NULL, "GET", "/loras"));
+    CHECK(api_needs_store(NULL, "GET", "/sdapi/v1/loras"));
+    CHECK(!api_needs_store(NULL, "POST", "/loras"));
+    CHECK(!api_needs_store(NULL, "GET", "/sdapi/v1/samplers"));
     /* and those indeed answer without a store */
     struct api_request rq = {"GET", "/ping", NULL, 0, false, false, NULL};
     api_handle(&ctx, NULL, &rq, &rs);
