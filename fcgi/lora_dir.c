@@ -139,7 +139,7 @@ int lora_dir_check(const char *dir, const struct fx_lora_map *map, const char *c
         if (rc == FX_ENOMEM)
             fx_fail(msg, msg_len, FX_ENOMEM, "out of memory");
         else
-            fx_fail(msg, msg_len, FX_ELORA_BAD, "LoRA '%s' does not fit model: %s", canon,
+            fx_fail(msg, msg_len, FX_ELORA_BAD, "LoRA '%s' does not fit the model: %s", canon,
                     why[0] ? why : fx_strerror(rc));
         rc = rc == FX_ENOMEM ? FX_ENOMEM : FX_ELORA_BAD;
     }
