@@ -135,6 +135,8 @@ TORCH_STD := $(BUILD)/cxxstd/torch$(subst /,_,$(TORCH_DIR))
 CORE_C    := core/err.c core/text.c core/tok_clip.c core/sched.c core/sha256.c core/npy.c \
              core/pngw.c core/imgw.c core/manifest.c core/pipeline.c core/plugin.c core/tok_t5_dl.c \
              core/plan.c shim/shim_dl.c
+# LoRA files: the safetensors reader and the checks against a model dir's lora_map.json
+CORE_C    += core/safetensors.c core/lora.c
 CORE_OBJ  := $(CORE_C:%.c=$(BUILD)/obj/%.o)
 SAN_OBJ   := $(CORE_C:%.c=$(BUILD)/san/%.o)
 CORE_LIB  := $(BUILD)/libfluxcore.a
@@ -577,6 +579,8 @@ clean:
 # optional tests/fuzz/NAME.dict), and NAME added to FUZZ_TARGETS.
 
 FUZZ_TARGETS := parse_generate api_handle config tok_clip tok_t5 fcgi_proto
+# safetensors headers and LoRA files checked against a small map (tests/fuzz/fuzz_lora.c)
+FUZZ_TARGETS += lora
 FUZZ_SECONDS ?= 60
 # test-fuzz: the committed corpus, then a short bounded mutation run per target
 FUZZ_TEST_SECONDS ?= 10

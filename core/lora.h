@@ -40,6 +40,10 @@
 /* Most LoRAs one request may use, and the bound on |scale|. */
 #define FX_LORA_MAX 8
 #define FX_LORA_SCALE_MAX 16.0
+/* The largest rank accepted, and the most down + up elements one file may hold (float32:
+ * 4 bytes each once read). */
+#define FX_LORA_RANK_MAX 4096
+#define FX_LORA_PARAMS_MAX ((int64_t)1 << 31)
 
 /* One LoRA asked for by a request. */
 struct fx_lora {
@@ -65,8 +69,8 @@ void fx_lora_map_free(struct fx_lora_map *m);
 
 /* What a LoRA file holds, from its header alone. */
 struct fx_lora_info {
-    char layout[16];    /* "kohya", "diffusers" or "bfl" (the first key's; files may mix) */
-    int layers;         /* adapted (layer, rows) entries */
+    char layout[16]; /* "kohya", "diffusers" or "bfl" (the first key's; files may mix) */
+    int layers;      /* adapted (layer, rows) entries */
     int rank_min, rank_max;
     bool text_encoders; /* adapts CLIP or T5 */
     int64_t params;     /* elements of all down and up matrices */
@@ -89,9 +93,9 @@ struct fx_lora_entry {
     int64_t row0, rows; /* the rows of the weight this entry changes */
     bool swap;          /* the delta's two halves along the rows trade places */
     int64_t rank;
-    float factor;       /* alpha / rank (1 when the file has no alpha) */
-    const float *down;  /* rank x in, row-major, float32 */
-    const float *up;    /* rows x rank, row-major, float32 */
+    float factor;      /* alpha / rank (1 when the file has no alpha) */
+    const float *down; /* rank x in, row-major, float32 */
+    const float *up;   /* rows x rank, row-major, float32 */
 };
 
 struct fx_lora_file;
