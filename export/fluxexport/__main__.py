@@ -15,6 +15,7 @@ COMMANDS = {
     "tiny-tokenizers": ("fluxexport.tiny", "write only the tiny tokenizer files"),
     "reference": ("fluxexport.reference", "run the Python reference pipeline"),
     "random-model": ("fluxexport.randmodel", "a model dir with random weights (benchmarks)"),
+    "lora-random": ("fluxexport.lora", "a random LoRA for a model dir, in all three layouts"),
 }
 
 EXIT_USAGE = 2

@@ -3,13 +3,17 @@
     python3 -m fluxexport export --source DIR -o OUT [--layout auto|bfl|diffusers]
         [--transformer FILE] [--ae FILE] [--device cpu|cuda|cuda:N] [--dtype fp32|bf16]
         [--weights fp32|bf16|int8|fp8|int4] [--name NAME] [--force] [--verify] [--quiet]
+        [--fuse-lora FILE:SCALE ...]
 
 Writes OUT/manifest.json, clip_text.pt, t5_encoder.pt, transformer.pt, ae_decoder.pt (scripted
-TorchScript: one transformer file serves every width x height), and the tokenizer files.
+TorchScript: one transformer file serves every width x height), the tokenizer files and
+lora_map.json (lora.py: the layers a LoRA may adapt, their formats and key names).
 --dtype is the compute dtype; --weights the storage of the linear layers inside the
 transformer's and T5's blocks (quant.py: int8, fp8 or int4, dequantised inside the scripted
 modules; default: plain weights in the compute dtype). The manifest records the format and
-the parameter bytes of each module, which the C memory plan (core/plan.h) reads. The
+the parameter bytes of each module, which the C memory plan (core/plan.h) reads. --fuse-lora (repeatable) adds
+LoRAs to the weights before quantisation and export; the manifest's fused_loras records each
+(file name, sha256, scale). The
 model dir is assembled in a temporary sibling folder and renamed into place at the end, so a
 failure leaves nothing half-written. Exit status: 0 ok, 1 bad checkpoint or input, 2 bad
 arguments, 3 other failure (I/O, torch).
@@ -27,7 +31,7 @@ import time
 
 import torch
 
-from . import PYTHON_HINT, __version__, quant, sampling
+from . import PYTHON_HINT, __version__, lora, quant, sampling
 from .checkpoint import open_checkpoint
 from .layers import HAS_SDPA
 from .stio import CheckpointError
@@ -102,18 +106,25 @@ def example_inputs(part, ck, dtype, device):
 
 
 def export_module(ck, part, path, dtype, device, progress, verify, weights=None,
-                  hash_files=True):
-    """Loads, quantises (transformer and T5, when weights is a quantised format), scripts and
-    saves one part. Returns its manifest entry: file, bytes, sha256 (None without hash_files),
-    weights and the memory figures of quant.memory_record."""
+                  hash_files=True, lora_map=None, fuse=None):
+    """Loads, merges the LoRAs of fuse ([(lora.LoraFile, scale)]) into, quantises (transformer
+    and T5, when weights is a quantised format), scripts and saves one part; lora_map (the
+    lora_map.json object) is checked against the quantised module. Returns its manifest entry:
+    file, bytes, sha256 (None without hash_files), weights and the memory figures of
+    quant.memory_record."""
     progress(f"loading {part}")
     module = ck.load(part, dtype, device,
                      progress=lambda i, n: progress(f"  {part}: {i}/{n} tensors"))
+    if fuse and part in lora.MODULE_KEYS:
+        n = lora.merge_into({part: module}, fuse)
+        progress(f"fused LoRAs into {n} layers of {part}")
     fmt = weights if (weights in quant.QUANTISED and part in quant.PREFIXES) \
         else DTYPE_NAMES[dtype]
     if fmt in quant.QUANTISED:
         progress(f"quantising {part} to {fmt}")
     wrec = quant.quantise_module(module, part, fmt, dtype)
+    if lora_map is not None and part in lora.MODULE_KEYS:
+        lora.check_module(lora_map, part, module)
     mem = quant.memory_record(module, part)
     progress(f"scripting {part}")
     scripted = torch.jit.script(module)
@@ -224,7 +235,7 @@ class WeightsError(ValueError):
 
 def write_model_dir(ck, out, source_root, name, dtype_name, device, force, verify, progress,
                     weights=None, manifest_only=False, attention=None, hash_files=True,
-                    reuse=None, extra=None):
+                    reuse=None, extra=None, fuse_loras=None):
     """Writes the model dir for a resolved checkpoint (anything with the Checkpoint interface:
     params, tokenizer dirs, source_files() and load()). Assembled in a temporary sibling and
     renamed into place; nothing is left behind on failure. weights: a quant.FORMATS name for
@@ -234,7 +245,9 @@ def write_model_dir(ck, out, source_root, name, dtype_name, device, force, verif
     attention ("sdpa" or "explicit") then names the target torch's attention path (default:
     this torch's). hash_files=False leaves the modules' sha256 out (None); reuse maps a part to
     (file path, manifest entry) of a module already written with the same weights,
-    hard-linked (or copied) instead of exported; extra adds top-level manifest keys."""
+    hard-linked (or copied) instead of exported; extra adds top-level manifest keys.
+    fuse_loras: [(file, scale)] merged into the weights (each file read and checked against the
+    model's lora map before anything is written). Every dir gets lora_map.json."""
     check_weights(weights, dtype_name, manifest_only)
     if attention and not manifest_only:
         raise WeightsError("the attention path is the exporting torch's; it can only be chosen "
@@ -243,6 +256,18 @@ def write_model_dir(ck, out, source_root, name, dtype_name, device, force, verif
     out = os.path.abspath(out)
     if os.path.exists(out) and not force:
         raise CheckpointError(f"'{out}' exists (use --force to replace it)")
+    lora_map = lora.build_map(ck.flux_params, ck.clip_params, ck.t5_params, dtype_name, weights)
+    fuse, fused = None, []
+    if fuse_loras:
+        if manifest_only or reuse:
+            raise WeightsError("--fuse-lora changes the weights: it needs a full export (not "
+                               "manifest-only, no reused modules)")
+        fuse = lora.read_all(fuse_loras, lora.LoraMap(lora_map))
+        for (path, scale), (lf, _) in zip(fuse_loras, fuse):
+            progress(f"LoRA '{path}': {len(lf.entries)} entries, layouts "
+                     f"{', '.join(lf.layouts)}, rank {'/'.join(map(str, lf.ranks))}")
+            fused.append({"file": os.path.basename(path), "sha256": sha256_file(path),
+                          "scale": scale})
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = f"{out}.tmp-{os.getpid()}"
     try:
@@ -268,15 +293,22 @@ def write_model_dir(ck, out, source_root, name, dtype_name, device, force, verif
                 modules[part] = dict(entry, file=MODULE_FILES[part])
             else:
                 modules[part] = export_module(ck, part, dst, dtype, device, progress, verify,
-                                              weights, hash_files)
+                                              weights, hash_files, lora_map, fuse)
         for sub, names in (("tokenizer", ("vocab.json", "merges.txt")),
                            ("tokenizer_2", ("spiece.model",))):
             src_dir = ck.tokenizer_dir if sub == "tokenizer" else ck.tokenizer2_dir
             os.makedirs(os.path.join(tmp, sub))
             for n in names:
                 shutil.copyfile(os.path.join(src_dir, n), os.path.join(tmp, sub, n))
+        map_path = os.path.join(tmp, lora.MAP_FILE)
+        lora.write_map(map_path, lora_map)
         manifest = dict(build_manifest(ck, name, dtype_name, device, modules, sources, weights,
                                        attention), **(extra or {}))
+        manifest["lora_map"] = {"file": lora.MAP_FILE, "bytes": os.path.getsize(map_path),
+                                "sha256": sha256_file(map_path),
+                                "layers": len(lora_map["layers"])}
+        if fused:
+            manifest["fused_loras"] = fused
         if manifest_only:
             manifest["manifest_only"] = True
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
@@ -304,7 +336,14 @@ def run(args, progress):
                          [int(a) for a in args.axes_dim.split(",")] if args.axes_dim else None)
     progress(f"layout {ck.layout}; transformer {ck.flux_params.to_dict()}")
     write_model_dir(ck, args.out, args.source, args.name, args.dtype, device, args.force,
-                    args.verify, progress, args.weights)
+                    args.verify, progress, args.weights, fuse_loras=args.fuse_lora)
+
+
+def lora_spec(s):
+    try:
+        return lora.parse_spec(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(cmd, argv):
@@ -331,6 +370,9 @@ def main(cmd, argv):
     ap.add_argument("--force", action="store_true", help="replace an existing model dir")
     ap.add_argument("--verify", action="store_true", help="run each saved module once")
     ap.add_argument("--quiet", action="store_true", help="no progress output")
+    ap.add_argument("--fuse-lora", action="append", type=lora_spec, metavar="FILE:SCALE",
+                    help="merge a LoRA into the weights before export (repeatable; SCALE "
+                         "default 1)")
     args = ap.parse_args(argv)
     progress = Progress(args.quiet)
     try:

@@ -199,3 +199,51 @@ AE_DIFFUSERS_IGNORE = re.compile(
     r"|mid_block\.resnets\.[01]\.(norm1|conv1|norm2|conv2)"
     r"|mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0))\.(weight|bias)")
 CLIP_IGNORE = re.compile(r"text_model\.embeddings\.position_ids")
+
+
+# ----------------------------------------------------------------------------- LoRA adapters
+# The key forms of LoRA files (docs/architecture.md, "LoRA adapters"). One table serves the
+# exporter's lora_map.json (which the C reader follows) and the Python reader (lora.py).
+# A key is PREFIX + NAME + SUFFIX: the prefix says the layout and the part, NAME the layer
+# (bfl: its canonical name; kohya: the same with '.' -> '_'; diffusers: a diffusers name,
+# which may cover only some rows of a fused layer), the suffix which factor it holds.
+
+LORA_LAYOUTS = ("kohya", "diffusers", "bfl")
+LORA_PARTS = ("transformer", "clip", "t5")
+LORA_SUFFIXES = {
+    "down": [".lora_down.weight", ".lora_A.weight"],
+    "up": [".lora_up.weight", ".lora_B.weight"],
+    "alpha": [".alpha"],
+}
+LORA_PREFIXES = {
+    "transformer": {"bfl": ["diffusion_model.", "model.diffusion_model."],
+                    "diffusers": ["transformer."], "kohya": ["lora_unet_"]},
+    "clip": {"bfl": ["text_encoders.clip_l.transformer."], "diffusers": ["text_encoder."],
+             "kohya": ["lora_te1_", "lora_te_"]},
+    "t5": {"bfl": ["text_encoders.t5xxl.transformer."], "diffusers": ["text_encoder_2."],
+           "kohya": ["lora_te2_"]},
+}
+
+
+def lora_diffusers_targets(part, layer, out, hidden=None, mlp_hidden=None):
+    """The diffusers names of one adaptable layer and the rows each covers:
+    [{"name", "row0", "rows"[, "swap": True]}]. The transformer's come from
+    flux_diffusers_rules (cat: q/k/v or q/k/v/mlp row blocks; swap: the final layer's
+    shift/scale halves); CLIP's and T5's diffusers names are their Hugging Face names."""
+    if part != "transformer":
+        return [{"name": layer, "row0": 0, "rows": out}]
+    (rule,) = flux_diffusers_rules([layer + ".weight"])
+    names = [s[:-len(".weight")] for s in rule.sources]
+    if rule.op == "cat":
+        sizes = flux_cat_sizes(rule, hidden, mlp_hidden)
+        if sum(sizes) != out:
+            raise AssertionError(f"'{layer}': row blocks {sizes} do not add up to {out}")
+        row0, targets = 0, []
+        for n, s in zip(names, sizes):
+            targets.append({"name": n, "row0": row0, "rows": s})
+            row0 += s
+        return targets
+    entry = {"name": names[0], "row0": 0, "rows": out}
+    if rule.op == "swap":
+        entry["swap"] = True
+    return [entry]

@@ -2,7 +2,7 @@
 
     python3 -m fluxexport reference --checkpoint DIR | --model DIR  --tokens FILE
         [--steps 28] [--guidance 3.5] [--width 1024] [--height 1024] [--seed 0]
-        [--dtype fp32|bf16] --out DIR
+        [--dtype fp32|bf16] [--lora FILE:SCALE ...] --out DIR
 
 Token ids in (FILE is JSON {"clip": [77 ids], "t5": [512 ids]}, the form `fluxgen tokenize`
 prints), then: encode (CLIP pooled, T5 states) -> seeded CPU noise in the model dtype -> pack ->
@@ -13,7 +13,10 @@ step_K.npy (packed latents after step K, float32), pixels.npy (H, W, 3 uint8), i
 result.json (parameters and per-phase seconds).
 
 --checkpoint loads eager modules from a checkpoint (either layout); --model runs the
-TorchScript modules of an exported model dir through the same loop.
+TorchScript modules of an exported model dir through the same loop. --lora (repeatable; SCALE
+default 1) merges LoRAs into the weights first (lora.merge_into: scale * alpha / rank *
+up @ down added in float32; quantised layers dequantised, patched, quantised again), mapped
+through the model dir's lora_map.json (--model) or the checkpoint's dimensions (--checkpoint).
 """
 
 import argparse
@@ -25,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from . import sampling
+from . import lora, sampling
 from .checkpoint import open_checkpoint
 from .stio import CheckpointError
 
@@ -41,20 +44,37 @@ class Pipeline:
         self.device = device
 
     @classmethod
-    def from_checkpoint(cls, path, dtype=torch.float32, device="cpu", layout="auto"):
+    def from_checkpoint(cls, path, dtype=torch.float32, device="cpu", layout="auto", loras=()):
+        """loras: [(file, scale)] merged into the weights (every file checked first)."""
         ck = open_checkpoint(path, layout)
+        files = lora.read_all(loras, lora.LoraMap.from_params(
+            ck.flux_params, ck.clip_params, ck.t5_params)) if loras else []
         mods = [ck.load(p, dtype, device) for p in ("clip", "t5", "transformer", "ae")]
-        return cls(*mods, dtype=dtype, device=device)
+        pipe = cls(*mods, dtype=dtype, device=device)
+        pipe.merge(files)
+        return pipe
 
     @classmethod
-    def from_model_dir(cls, path, device="cpu"):
+    def from_model_dir(cls, path, device="cpu", loras=()):
+        """loras: [(file, scale)] merged into the loaded modules' weights, mapped through
+        path/lora_map.json (every file checked first)."""
+        files = lora.read_all(loras, lora.LoraMap.from_model_dir(path)) if loras else []
         with open(os.path.join(path, "manifest.json")) as f:
             man = json.load(f)
         mods = [torch.jit.load(os.path.join(path, man["modules"][k]["file"]), map_location=device)
                 for k in ("clip_text", "t5_encoder", "transformer", "ae_decoder")]
         for m in mods:
             m.eval()
-        return cls(*mods, dtype=DTYPES[man["dtype"]], device=device)
+        pipe = cls(*mods, dtype=DTYPES[man["dtype"]], device=device)
+        pipe.merge(files)
+        return pipe
+
+    def merge(self, files):
+        """Adds [(lora.LoraFile, scale)] to the weights; returns the layers changed."""
+        if not files:
+            return 0
+        return lora.merge_into({"clip": self.clip, "t5": self.t5,
+                                "transformer": self.transformer}, files)
 
     def generate(self, clip_ids, t5_ids, width=1024, height=1024, steps=28, guidance=3.5,
                  seed=0, on_step=None, noise_dtype=None):
@@ -121,14 +141,20 @@ def main(cmd, argv):
     ap.add_argument("--height", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--lora", action="append", default=[], metavar="FILE:SCALE",
+                    help="merge a LoRA into the weights (repeatable; SCALE default 1)")
     ap.add_argument("--out", required=True, help="folder for latents, pixels and image")
     args = ap.parse_args(argv)
     try:
+        loras = [lora.parse_spec(s) for s in args.lora]
+    except ValueError as e:
+        ap.error(str(e))
+    try:
         clip_ids, t5_ids = read_tokens(args.tokens)
         if args.checkpoint:
-            pipe = Pipeline.from_checkpoint(args.checkpoint, DTYPES[args.dtype])
+            pipe = Pipeline.from_checkpoint(args.checkpoint, DTYPES[args.dtype], loras=loras)
         else:
-            pipe = Pipeline.from_model_dir(args.model)
+            pipe = Pipeline.from_model_dir(args.model, loras=loras)
         res = pipe.generate(clip_ids, t5_ids, args.width, args.height, args.steps, args.guidance,
                             args.seed)
     except (CheckpointError, ValueError) as e:
@@ -144,5 +170,6 @@ def main(cmd, argv):
     with open(os.path.join(args.out, "result.json"), "w") as f:
         json.dump({"width": args.width, "height": args.height, "steps": args.steps,
                    "guidance": args.guidance, "seed": args.seed, "dtype": args.dtype,
+                   "loras": [{"file": p, "scale": s} for p, s in loras],
                    "timings": res["timings"]}, f, indent=1)
     return 0

@@ -10,7 +10,7 @@ import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPORT = os.path.join(ROOT, "export")
-COMMANDS = ("export", "tiny", "tiny-tokenizers", "reference", "random-model")
+COMMANDS = ("export", "tiny", "tiny-tokenizers", "reference", "random-model", "lora-random")
 
 
 def run(*args, python=sys.executable):
