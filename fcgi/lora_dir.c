@@ -133,9 +133,15 @@ int lora_dir_check(const char *dir, const struct fx_lora_map *map, const char *c
     const char *path = stat(proc, &sb) == 0 ? proc : lf->path;
     rc = fx_lora_check(map, path, info, why, sizeof(why));
     if (rc) {
+        /* the reader names the file it was given (its base name, or the path): the client
+         * sees the LoRA's own file name instead, never a server path or an fd */
+        char from[LORA_PATH_MAX + 8];
+        const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
         snprintf(file, sizeof(file), "'%s%s'", canon, LORA_SUFFIX);
-        /* the reader names the path it was given: the client sees the name instead */
-        replace_all(why, sizeof(why), path, file + 1);
+        snprintf(from, sizeof(from), "'%s'", path);
+        replace_all(why, sizeof(why), from, file);
+        snprintf(from, sizeof(from), "'%s'", base);
+        replace_all(why, sizeof(why), from, file);
         if (rc == FX_ENOMEM)
             fx_fail(msg, msg_len, FX_ENOMEM, "out of memory");
         else

@@ -1198,6 +1198,9 @@ static void test_lora_dir(const char *model)
         CHECK(o && jstr(o, "error", NULL) == NULL);
         CHECK(rs.body && memmem(rs.body, rs.body_len, "bad_lora", 8) != NULL);
         CHECK(rs.body && memmem(rs.body, rs.body_len, dir, strlen(dir)) == NULL);
+        /* the reader's reason names the file as the client knows it, not an fd */
+        CHECK(rs.body && memmem(rs.body, rs.body_len, "'film.safetensors'", 18) != NULL);
+        CHECK(rs.body && memmem(rs.body, rs.body_len, "/proc/", 6) == NULL);
         json_object_put(o);
         api_response_release(&rs);
         ctx.lora_map = NULL;
