@@ -48,6 +48,7 @@ help:
 	@echo "make bench-tok       tokenizer prompts/s: C next to the Python implementations"
 	@echo "make bench-pipeline  fluxgen per phase next to the Python reference pipeline"
 	@echo "make bench-formats   accuracy of the weight formats (int8, int4, fp8) against fp32"
+	@echo "make bench-lora      LoRA patch/restore time (rank 32, full-width blocks) and requant error"
 	@echo "make vram-table      GPU memory per weight format and placement, full model (plan)"
 	@echo "make bench-service   wrk: nginx alone, fluxcgi+nginx and the seed's FastAPI app"
 	@echo "make vendor-docs     fetch Swagger UI (SWAGGER_UI_VERSION) from npm into conf/docs/"
@@ -153,7 +154,9 @@ UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/unit/%)
 SAN_UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/san/unit/%)
 BENCH_BIN := $(BUILD)/bench/bench_tok
 C_SRC_ALL := $(wildcard core/*.c core/*.h core/*.cc shim/*.h shim/*.c shim/*.cc cli/*.c cli/*.h \
-               tests/unit/*.c tests/unit/*.h tests/bench/*.c)
+               tests/unit/*.c tests/unit/*.h tests/bench/*.c tests/pipeline/*.c)
+# One pipeline, several LoRA sets in one process (tests/pipeline/test_lora.py, bench-lora).
+LORA_RUN  := $(BUILD)/lora_run
 
 # Tokenizer data for the tests: the tiny files (written by the exporter) and the real
 # vocabularies kept in tests/data/ (see tests/data/README.md).
@@ -164,7 +167,7 @@ BENCH_CLIP := $(REAL_CLIP)
 BENCH_T5   := $(REAL_T5)
 
 .PHONY: c test-c test-unit test-tok test-san test-pipeline bench bench-tok bench-pipeline \
-	bench-formats vram-table format-check
+	bench-formats bench-lora vram-table format-check
 
 c: $(CORE_LIB) $(FLUXGEN) $(PLUGINS)
 
@@ -261,6 +264,10 @@ $(BUILD)/san/unit/%: $(BUILD)/san/tests/unit/%.o $(SAN_LIB) | $(SAN_PLUGINS)
 	@echo "  LINK san $@"
 	$(Q)$(CC) $(SAN_FLAGS) -o $@ $^ $(C_DEPS_LIBS)
 
+$(LORA_RUN): $(BUILD)/obj/tests/pipeline/lora_run.o $(CORE_LIB) | $(PLUGINS)
+	@echo "  LINK    $@"
+	$(Q)$(CC) -o $@ $^ $(C_DEPS_LIBS)
+
 $(BENCH_BIN): $(BUILD)/obj/tests/bench/bench_tok.o $(CORE_LIB) | $(PLUGINS)
 	@mkdir -p $(@D)
 	@echo "  LINK    $@"
@@ -309,9 +316,10 @@ test-c: test-unit test-tok test-san
 # The C pipeline against the Python reference on the tiny model (issue: parity, noise,
 # determinism, PNG, error exits).
 # test_formats also exports the tiny checkpoint with --weights and runs fluxcgi --check.
-test-pipeline: $(FLUXGEN) $(BUILD)/fluxcgi tiny-model
+test-pipeline: $(FLUXGEN) $(BUILD)/fluxcgi $(LORA_RUN) tiny-model
 	@echo "  TEST    pipeline (fluxgen vs the Python reference)"
 	$(Q)FLUXGEN=$(FLUXGEN) FLUXCGI=$(FLUXCGI) TINY_SRC=$(TINY_SRC) FLUX_MODEL=$(TINY_DIR) \
+		LORA_RUN=$(LORA_RUN) \
 		$(PYTHON) -m unittest discover \
 		-s tests/pipeline -t . $(if $(V),-v,)
 
@@ -323,6 +331,15 @@ bench-tok: $(BENCH_BIN) $(TOK_TINY)/.stamp
 
 bench-pipeline: $(FLUXGEN) tiny-model
 	$(Q)$(PYTHON) tests/bench/bench_pipeline.py --fluxgen $(FLUXGEN) --model $(TINY_DIR)
+
+# Not a test: LoRA patch and restore times of a rank-32 LoRA on full-width blocks (as many
+# as fit in memory, extrapolated to the full model), and the requantised formats' error
+# against an exact merge; docs/formats.md.  LORA_BLOCKS=D,S overrides the block counts.
+LORA_BLOCKS ?=
+bench-lora: $(LORA_RUN) tiny-model
+	$(Q)nice $(PYTHON) tests/bench/bench_lora.py --lora-run $(LORA_RUN) --tiny $(TINY_DIR) \
+		--work $(BUILD)/bench-lora $(if $(LORA_BLOCKS),--blocks $(LORA_BLOCKS),) \
+		--json $(BUILD)/bench-lora.json
 
 # The CUDA side of the shim, compiled (not linked) on a machine without CUDA: the torch
 # headers in use with -DSHIM_WITH_CUDA, the CUDA runtime headers of Debian's nvidia-cuda-dev

@@ -3,14 +3,16 @@
  *
  *   fluxgen [generate] --model DIR --prompt TEXT [--steps N] [--guidance G] [--width W]
  *           [--height H] [--seed N] [--count N] [--device cpu|cuda|cuda:N] [--threads N]
- *           [--placement P] [--device-memory SIZE] [--json] [--dump-latents DIR] [--quiet]
- *           -o OUT.png
+ *           [--placement P] [--device-memory SIZE] [--lora FILE[:SCALE]]... [--json]
+ *           [--dump-latents DIR] [--quiet] -o OUT.png
  *
  * Defaults come from the model's manifest (28 steps, guidance 3.5, 1024 x 1024) and the
  * device it was exported for.  --count N makes N images in one process (the modules load
  * once), with seeds seed, seed + 1, ... (or N random seeds); OUT then holds one "%d", which
- * becomes the image's index.  Exit status: 0, 2 bad arguments, 3 bad model dir, 4 runtime
- * failure, 130 interrupted (Ctrl-C stops between steps).
+ * becomes the image's index.  --lora patches the weights once after loading (core/lora.h,
+ * fx_pipeline_set_loras); a missing or malformed LoRA file is a bad argument.  Exit status:
+ * 0, 2 bad arguments, 3 bad model dir, 4 runtime failure, 130 interrupted (Ctrl-C stops
+ * between steps).
  */
 #include <errno.h>
 #include <math.h>
@@ -20,12 +22,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
 
 #include "../core/err.h"
+#include "../core/lora.h"
 #include "../core/manifest.h"
 #include "../core/pipeline.h"
 #include "../core/plan.h"
@@ -69,10 +73,18 @@ static void usage(FILE *f)
           "                     --device-memory and `fluxgen plan`) [resident]\n"
           "  --device-memory S  device bytes for --placement auto (digits, optional k/M/G)\n"
           "                     [0: unknown, which makes auto resident]\n"
+          "  --lora FILE[:SCALE] apply a LoRA (kohya, diffusers/PEFT or BFL/ComfyUI\n"
+          "                     .safetensors, for the transformer and/or the text encoders)\n"
+          "                     at strength SCALE, a number from -16 to 16 [1]; repeatable,\n"
+          "                     up to 8, added in the order given.  FILE may hold ':' (the\n"
+          "                     text after the last ':' is the scale when it is a number).\n"
+          "                     The weights are patched once after loading (quantised layers\n"
+          "                     are requantised); a bad file is refused before any weight\n"
+          "                     changes (exit 2); the model dir needs its lora_map.json\n"
           "  --json             print one JSON object per image on stdout (output, seed, size,\n"
-          "                     steps, guidance, device, placement, token counts, timings;\n"
-          "                     with stream the last step's block schedule) instead of the\n"
-          "                     summary line on stderr\n"
+          "                     steps, guidance, device, placement, token counts, LoRAs,\n"
+          "                     timings; with stream the last step's block schedule) instead\n"
+          "                     of the summary line on stderr\n"
           "  --dump-latents DIR write the latents as DIR/step_000.npy (the noise) and\n"
           "                     DIR/step_K.npy after step K [off]\n"
           "  --quiet            no progress bar or summary on stderr\n"
@@ -135,6 +147,120 @@ static int parse_size(const char *opt, const char *s, const struct fx_limits *l,
     }
     *out = (int)v;
     return 0;
+}
+
+/* The LoRAs of --lora options, with their names (the file name without .safetensors). */
+struct lora_args {
+    struct fx_lora l[FX_LORA_MAX];
+    char *path[FX_LORA_MAX], *name[FX_LORA_MAX];
+    size_t n;
+};
+
+static void lora_args_free(struct lora_args *a)
+{
+    for (size_t i = 0; i < a->n; i++) {
+        free(a->path[i]);
+        free(a->name[i]);
+    }
+    a->n = 0;
+}
+
+static bool is_file(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/*
+ * Parses one --lora value, FILE or FILE:SCALE: the text after the last ':' is the scale when
+ * it parses as a number (so FILE may hold colons).  Returns 0, or -1 after saying why.
+ */
+static int parse_lora(const char *v, struct lora_args *a)
+{
+    const char *colon = strrchr(v, ':');
+    size_t plen = strlen(v);
+    double scale = 1.0;
+    if (a->n >= FX_LORA_MAX) {
+        fprintf(stderr, "fluxgen: --lora: at most %d LoRAs\n", FX_LORA_MAX);
+        return -1;
+    }
+    if (colon) {
+        char *end;
+        errno = 0;
+        double d = strtod(colon + 1, &end);
+        if (colon[1] != '\0' && *end == '\0' && colon[1] != ' ') {
+            if (!isfinite(d) || fabs(d) > FX_LORA_SCALE_MAX) {
+                fprintf(stderr,
+                        "fluxgen: --lora: the scale must be a number from %g to %g, got "
+                        "'%s'\n",
+                        -FX_LORA_SCALE_MAX, FX_LORA_SCALE_MAX, colon + 1);
+                return -1;
+            }
+            scale = d;
+            plen = (size_t)(colon - v);
+        } else if (!is_file(v)) {
+            /* not a number, and no file by the whole name: a mistyped scale is likelier */
+            char *prefix = strndup(v, (size_t)(colon - v));
+            bool pre = prefix && is_file(prefix);
+            free(prefix);
+            if (pre) {
+                fprintf(stderr,
+                        "fluxgen: --lora: '%s' is not a scale (FILE:SCALE, SCALE a "
+                        "number)\n",
+                        colon + 1);
+                return -1;
+            }
+        }
+    }
+    if (plen == 0) {
+        fprintf(stderr, "fluxgen: --lora: '%s' names no file (FILE[:SCALE])\n", v);
+        return -1;
+    }
+    char *path = strndup(v, plen);
+    const char *base = path ? strrchr(path, '/') : NULL;
+    base = base ? base + 1 : path;
+    size_t blen = base ? strlen(base) : 0;
+    if (blen > 12 && strcmp(base + blen - 12, ".safetensors") == 0)
+        blen -= 12;
+    char *name = base ? strndup(base, blen) : NULL;
+    if (path == NULL || name == NULL) {
+        free(path);
+        free(name);
+        fprintf(stderr, "fluxgen: %s\n", fx_strerror(FX_ENOMEM));
+        return -1;
+    }
+    a->path[a->n] = path;
+    a->name[a->n] = name;
+    a->l[a->n] = (struct fx_lora){name[0] ? name : path, path, scale};
+    a->n++;
+    return 0;
+}
+
+/*
+ * Checks the --lora files against the model dir's map from their headers (cheap: before the
+ * modules load).  Returns 0 or an exit status after saying why.
+ */
+static int check_loras(const char *model, const struct lora_args *a)
+{
+    struct fx_lora_map *map = NULL;
+    char msg[1024];
+    int status = 0;
+    if (a->n == 0)
+        return 0;
+    int rc = fx_lora_map_load(model, &map, msg, sizeof(msg));
+    if (rc) {
+        fprintf(stderr, "fluxgen: --lora: model '%s': %s\n", model, msg);
+        return rc == FX_ENOMEM ? EXIT_RUNTIME : EXIT_MODEL;
+    }
+    for (size_t i = 0; i < a->n && status == 0; i++) {
+        rc = fx_lora_check(map, a->l[i].path, NULL, msg, sizeof(msg));
+        if (rc) {
+            fprintf(stderr, "fluxgen: --lora: lora '%s': %s\n", a->l[i].name, msg);
+            status = rc == FX_ENOMEM ? EXIT_RUNTIME : EXIT_USAGE;
+        }
+    }
+    fx_lora_map_free(map);
+    return status;
 }
 
 static double seconds(void)
@@ -211,9 +337,20 @@ static int print_json(const char *path, const struct fx_request *r, const struct
         json_object_object_add(o, "stream_schedule", json_object_new_string(sched));
     json_object_object_add(o, "clip_tokens", json_object_new_int64((int64_t)res->clip_tokens));
     json_object_object_add(o, "t5_tokens", json_object_new_int64((int64_t)res->t5_tokens));
+    json_object *la = json_object_new_array();
+    json_object_object_add(o, "loras", la);
+    for (size_t i = 0; la && i < r->n_loras; i++) {
+        json_object *l = json_object_new_object();
+        json_object_array_add(la, l);
+        json_object_object_add(l, "name", json_object_new_string(r->loras[i].name));
+        json_object_object_add(l, "path", json_object_new_string(r->loras[i].path));
+        json_object_object_add(l, "scale", json_object_new_double(r->loras[i].scale));
+    }
+    json_object_object_add(o, "lora_skipped", json_object_new_boolean(res->lora_skipped));
     json_object_object_add(o, "load_seconds", json_object_new_double(t_load));
     json_object_object_add(o, "device_bytes_peak",
                            json_object_new_int64((int64_t)res->device_bytes_peak));
+    json_object_object_add(t, "lora", json_object_new_double(res->t_lora));
     json_object_object_add(t, "tokenize", json_object_new_double(res->t_tokenize));
     json_object_object_add(t, "encode", json_object_new_double(res->t_encode));
     json_object_object_add(t, "denoise", json_object_new_double(res->t_denoise));
@@ -230,7 +367,8 @@ out:
     return rc;
 }
 
-int cmd_generate(int argc, char **argv)
+/* cmd_generate's body; the caller frees *loras on every path. */
+static int generate(int argc, char **argv, struct lora_args *loras)
 {
     const char *model = NULL, *prompt = NULL, *out_path = NULL, *device = NULL, *dump = NULL;
     const char *v_steps = NULL, *v_guid = NULL, *v_w = NULL, *v_h = NULL, *v_seed = NULL;
@@ -260,6 +398,19 @@ int cmd_generate(int argc, char **argv)
         }
         if (strcmp(a, "--quiet") == 0) {
             quiet = true;
+            continue;
+        }
+        const char *v_lora = NULL;
+        if ((m = cli_opt_value(argc, argv, &i, "--lora", &v_lora)) != 0) {
+            if (m < 0) {
+                fprintf(stderr, "fluxgen: --lora needs a value (FILE[:SCALE])\n");
+                usage_hint();
+                return EXIT_USAGE;
+            }
+            if (parse_lora(v_lora, loras)) {
+                usage_hint();
+                return EXIT_USAGE;
+            }
             continue;
         }
         if ((m = cli_opt_value(argc, argv, &i, "--model", &model)) ||
@@ -397,11 +548,17 @@ int cmd_generate(int argc, char **argv)
     }
     /* The checks above name the options; this catches what remains (an empty or too long
      * prompt) and anything the core adds later. */
+    req.loras = loras->l;
+    req.n_loras = loras->n;
     rc = fx_request_validate(&req, &lim, &field, msg, sizeof(msg));
     if (rc) {
         fprintf(stderr, "fluxgen: %s\n", msg);
         goto out;
     }
+    /* LoRA files from their headers, before the modules take their time to load */
+    status = check_loras(model, loras);
+    if (status)
+        goto out;
     status = EXIT_RUNTIME;
 
     double t_load = seconds();
@@ -415,6 +572,21 @@ int cmd_generate(int argc, char **argv)
         goto out;
     }
     t_load = seconds() - t_load;
+    /* the LoRAs once (every image of --count then finds them applied); what the headers did
+     * not show (values that are not finite) is still a bad argument */
+    struct fx_lora_timing lt;
+    rc = fx_pipeline_set_loras(pipe, req.loras, req.n_loras, &lt, msg, sizeof(msg));
+    if (rc) {
+        fprintf(stderr, "fluxgen: --lora: %s\n", msg[0] ? msg : fx_strerror(rc));
+        status = rc == FX_ENOMEM || rc == FX_ERUNTIME ? EXIT_RUNTIME
+                 : rc == FX_ENOTSUP                   ? EXIT_MODEL
+                                                      : EXIT_USAGE;
+        goto out;
+    }
+    if (req.n_loras && !quiet && !json)
+        fprintf(stderr, "fluxgen: %zu LoRA%s applied: %lld layers patched in %.2fs\n", req.n_loras,
+                req.n_loras > 1 ? "s" : "", (long long)lt.layers,
+                lt.t_read + lt.t_restore + lt.t_patch);
 
     signal(SIGINT, on_sigint);
     for (long n = 0; n < count; n++) {
@@ -465,5 +637,13 @@ out:
     fx_result_release(&res);
     fx_pipeline_free(pipe);
     manifest_free(man);
+    return status;
+}
+
+int cmd_generate(int argc, char **argv)
+{
+    struct lora_args loras = {0};
+    int status = generate(argc, argv, &loras);
+    lora_args_free(&loras);
     return status;
 }

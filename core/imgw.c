@@ -128,6 +128,11 @@ static void put_a1111_value(struct buf *b, const char *v)
 
 char *imgw_a1111_text(const struct imgw_gen *g)
 {
+    return imgw_a1111_text_loras(g, NULL, 0);
+}
+
+char *imgw_a1111_text_loras(const struct imgw_gen *g, const struct imgw_lora *loras, size_t n)
+{
     struct buf b = {0};
     char num[32];
     put_str(&b, g->prompt ? g->prompt : "");
@@ -145,6 +150,14 @@ char *imgw_a1111_text(const struct imgw_gen *g)
     if (g->model && g->model[0]) {
         put_str(&b, ", Model: ");
         put_a1111_value(&b, g->model);
+    }
+    for (size_t i = 0; loras && i < n; i++) {
+        put_str(&b, i ? ", " : ", Lora hashes: \"");
+        for (const char *c = loras[i].name ? loras[i].name : ""; *c; c++)
+            put(&b, strchr(",:\"\\\n", *c) ? "_" : c, 1);
+        put_fmt(&b, ": %.12s", loras[i].sha256 ? loras[i].sha256 : "");
+        if (i + 1 == n)
+            put_str(&b, "\"");
     }
     if (g->program && g->program[0]) {
         put_str(&b, ", Version: ");

@@ -65,6 +65,21 @@ struct imgw_gen {
  */
 char *imgw_a1111_text(const struct imgw_gen *g);
 
+/* A LoRA an image was made with. */
+struct imgw_lora {
+    const char *name;   /* as the user named it */
+    const char *sha256; /* of the file, hex; "Lora hashes" carries its first 12 digits */
+};
+
+/*
+ * imgw_a1111_text with the LoRAs: A1111 writes no <lora:name:scale> into the prompt of the
+ * text but a field ', Lora hashes: "name: 0123456789ab, other: ..."' (before Version; the
+ * characters , : " \ and newline of a name become _ so that the field parses).  The scales
+ * are in the JSON text only (core/pipeline.c).  n may be 0 (loras NULL):
+ * the same text as imgw_a1111_text.
+ */
+char *imgw_a1111_text_loras(const struct imgw_gen *g, const struct imgw_lora *loras, size_t n);
+
 /* The texts an image carries; either may be NULL (left out). */
 struct imgw_meta {
     const char *json;  /* UTF-8 */

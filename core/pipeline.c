@@ -9,12 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "../shim/shim.h"
 #include "err.h"
 #include "imgw.h"
+#include "lora.h"
 #include "manifest.h"
 #include "npy.h"
 #include "plan.h"
@@ -24,6 +26,17 @@
 #include "tok_t5.h"
 #include "version.h"
 
+/* One LoRA of the applied set, as it was when it was read. */
+struct applied_lora {
+    char *name, *path;
+    double scale;
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    char sha256[65];
+};
+
 struct fx_pipeline {
     struct fx_manifest *man;
     struct tok_clip *clip;
@@ -31,6 +44,12 @@ struct fx_pipeline {
     shim_model *model;
     shim_dtype dtype;
     enum fx_placement placement;
+    struct fx_lora_map *lora_map; /* NULL: lora_map_rc / lora_map_msg say why */
+    int lora_map_rc;
+    char lora_map_msg[512];
+    struct applied_lora applied[FX_LORA_MAX];
+    size_t n_applied;
+    bool lora_dirty; /* a failed patch or restore: the weights may differ from the originals */
 };
 
 static int from_shim(shim_status st)
@@ -126,6 +145,24 @@ int fx_request_validate(const struct fx_request *r, const struct fx_limits *l, c
         return fx_fail(msg, msg_len, FX_ERANGE, "seed: must be from 0 to %llu",
                        (unsigned long long)FX_SEED_MAX);
     }
+    if (r->n_loras > FX_LORA_MAX || (r->n_loras && r->loras == NULL)) {
+        *field = "loras";
+        return fx_fail(msg, msg_len, FX_ERANGE, "loras: at most %d, got %zu", FX_LORA_MAX,
+                       r->n_loras);
+    }
+    for (size_t i = 0; i < r->n_loras; i++) {
+        const struct fx_lora *l = &r->loras[i];
+        if (l->path == NULL || l->path[0] == '\0') {
+            *field = "loras";
+            return fx_fail(msg, msg_len, FX_EINVAL, "loras: entry %zu has no file", i);
+        }
+        if (!isfinite(l->scale) || fabs(l->scale) > FX_LORA_SCALE_MAX) {
+            *field = "loras";
+            return fx_fail(msg, msg_len, FX_ERANGE,
+                           "loras: the scale of '%s' must be a number from %g to %g",
+                           l->name ? l->name : l->path, -FX_LORA_SCALE_MAX, FX_LORA_SCALE_MAX);
+        }
+    }
     if (imgw_name((enum imgw_format)r->format) == NULL) {
         *field = "output_format";
         return fx_fail(msg, msg_len, FX_EINVAL, "output_format: must be png, jpeg or webp");
@@ -209,6 +246,13 @@ int fx_pipeline_load(const struct fx_pipeline_params *pp, struct fx_pipeline **o
     rc = from_shim(shim_model_load(&sp, &p->model, msg, msg_len));
     if (rc)
         goto out;
+    /* a model dir without a (good) LoRA map still generates: only a LoRA asks for it */
+    p->lora_map_rc =
+        fx_lora_map_load(pp->model_dir, &p->lora_map, p->lora_map_msg, sizeof(p->lora_map_msg));
+    if (p->lora_map_rc == FX_ENOMEM) {
+        rc = fx_fail(msg, msg_len, FX_ENOMEM, "lora_map.json: %s", fx_strerror(FX_ENOMEM));
+        goto out;
+    }
     *out = p;
     p = NULL;
 out:
@@ -216,10 +260,22 @@ out:
     return rc;
 }
 
+static void applied_clear(struct fx_pipeline *p)
+{
+    for (size_t i = 0; i < p->n_applied; i++) {
+        free(p->applied[i].name);
+        free(p->applied[i].path);
+    }
+    memset(p->applied, 0, sizeof(p->applied));
+    p->n_applied = 0;
+}
+
 void fx_pipeline_free(struct fx_pipeline *p)
 {
     if (p == NULL)
         return;
+    applied_clear(p);
+    fx_lora_map_free(p->lora_map);
     shim_model_free(p->model);
     tok_t5_free(p->t5);
     tok_clip_free(p->clip);
@@ -245,6 +301,173 @@ const char *fx_pipeline_placement(const struct fx_pipeline *p)
 size_t fx_pipeline_stream_log(const struct fx_pipeline *p, char *buf, size_t len)
 {
     return shim_stream_log(p->model, buf, len);
+}
+
+const struct fx_lora_map *fx_pipeline_lora_map(const struct fx_pipeline *p, const char **why)
+{
+    if (why)
+        *why = p->lora_map ? NULL : p->lora_map_msg;
+    return p->lora_map;
+}
+
+/* ---- LoRA sets ----------------------------------------------------------------------------- */
+
+/* The name a LoRA goes by in messages and metadata. */
+static const char *lora_name(const struct fx_lora *l)
+{
+    return l->name && l->name[0] ? l->name : l->path;
+}
+
+static bool same_file(const struct applied_lora *a, const struct stat *st)
+{
+    return a->dev == st->st_dev && a->ino == st->st_ino && a->size == st->st_size &&
+           a->mtime.tv_sec == st->st_mtim.tv_sec && a->mtime.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+/* Restores the weights after a failure or for an empty set; the applied set is then none. */
+static int lora_restore(struct fx_pipeline *p, char *msg, size_t msg_len)
+{
+    int rc = from_shim(shim_lora_restore(p->model, msg, msg_len));
+    applied_clear(p);
+    p->lora_dirty = rc != 0; /* the next set restores again */
+    return rc;
+}
+
+int fx_pipeline_set_loras(struct fx_pipeline *p, const struct fx_lora *loras, size_t n,
+                          struct fx_lora_timing *timing, char *msg, size_t msg_len)
+{
+    struct fx_lora_timing tm = {0};
+    struct stat st[FX_LORA_MAX];
+    struct fx_lora_file *files[FX_LORA_MAX] = {0};
+    char sub[512];
+    double t0;
+    int rc = 0;
+
+    if (timing)
+        *timing = tm;
+    if (p == NULL || n > FX_LORA_MAX || (n && loras == NULL))
+        return fx_fail(msg, msg_len, FX_EINVAL, "loras: at most %d", FX_LORA_MAX);
+    /* a file's identity now: if it is replaced later, the set differs and is read again */
+    for (size_t i = 0; i < n; i++) {
+        if (loras[i].path == NULL || !isfinite(loras[i].scale) ||
+            fabs(loras[i].scale) > FX_LORA_SCALE_MAX)
+            return fx_fail(msg, msg_len, FX_EINVAL, "lora '%s': no file or a bad scale",
+                           loras[i].path ? lora_name(&loras[i]) : "?");
+        if (stat(loras[i].path, &st[i]) != 0)
+            return fx_fail(msg, msg_len, errno == ENOENT ? FX_ENOENT : FX_EIO,
+                           "lora '%s': cannot open the file: %s", lora_name(&loras[i]),
+                           strerror(errno));
+    }
+    bool same = !p->lora_dirty && n == p->n_applied;
+    for (size_t i = 0; same && i < n; i++)
+        same = strcmp(loras[i].path, p->applied[i].path) == 0 &&
+               loras[i].scale == p->applied[i].scale && same_file(&p->applied[i], &st[i]);
+    if (same) {
+        tm.skipped = true;
+        goto out;
+    }
+    if (n == 0) {
+        t0 = now();
+        rc = lora_restore(p, msg, msg_len);
+        tm.t_restore = now() - t0;
+        goto out;
+    }
+    if (p->lora_map == NULL) {
+        rc = fx_fail(msg, msg_len, p->lora_map_rc ? p->lora_map_rc : FX_ENOTSUP, "lora '%s': %s",
+                     lora_name(&loras[0]),
+                     p->lora_map_msg[0] ? p->lora_map_msg : "the model dir has no lora_map.json");
+        goto out;
+    }
+    /* every file read and validated, every delta checked against the modules, before a
+     * weight changes */
+    t0 = now();
+    for (size_t i = 0; i < n; i++) {
+        rc = fx_lora_read(p->lora_map, loras[i].path, &files[i], sub, sizeof(sub));
+        if (rc) {
+            fx_fail(msg, msg_len, rc, "lora '%s': %s", lora_name(&loras[i]), sub);
+            goto out;
+        }
+    }
+    tm.t_read = now() - t0;
+    t0 = now();
+    for (size_t i = 0; i < n; i++) {
+        for (size_t k = 0; k < fx_lora_file_count(files[i]); k++) {
+            const struct fx_lora_entry *e = fx_lora_file_entry(files[i], k);
+            struct shim_lora_delta d = {(shim_part)e->part,
+                                        e->layer,
+                                        e->out,
+                                        e->in,
+                                        e->row0,
+                                        e->rows,
+                                        e->swap,
+                                        e->rank,
+                                        (float)(loras[i].scale * (double)e->factor),
+                                        e->up,
+                                        e->down};
+            rc = from_shim(shim_lora_stage(p->model, &d, sub, sizeof(sub)));
+            if (rc) {
+                shim_lora_discard(p->model);
+                fx_fail(msg, msg_len, rc == FX_EINVAL ? FX_EFORMAT : rc,
+                        "lora '%s': %s (the model dir's lora_map.json does not match its "
+                        "modules)",
+                        lora_name(&loras[i]), sub);
+                goto out;
+            }
+        }
+    }
+    tm.t_patch = now() - t0;
+    t0 = now();
+    rc = from_shim(shim_lora_restore(p->model, msg, msg_len));
+    applied_clear(p);
+    tm.t_restore = now() - t0;
+    if (rc) {
+        shim_lora_discard(p->model);
+        p->lora_dirty = true;
+        goto out;
+    }
+    t0 = now();
+    rc = from_shim(shim_lora_commit(p->model, msg, msg_len));
+    tm.t_patch += now() - t0;
+    if (rc) {
+        /* the shim restored every layer: no LoRA applied (or, if that failed too, dirty) */
+        struct shim_lora_stats ss;
+        shim_lora_stats(p->model, &ss);
+        p->lora_dirty = ss.patched_layers > 0;
+        goto out;
+    }
+    p->lora_dirty = false;
+    for (size_t i = 0; i < n; i++) {
+        struct applied_lora *a = &p->applied[i];
+        a->name = strdup(lora_name(&loras[i]));
+        a->path = strdup(loras[i].path);
+        if (a->name == NULL || a->path == NULL) {
+            /* keep the patch, but forget the set: the next request applies it again */
+            p->n_applied = i + 1;
+            applied_clear(p);
+            p->lora_dirty = true;
+            rc = FX_ENOMEM;
+            goto out;
+        }
+        a->scale = loras[i].scale;
+        a->dev = st[i].st_dev;
+        a->ino = st[i].st_ino;
+        a->size = st[i].st_size;
+        a->mtime = st[i].st_mtim;
+        snprintf(a->sha256, sizeof(a->sha256), "%s", fx_lora_file_sha256(files[i]));
+        p->n_applied = i + 1;
+    }
+out:
+    for (size_t i = 0; i < n; i++)
+        fx_lora_file_free(files[i]);
+    {
+        struct shim_lora_stats ss;
+        shim_lora_stats(p->model, &ss);
+        tm.layers = ss.patched_layers;
+        tm.saved_bytes = ss.saved_bytes;
+    }
+    if (timing)
+        *timing = tm;
+    return rc;
 }
 
 void fx_result_release(struct fx_result *r)
@@ -327,6 +550,16 @@ static char *valid_utf8(const char *s, size_t n)
     return out;
 }
 
+/* A LoRA scale as JSON in its shortest form that reads back (0.8, not 0.80000000000000004). */
+static json_object *short_double(double v)
+{
+    char num[32];
+    snprintf(num, sizeof(num), "%.15g", v);
+    if (strtod(num, NULL) != v)
+        snprintf(num, sizeof(num), "%.17g", v);
+    return json_object_new_double_s(v, num);
+}
+
 /* The image's JSON parameters (PNG iTXt "fluxcgi", JPEG COM, WebP XMP): the request as
  * JSON, with the model and program version. */
 static char *params_json(const struct fx_pipeline *p, const struct fx_request *r, uint64_t seed)
@@ -345,6 +578,17 @@ static char *params_json(const struct fx_pipeline *p, const struct fx_request *r
     json_object_object_add(o, "model", json_object_new_string(p->man->name));
     json_object_object_add(o, "model_sha256", json_object_new_string(p->man->sha256));
     json_object_object_add(o, "dtype", json_object_new_string(p->man->bf16 ? "bf16" : "fp32"));
+    if (p->n_applied) {
+        json_object *a = json_object_new_array();
+        json_object_object_add(o, "loras", a);
+        for (size_t i = 0; a && i < p->n_applied; i++) {
+            json_object *l = json_object_new_object();
+            json_object_array_add(a, l);
+            json_object_object_add(l, "name", json_object_new_string(p->applied[i].name));
+            json_object_object_add(l, "scale", short_double(p->applied[i].scale));
+            json_object_object_add(l, "sha256", json_object_new_string(p->applied[i].sha256));
+        }
+    }
     json_object_object_add(o, "program", json_object_new_string("fluxcgi " FX_VERSION));
     s = strdup(
         json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
@@ -361,8 +605,13 @@ static char *a1111_text(const struct fx_pipeline *p, const struct fx_request *r,
     struct imgw_gen g = {prompt,       r->steps,       r->width,
                          r->height,    r->guidance,    seed,
                          p->man->name, p->man->sha256, "fluxcgi " FX_VERSION};
+    struct imgw_lora l[FX_LORA_MAX];
+    for (size_t i = 0; i < p->n_applied; i++) {
+        l[i].name = p->applied[i].name;
+        l[i].sha256 = p->applied[i].sha256;
+    }
     if (prompt)
-        s = imgw_a1111_text(&g);
+        s = imgw_a1111_text_loras(&g, l, p->n_applied);
     free(prompt);
     return s;
 }
@@ -410,6 +659,14 @@ int fx_pipeline_generate(struct fx_pipeline *p, const struct fx_request *r,
     rc = from_shim(shim_use_device(p->model, msg, msg_len));
     if (rc)
         goto out;
+    /* the request's LoRAs (the same set as the last request's costs a stat per file) */
+    struct fx_lora_timing lt;
+    t0 = now();
+    rc = fx_pipeline_set_loras(p, r->loras, r->n_loras, &lt, msg, msg_len);
+    if (rc)
+        goto out;
+    out->t_lora = now() - t0;
+    out->lora_skipped = lt.skipped;
     int64_t mem_now, mem_peak;
     rc = from_shim(shim_memory_stats(p->model, &mem_now, &mem_peak, true, msg, msg_len));
     if (rc)

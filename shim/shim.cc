@@ -5,6 +5,7 @@
 
 #include <torch/cuda.h>
 #include <torch/script.h>
+#include <torch/version.h>
 
 // Only c10/torch functions, never the CUDA runtime's own (cudaSetDevice...): a pip torch
 // ships libcudart.so.N without the unversioned name that -lcudart would need, and its headers
@@ -26,6 +27,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <new>
 #include <string>
@@ -50,6 +52,18 @@ struct shim_block {
 #endif
 };
 
+// LoRA: one adapted linear layer, its staged deltas and its saved originals.
+enum class lora_kind { plain, int8, fp8, int4 };
+
+struct shim_lora_layer {
+    c10::intrusive_ptr<c10::ivalue::Object> obj; // the linear layer's module object
+    lora_kind kind = lora_kind::plain;
+    std::vector<std::string> names; // its tensors: weight | qweight, scale | packed, scale
+    int64_t out = 0, in = 0;
+    std::vector<shim_lora_delta> staged; // the pointers are the caller's (shim.h)
+    std::vector<at::Tensor> saved;       // host copies of the originals; empty: not patched
+};
+
 struct shim_model {
     torch::jit::Module clip, t5, transformer, ae;
     c10::Device device{c10::kCPU};
@@ -58,6 +72,9 @@ struct shim_model {
     c10::Device enc_device{c10::kCPU}; // where CLIP and T5 live
     std::vector<shim_block> blocks;    // stream: double blocks, then single blocks
     std::string stream_log;            // stream: the last transformer call's schedule
+    // LoRA layers by (part, attribute path); ordered, so commits and restores run in a
+    // fixed order
+    std::map<std::pair<int, std::string>, shim_lora_layer> lora;
 #ifdef SHIM_WITH_CUDA
     std::unique_ptr<c10::cuda::CUDAStream> side; // stream: the copies run here
     std::unique_ptr<c10::Event> done;            // stream: recorded after a block ran
@@ -364,6 +381,219 @@ at::Tensor run(torch::jit::Module &mod, std::vector<c10::IValue> args)
     if (!r.isTensor())
         throw std::runtime_error("module did not return a tensor");
     return r.toTensor();
+}
+
+// ---- LoRA patches (shim.h) -------------------------------------------------------------------
+
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+#define SHIM_HAS_FP8 1 // torch's float8 dtypes (the exporter's fp8 format) exist from 2.1
+#endif
+
+torch::jit::Module &part_module(shim_model *m, int part)
+{
+    return part == SHIM_PART_CLIP ? m->clip : part == SHIM_PART_T5 ? m->t5 : m->transformer;
+}
+
+const char *part_file(int part)
+{
+    return part == SHIM_PART_CLIP ? "clip_text.pt"
+           : part == SHIM_PART_T5 ? "t5_encoder.pt"
+                                  : "transformer.pt";
+}
+
+bool tensor_attr(const c10::intrusive_ptr<c10::ivalue::Object> &o, const char *name,
+                 at::Tensor &out)
+{
+    if (!o->type()->hasAttribute(name))
+        return false;
+    c10::IValue v = o->getAttr(name);
+    if (!v.isTensor())
+        return false;
+    out = v.toTensor();
+    return true;
+}
+
+// Finds the linear layer at the attribute path and what its tensors are (quant.py's
+// Int8Linear / FP8Linear / Int4Linear, or a plain weight).  Returns "" or the reason.
+std::string find_layer(torch::jit::Module &root, const std::string &path, shim_lora_layer &L)
+{
+    c10::intrusive_ptr<c10::ivalue::Object> o = root._ivalue();
+    size_t start = 0;
+    for (;;) {
+        size_t dot = path.find('.', start);
+        std::string name = path.substr(start, dot == std::string::npos ? dot : dot - start);
+        if (name.empty() || !o->type()->hasAttribute(name))
+            return "not found";
+        c10::IValue v = o->getAttr(name);
+        if (!v.isObject())
+            return "not a module";
+        o = v.toObject();
+        if (dot == std::string::npos)
+            break;
+        start = dot + 1;
+    }
+    at::Tensor w, s;
+    L.obj = o;
+    if (tensor_attr(o, "qweight", w) && tensor_attr(o, "scale", s)) {
+        if (w.dim() != 2 || s.dim() != 1 || s.size(0) != w.size(0) || !s.is_floating_point())
+            return "qweight/scale of unexpected shapes";
+        if (w.scalar_type() == at::kChar)
+            L.kind = lora_kind::int8;
+#ifdef SHIM_HAS_FP8
+        else if (w.scalar_type() == at::kFloat8_e4m3fn)
+            L.kind = lora_kind::fp8;
+#endif
+        else
+            return std::string("qweight of dtype ") + c10::toString(w.scalar_type()) +
+                   " (int8, or float8_e4m3fn on torch 2.1+)";
+        L.names = {"qweight", "scale"};
+        L.out = w.size(0);
+        L.in = w.size(1);
+    } else if (tensor_attr(o, "packed", w) && tensor_attr(o, "scale", s)) {
+        if (w.dim() != 2 || w.scalar_type() != at::kByte || s.dim() != 2 ||
+            s.size(0) != w.size(0) || s.size(1) < 1 || (w.size(1) * 2) % s.size(1) != 0 ||
+            ((w.size(1) * 2) / s.size(1)) % 2 != 0 || !s.is_floating_point())
+            return "packed/scale of unexpected shapes";
+        L.kind = lora_kind::int4;
+        L.names = {"packed", "scale"};
+        L.out = w.size(0);
+        L.in = w.size(1) * 2;
+    } else if (tensor_attr(o, "weight", w) && w.dim() == 2 && w.is_floating_point()) {
+        L.kind = lora_kind::plain;
+        L.names = {"weight"};
+        L.out = w.size(0);
+        L.in = w.size(1);
+    } else {
+        return "not a linear layer (no weight, qweight or packed tensor)";
+    }
+    return "";
+}
+
+std::vector<at::Tensor> layer_tensors(const shim_lora_layer &L)
+{
+    std::vector<at::Tensor> t;
+    for (const auto &n : L.names)
+        t.push_back(L.obj->getAttr(n).toTensor());
+    return t;
+}
+
+// The float32 weight that stored tensors t stand for, on dev (always a new tensor).
+at::Tensor dequant(const shim_lora_layer &L, const std::vector<at::Tensor> &t,
+                   const c10::Device &dev)
+{
+    if (L.kind == lora_kind::plain)
+        return t[0].to(dev, at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+    at::Tensor s = t[1].to(dev).to(at::kFloat);
+    if (L.kind != lora_kind::int4)
+        return t[0].to(dev).to(at::kFloat) * s.unsqueeze(1);
+    at::Tensor p = t[0].to(dev);
+    at::Tensor c = at::stack({at::bitwise_and(p, 15), at::bitwise_right_shift(p, 4)}, -1);
+    c = c.view({L.out, s.size(1), -1}).to(at::kFloat) - 8.0;
+    return (c * s.unsqueeze(2)).view({L.out, L.in});
+}
+
+// absmax / qmax rounded to the scale's dtype, 1 where a row (group) is all zero.
+at::Tensor quant_scales(const at::Tensor &absmax, double qmax, at::ScalarType dtype)
+{
+    return at::where(absmax > 0, absmax / qmax, at::ones_like(absmax)).to(dtype);
+}
+
+// W (float32) stored as L's format with quant.py's quantise_weight rules; `like` gives the
+// dtypes.
+std::vector<at::Tensor> requant(const shim_lora_layer &L, const at::Tensor &w,
+                                const std::vector<at::Tensor> &like)
+{
+    if (L.kind == lora_kind::plain)
+        return {w.to(like[0].scalar_type())};
+    const at::ScalarType sdt = like[1].scalar_type();
+    if (L.kind == lora_kind::int8) {
+        at::Tensor s = quant_scales(w.abs().amax({1}), 127.0, sdt);
+        at::Tensor q = at::clamp(at::round(w / s.to(at::kFloat).unsqueeze(1)), -127, 127);
+        return {q.to(at::kChar), s};
+    }
+    if (L.kind == lora_kind::fp8) {
+#ifdef SHIM_HAS_FP8
+        at::Tensor s = quant_scales(w.abs().amax({1}), 448.0, sdt);
+        at::Tensor q = at::clamp(w / s.to(at::kFloat).unsqueeze(1), -448.0, 448.0);
+        return {q.to(at::kFloat8_e4m3fn), s};
+#else
+        throw std::runtime_error("fp8 layer on a libtorch without float8");
+#endif
+    }
+    const int64_t groups = like[1].size(1);
+    at::Tensor wg = w.view({L.out, groups, L.in / groups});
+    at::Tensor s = quant_scales(wg.abs().amax({2}), 7.0, sdt);
+    at::Tensor c = at::clamp(at::round(wg / s.to(at::kFloat).unsqueeze(2)), -7, 7);
+    c = (c.to(at::kShort) + 8).view({L.out, L.in}).to(at::kByte);
+    at::Tensor lo = c.slice(1, 0, L.in, 2), hi = c.slice(1, 1, L.in, 2);
+    return {at::bitwise_or(lo, at::bitwise_left_shift(hi, 4)), s};
+}
+
+// Before weights change under stream: no block copy may stay on the device (the next fetch
+// must copy the patched host tensors) and no copy from the host blocks may be in flight.
+void lora_quiesce(shim_model *m)
+{
+    if (m->placement == SHIM_PLACE_STREAM)
+        evict_all(m);
+    if (m->device.is_cuda())
+        torch::cuda::synchronize(m->device.index());
+}
+
+// Writes dequant(original) + the staged deltas into L's tensors; saves the originals first.
+void patch_layer(shim_model *m, shim_lora_layer &L)
+{
+    std::vector<at::Tensor> cur = layer_tensors(L);
+    const bool fresh = L.saved.empty();
+    if (fresh) {
+        std::vector<at::Tensor> saved;
+        for (const auto &t : cur)
+            saved.push_back(t.to(at::kCPU, t.scalar_type(), false, /*copy=*/true));
+        L.saved = std::move(saved);
+    }
+    const c10::Device dev = m->device;
+    // the current tensors are the originals unless an earlier commit patched them (using
+    // them spares a host -> device copy)
+    at::Tensor w = dequant(L, fresh ? cur : L.saved, dev);
+    for (const shim_lora_delta &d : L.staged) {
+        auto f32 = at::TensorOptions().dtype(at::kFloat);
+        at::Tensor up = at::from_blob(const_cast<float *>(d.up), {d.rows, d.rank}, f32).to(dev);
+        at::Tensor down = at::from_blob(const_cast<float *>(d.down), {d.rank, d.in}, f32).to(dev);
+        at::Tensor delta = at::mm(up, down).mul_(d.scale);
+        if (d.swap) {
+            const int64_t h = d.rows / 2;
+            delta = at::cat({delta.slice(0, h, d.rows), delta.slice(0, 0, h)}, 0);
+        }
+        w.slice(0, d.row0, d.row0 + d.rows).add_(delta);
+    }
+    std::vector<at::Tensor> next = requant(L, w, cur);
+    for (size_t i = 0; i < cur.size(); i++)
+        cur[i].copy_(next[i]);
+    L.staged.clear();
+}
+
+// Copies every saved original back and drops it; staged deltas stay.
+void restore_all(shim_model *m)
+{
+    lora_quiesce(m);
+    for (auto it = m->lora.begin(); it != m->lora.end();) {
+        shim_lora_layer &L = it->second;
+        if (!L.saved.empty()) {
+            std::vector<at::Tensor> cur = layer_tensors(L);
+            for (size_t i = 0; i < cur.size(); i++)
+                cur[i].copy_(L.saved[i]);
+            L.saved.clear();
+        }
+        it = L.staged.empty() ? m->lora.erase(it) : std::next(it);
+    }
+}
+
+// Drops the staged deltas, and the layers that are then neither staged nor patched.
+void discard_staged(shim_model *m)
+{
+    for (auto it = m->lora.begin(); it != m->lora.end();) {
+        it->second.staged.clear();
+        it = it->second.saved.empty() ? m->lora.erase(it) : std::next(it);
+    }
 }
 
 } // namespace
@@ -759,6 +989,115 @@ shim_status shim_use_device(shim_model *m, char *msg, size_t msg_len)
         use_device(m->device);
         return SHIM_OK;
     });
+}
+
+shim_status shim_lora_stage(shim_model *m, const struct shim_lora_delta *d, char *msg,
+                            size_t msg_len)
+{
+    if (m == nullptr || d == nullptr || d->layer == nullptr || d->up == nullptr ||
+        d->down == nullptr)
+        return invalid(msg, msg_len, "lora_stage: bad arguments");
+    int part = 0; // from C: read as an int before it is an enum (shim_model_load says why)
+    static_assert(sizeof(part) == sizeof(d->part), "shim_part is an int");
+    std::memcpy(&part, &d->part, sizeof(part));
+    if (part != SHIM_PART_TRANSFORMER && part != SHIM_PART_CLIP && part != SHIM_PART_T5)
+        return invalid(msg, msg_len, "lora_stage: unknown part");
+    const std::string layer = d->layer;
+    if (d->rank <= 0 || d->rows <= 0 || d->row0 < 0 || d->row0 > d->out - d->rows ||
+        (d->swap && d->rows % 2 != 0))
+        return invalid(msg, msg_len,
+                       "lora_stage: '" + layer + "': bad rows or rank (row0 " +
+                           std::to_string(d->row0) + ", rows " + std::to_string(d->rows) +
+                           ", rank " + std::to_string(d->rank) + ")");
+    return guard(msg, msg_len, [&]() -> shim_status {
+        auto key = std::make_pair(part, layer);
+        auto it = m->lora.find(key);
+        if (it == m->lora.end()) {
+            shim_lora_layer L;
+            std::string why = find_layer(part_module(m, part), layer, L);
+            if (!why.empty())
+                return invalid(msg, msg_len,
+                               std::string("layer '") + layer + "' of " + part_file(part) + ": " +
+                                   why);
+            it = m->lora.emplace(key, std::move(L)).first;
+        }
+        shim_lora_layer &L = it->second;
+        if (L.out != d->out || L.in != d->in) {
+            std::string got = std::to_string(L.out) + " x " + std::to_string(L.in);
+            if (L.staged.empty() && L.saved.empty())
+                m->lora.erase(it);
+            return invalid(msg, msg_len,
+                           std::string("layer '") + layer + "' of " + part_file(part) + " is " +
+                               got + ", the delta is for " + std::to_string(d->out) + " x " +
+                               std::to_string(d->in));
+        }
+        L.staged.push_back(*d);
+        L.staged.back().layer = nullptr; // the map's key holds the name
+        return SHIM_OK;
+    });
+}
+
+shim_status shim_lora_commit(shim_model *m, char *msg, size_t msg_len)
+{
+    if (m == nullptr)
+        return invalid(msg, msg_len, "no model");
+    return guard(msg, msg_len, [&]() -> shim_status {
+        bool any = false;
+        for (const auto &kv : m->lora)
+            any = any || !kv.second.staged.empty();
+        if (!any)
+            return SHIM_OK;
+        try {
+            lora_quiesce(m);
+            for (auto &kv : m->lora)
+                if (!kv.second.staged.empty())
+                    patch_layer(m, kv.second);
+        } catch (...) {
+            // no half-patched model: everything back to the originals
+            try {
+                restore_all(m);
+            } catch (...) {
+            }
+            discard_staged(m);
+            throw;
+        }
+        return SHIM_OK;
+    });
+}
+
+shim_status shim_lora_restore(shim_model *m, char *msg, size_t msg_len)
+{
+    if (m == nullptr)
+        return invalid(msg, msg_len, "no model");
+    return guard(msg, msg_len, [&]() -> shim_status {
+        if (m->lora.empty())
+            return SHIM_OK;
+        restore_all(m);
+        return SHIM_OK;
+    });
+}
+
+void shim_lora_discard(shim_model *m)
+{
+    if (m != nullptr)
+        discard_staged(m);
+}
+
+void shim_lora_stats(const shim_model *m, struct shim_lora_stats *s)
+{
+    if (s == nullptr)
+        return;
+    std::memset(s, 0, sizeof(*s));
+    if (m == nullptr)
+        return;
+    for (const auto &kv : m->lora) {
+        const shim_lora_layer &L = kv.second;
+        s->staged_deltas += static_cast<int64_t>(L.staged.size());
+        s->staged_layers += L.staged.empty() ? 0 : 1;
+        s->patched_layers += L.saved.empty() ? 0 : 1;
+        for (const auto &t : L.saved)
+            s->saved_bytes += static_cast<int64_t>(t.numel() * t.element_size());
+    }
 }
 
 } // extern "C"

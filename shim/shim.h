@@ -229,6 +229,94 @@ shim_status shim_sync(shim_model *m, char *msg, size_t msg_len);
  */
 shim_status shim_use_device(shim_model *m, char *msg, size_t msg_len);
 
+/*
+ * LoRA patches (core/lora.h reads the files; docs/architecture.md "LoRA adapters").  A patch
+ * changes the weights of linear layers in place:
+ *     W = dequant(original) + sum over the staged deltas of  scale * up @ down
+ * computed in float32 on the model's device and written back in the layer's own format: the
+ * compute dtype for plain weights; for quantised layers (export/fluxexport/quant.py) the
+ * sum is requantised with the exporter's rules (int8 and fp8: one scale per row, absmax / 127
+ * or / 448; int4: groups of 64 (32, 16) along the row, absmax / 7, codes + 8, two per byte,
+ * low nibble first; scales rounded to their stored dtype first, codes made against the
+ * rounded scale).  Requantising keeps the exported forward (which cannot take a separate
+ * low-rank input without a re-export), its speed and its memory; the price is one more
+ * rounding of the patched layers (measured in tests/bench/bench_lora.py).
+ *
+ * The first commit that touches a layer saves its original tensors (weight; qweight and
+ * scale; packed and scale) into host memory, so the device never holds two copies;
+ * shim_lora_restore copies them back bit for bit and drops them.  Every write is a copy_
+ * into the existing tensor: pointers into it, and under SHIM_PLACE_STREAM the host blocks
+ * that each fetch copies to the device, stay the same objects (a block prefetched to the
+ * device is dropped first, so the next fetch copies the patched weights).
+ *
+ * Layers are named by their attribute path in the part's TorchScript module (the "layer"
+ * of lora_map.json: "double_blocks.0.img_attn.qkv" in transformer.pt,
+ * "text_model.encoder.layers.0.self_attn.q_proj" in clip_text.pt,
+ * "encoder.block.0.layer.0.SelfAttention.q" in t5_encoder.pt).
+ */
+typedef enum shim_part {
+    SHIM_PART_TRANSFORMER = 0,
+    SHIM_PART_CLIP = 1,
+    SHIM_PART_T5 = 2
+} shim_part;
+
+/* One delta: rows row0 .. row0 + rows of the layer's (out x in) weight change by
+ * scale * up @ down; with swap, the delta's two halves along the rows trade places first
+ * (canonical rows = cat(second half, first half)). */
+struct shim_lora_delta {
+    shim_part part;
+    const char *layer;  /* attribute path of the linear layer in the part's module */
+    int64_t out, in;    /* the layer's weight shape, checked against the module */
+    int64_t row0, rows; /* 0 <= row0, 0 < rows, row0 + rows <= out; rows even with swap */
+    bool swap;
+    int64_t rank;      /* > 0 */
+    float scale;       /* the strength times alpha / rank */
+    const float *up;   /* rows x rank, row-major, float32, finite */
+    const float *down; /* rank x in, row-major, float32, finite */
+};
+
+/*
+ * Stages a delta for the next shim_lora_commit (deltas of one layer add up).  Checks that
+ * the layer exists in the part's module as a linear layer of a known format and that the
+ * shapes match.  The up and down arrays are borrowed: they must stay valid and unchanged
+ * until shim_lora_commit or shim_lora_discard returns.  Nothing is written to the model.
+ * Returns SHIM_OK, or SHIM_EINVAL (bad arguments, an unknown layer, a shape that differs:
+ * msg names the layer).
+ */
+shim_status shim_lora_stage(shim_model *m, const struct shim_lora_delta *d, char *msg,
+                            size_t msg_len);
+
+/*
+ * Applies every staged delta (then none is staged).  A layer patched by an earlier commit
+ * and not restored since is patched again from its saved original (the deltas do not pile
+ * up across commits).  On failure (SHIM_ENOMEM, SHIM_ERUNTIME...) every patched layer is
+ * restored, the staged deltas are dropped and the model is as loaded.  Synchronous: the
+ * weights are written when it returns.
+ */
+shim_status shim_lora_commit(shim_model *m, char *msg, size_t msg_len);
+
+/*
+ * Copies every saved original back into its tensor (bit-exact) and drops the saved copies.
+ * Staged deltas stay staged: a caller stages the next set (which checks it against the
+ * modules), restores the last one, then commits.  A no-op when nothing is patched.  Failing
+ * (out of memory on the device side of a copy) leaves the layers it could not restore
+ * patched and saved, so that a later call can finish.
+ */
+shim_status shim_lora_restore(shim_model *m, char *msg, size_t msg_len);
+
+/* Drops the staged deltas without applying them; NULL is a no-op. */
+void shim_lora_discard(shim_model *m);
+
+/* What the patch state is: for tests and logs. */
+struct shim_lora_stats {
+    int64_t staged_deltas, staged_layers; /* waiting for a commit */
+    int64_t patched_layers;               /* with a saved original */
+    int64_t saved_bytes;                  /* host memory the saved originals hold */
+};
+
+/* Fills *s (all zero when m is NULL). */
+void shim_lora_stats(const shim_model *m, struct shim_lora_stats *s);
+
 #ifdef __cplusplus
 }
 #endif

@@ -56,7 +56,15 @@
        size_t msg_len),                                                                            \
       (m, allocated, peak, reset_peak, msg, msg_len))                                              \
     X(shim_status, shim_sync, (shim_model * m, char *msg, size_t msg_len), (m, msg, msg_len))      \
-    X(shim_status, shim_use_device, (shim_model * m, char *msg, size_t msg_len), (m, msg, msg_len))
+    X(shim_status, shim_use_device, (shim_model * m, char *msg, size_t msg_len),                   \
+      (m, msg, msg_len))                                                                           \
+    X(shim_status, shim_lora_stage,                                                                \
+      (shim_model * m, const struct shim_lora_delta *d, char *msg, size_t msg_len),                \
+      (m, d, msg, msg_len))                                                                        \
+    X(shim_status, shim_lora_commit, (shim_model * m, char *msg, size_t msg_len),                  \
+      (m, msg, msg_len))                                                                           \
+    X(shim_status, shim_lora_restore, (shim_model * m, char *msg, size_t msg_len),                 \
+      (m, msg, msg_len))
 
 /* Entry points that cannot fail; without the library they do nothing. */
 #define SHIM_PLAIN(X)                                                                              \
@@ -69,7 +77,10 @@
     X(shim_dtype, shim_tensor_dtype, (const shim_tensor *t), (t), SHIM_F32)                        \
     X(int, shim_model_placement, (const shim_model *m), (m), 0)                                    \
     X(size_t, shim_stream_log, (const shim_model *m, char *buf, size_t len), (m, buf, len),        \
-      (buf && len ? (void)(buf[0] = '\0') : (void)0, (size_t)0))
+      (buf && len ? (void)(buf[0] = '\0') : (void)0, (size_t)0))                                   \
+    X(void, shim_lora_discard, (shim_model * m), (m), )                                            \
+    X(void, shim_lora_stats, (const shim_model *m, struct shim_lora_stats *s), (m, s),             \
+      (s ? (void)memset(s, 0, sizeof(*s)) : (void)0))
 
 static struct {
     shim_status (*shim_model_load)(const struct shim_params *, shim_model **, char *, size_t);

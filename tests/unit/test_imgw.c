@@ -49,6 +49,22 @@ static void test_a1111_text(void)
     t = imgw_a1111_text(&g);
     CHECK(t && strstr(t, "Distilled CFG Scale: 0.1, ") && !strstr(t, "Model"));
     free(t);
+    /* LoRAs: A1111's "Lora hashes" field, 12 hex digits each, names made parseable */
+    struct imgw_lora l[2] = {{"style", "00112233445566778899aabbccddeeff"},
+                             {"a,b:\"c", "ffeeddccbbaa99887766554433221100"}};
+    t = imgw_a1111_text_loras(&g, l, 2);
+    CHECK(t && strstr(t, ", Lora hashes: \"style: 001122334455, a_b__c: ffeeddccbbaa\", "
+                         "Version: fluxcgi 0.1.0"));
+    CHECK(t && strncmp(t, "a cat, on a mat\n", 16) == 0); /* no <lora:...> in the prompt */
+    free(t);
+    t = imgw_a1111_text_loras(&g, l, 1);
+    CHECK(t && strstr(t, ", Lora hashes: \"style: 001122334455\", Version"));
+    free(t);
+    char *u = imgw_a1111_text_loras(&g, NULL, 0);
+    t = imgw_a1111_text(&g);
+    CHECK(u && t && strcmp(u, t) == 0 && !strstr(t, "Lora"));
+    free(t);
+    free(u);
 }
 
 static void test_formats(void)

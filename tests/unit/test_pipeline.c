@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../../core/err.h"
+#include "../../core/lora.h"
 #include "../../core/manifest.h"
 #include "../../core/pipeline.h"
 #include "unit.h"
@@ -87,6 +88,33 @@ static void test_validate(void)
     CHECK_INT(fx_request_validate(&r, &l, NULL, NULL, 0), 0);
     for (int i = 0; i < 100; i++)
         CHECK(fx_random_seed() <= FX_SEED_MAX);
+    /* LoRAs: at most FX_LORA_MAX, each with a file and a finite scale within the bound */
+    struct fx_lora lo[FX_LORA_MAX + 1];
+    for (int i = 0; i <= FX_LORA_MAX; i++)
+        lo[i] = (struct fx_lora){"style", "/x/style.safetensors", 1.0};
+    r = small();
+    r.loras = lo;
+    r.n_loras = FX_LORA_MAX;
+    CHECK_INT(fx_request_validate(&r, &l, NULL, NULL, 0), 0);
+    r.n_loras = FX_LORA_MAX + 1;
+    check_invalid(r, &l, "loras");
+    r.n_loras = 1;
+    r.loras = NULL;
+    check_invalid(r, &l, "loras");
+    double scales[] = {NAN, INFINITY, FX_LORA_SCALE_MAX + 0.5, -FX_LORA_SCALE_MAX - 0.5};
+    for (size_t i = 0; i < sizeof(scales) / sizeof(scales[0]); i++) {
+        r = small();
+        lo[0].scale = scales[i];
+        r.loras = lo;
+        r.n_loras = 1;
+        check_invalid(r, &l, "loras");
+    }
+    lo[0].scale = -FX_LORA_SCALE_MAX;
+    CHECK_INT(fx_request_validate(&r, &l, NULL, NULL, 0), 0);
+    lo[0].path = NULL;
+    check_invalid(r, &l, "loras");
+    lo[0].path = "";
+    check_invalid(r, &l, "loras");
 }
 
 struct counter {

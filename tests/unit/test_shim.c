@@ -312,6 +312,334 @@ static void test_stream(shim_model *resident, const struct fx_manifest *m)
     shim_model_free(st);
 }
 
+/* Deterministic pseudo-random floats in [-a, a). */
+static void fill(float *x, size_t n, unsigned seed, float a)
+{
+    uint32_t v = seed * 2654435761u + 12345u;
+    for (size_t i = 0; i < n; i++) {
+        v = v * 1664525u + 1013904223u;
+        x[i] = ((float)(v >> 8) / 16777216.0f * 2.0f - 1.0f) * a;
+    }
+}
+
+static double max_diff(const float *a, const float *b, size_t n)
+{
+    double d = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = a[i] > b[i] ? (double)a[i] - (double)b[i] : (double)b[i] - (double)a[i];
+        d = e > d ? e : d;
+    }
+    return d;
+}
+
+/* A delta on one transformer layer (the first double block's fused qkv). */
+static struct shim_lora_delta qkv_delta(const struct fx_manifest *m, const float *up,
+                                        const float *down, int64_t rank)
+{
+    struct shim_lora_delta d = {SHIM_PART_TRANSFORMER,
+                                "double_blocks.0.img_attn.qkv",
+                                3 * m->hidden,
+                                m->hidden,
+                                0,
+                                3 * m->hidden,
+                                false,
+                                rank,
+                                1.0f,
+                                up,
+                                down};
+    return d;
+}
+
+/* Stage errors name the layer and leave nothing staged. */
+static void test_lora_stage_errors(shim_model *model, const struct fx_manifest *m)
+{
+    float up[3 * 64 * 4] = {0}, down[4 * 64] = {0};
+    struct shim_lora_delta d = qkv_delta(m, up, down, 4), e;
+    struct shim_lora_stats st;
+    CHECK(m->hidden <= 64);
+    CHECK_INT(shim_lora_stage(NULL, &d, msg, sizeof(msg)), SHIM_EINVAL);
+    CHECK_INT(shim_lora_stage(model, NULL, msg, sizeof(msg)), SHIM_EINVAL);
+    e = d;
+    e.layer = "double_blocks.0.img_attn.nope";
+    CHECK_INT(shim_lora_stage(model, &e, msg, sizeof(msg)), SHIM_EINVAL);
+    CHECK(strstr(msg, "'double_blocks.0.img_attn.nope'") && strstr(msg, "transformer.pt"));
+    e.layer = "double_blocks.99.img_attn.qkv";
+    CHECK_INT(shim_lora_stage(model, &e, msg, sizeof(msg)), SHIM_EINVAL);
+    e.layer = "double_blocks..qkv";
+    CHECK_INT(shim_lora_stage(model, &e, msg, sizeof(msg)), SHIM_EINVAL);
+    e.layer = "double_blocks.0.img_attn"; /* a module, but no linear layer */
+    CHECK_INT(shim_lora_stage(model, &e, msg, sizeof(msg)), SHIM_EINVAL);
+    CHECK(strstr(msg, "not a linear layer") != NULL);
+    e.layer = "double_blocks.0.img_attn.qkv.weight"; /* a tensor, not a module */
+    CHECK_INT(shim_lora_stage(model, &e, msg, sizeof(msg)), SHIM_EINVAL);
+    e = d;
+    e.in = m->hidden + 1;
+    CHECK_INT(shim_lora_stage(model, &e, msg, sizeof(msg)), SHIM_EINVAL);
+    CHECK(strstr(msg, "qkv") != NULL && strstr(msg, "the delta is for") != NULL);
+    e = d;
+    e.rows = 3 * m->hidden + 1;
+    CHECK_INT(shim_lora_stage(model, &e, msg, sizeof(msg)), SHIM_EINVAL);
+    e = d;
+    e.row0 = 1;
+    CHECK_INT(shim_lora_stage(model, &e, msg, sizeof(msg)), SHIM_EINVAL);
+    e = d;
+    e.rank = 0;
+    CHECK_INT(shim_lora_stage(model, &e, msg, sizeof(msg)), SHIM_EINVAL);
+    e = d;
+    e.swap = true;
+    e.rows = 3;
+    CHECK_INT(shim_lora_stage(model, &e, msg, sizeof(msg)), SHIM_EINVAL);
+    e = d;
+    e.part = (shim_part)5;
+    CHECK_INT(shim_lora_stage(model, &e, msg, sizeof(msg)), SHIM_EINVAL);
+    e = d;
+    e.part = SHIM_PART_CLIP; /* the transformer's name in CLIP */
+    CHECK_INT(shim_lora_stage(model, &e, msg, sizeof(msg)), SHIM_EINVAL);
+    CHECK(strstr(msg, "clip_text.pt") != NULL);
+    shim_lora_stats(model, &st);
+    CHECK_INT(st.staged_deltas + st.staged_layers + st.patched_layers + st.saved_bytes, 0);
+    CHECK_INT(shim_lora_commit(model, msg, sizeof(msg)), SHIM_OK);  /* nothing staged */
+    CHECK_INT(shim_lora_restore(model, msg, sizeof(msg)), SHIM_OK); /* nothing patched */
+    CHECK_INT(shim_lora_commit(NULL, msg, sizeof(msg)), SHIM_EINVAL);
+    shim_lora_discard(NULL);
+    shim_lora_stats(NULL, &st);
+    CHECK_INT(st.patched_layers, 0);
+}
+
+/* Commit changes the output, restore gives back the exact floats; a zero delta patches
+ * without changing a bit; swap and row ranges are what they say; commits do not pile up;
+ * discard applies nothing; the text encoders are patched too. */
+static void test_lora_patch(shim_model *model, const struct fx_manifest *m)
+{
+    const int64_t h = m->hidden, r = 4;
+    size_t n = (size_t)16 * (size_t)m->in_channels;
+    float *up = malloc((size_t)(3 * h * r) * sizeof(float));
+    float *up2 = malloc((size_t)(3 * h * r) * sizeof(float));
+    float *down = malloc((size_t)(r * h) * sizeof(float));
+    struct shim_lora_stats st;
+    if (!up || !up2 || !down) {
+        CHECK(0);
+        goto out;
+    }
+    fill(up, (size_t)(3 * h * r), 1, 0.5f);
+    fill(down, (size_t)(r * h), 2, 0.5f);
+    float *base = transformer_once(model, m), *a = NULL, *b = NULL, *c = NULL;
+    CHECK(base != NULL);
+    struct shim_lora_delta d = qkv_delta(m, up, down, r);
+
+    /* patched, then restored exactly */
+    CHECK_INT(shim_lora_stage(model, &d, msg, sizeof(msg)), SHIM_OK);
+    shim_lora_stats(model, &st);
+    CHECK_INT(st.staged_deltas, 1);
+    CHECK_INT(st.patched_layers, 0);
+    CHECK_INT(shim_lora_commit(model, msg, sizeof(msg)), SHIM_OK);
+    shim_lora_stats(model, &st);
+    CHECK_INT(st.staged_deltas, 0);
+    CHECK_INT(st.patched_layers, 1);
+    CHECK_INT(st.saved_bytes, 3 * h * h * 4);
+    a = transformer_once(model, m);
+    CHECK(a && base && max_diff(a, base, n) > 1e-4);
+    /* committing the same delta again starts from the saved original: no piling up */
+    CHECK_INT(shim_lora_stage(model, &d, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_lora_commit(model, msg, sizeof(msg)), SHIM_OK);
+    b = transformer_once(model, m);
+    CHECK(a && b && memcmp(a, b, n * sizeof(float)) == 0);
+    free(b);
+    CHECK_INT(shim_lora_restore(model, msg, sizeof(msg)), SHIM_OK);
+    shim_lora_stats(model, &st);
+    CHECK_INT(st.patched_layers + st.saved_bytes, 0);
+    b = transformer_once(model, m);
+    CHECK(b && base && memcmp(b, base, n * sizeof(float)) == 0);
+    free(b);
+
+    /* the same delta as two row ranges (as diffusers' to_q/to_k/to_v name a fused qkv) */
+    struct shim_lora_delta lo = d, hi = d;
+    lo.rows = h;
+    hi.row0 = h;
+    hi.rows = 2 * h;
+    hi.up = up + h * r;
+    CHECK_INT(shim_lora_stage(model, &lo, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_lora_stage(model, &hi, msg, sizeof(msg)), SHIM_OK);
+    shim_lora_stats(model, &st);
+    CHECK_INT(st.staged_deltas, 2);
+    CHECK_INT(st.staged_layers, 1);
+    CHECK_INT(shim_lora_commit(model, msg, sizeof(msg)), SHIM_OK);
+    b = transformer_once(model, m);
+    CHECK(a && b && memcmp(a, b, n * sizeof(float)) == 0);
+    free(b);
+
+    /* swap: up with its two row halves traded, swapped back, is the same delta */
+    memcpy(up2, up + (3 * h / 2) * r, (size_t)(3 * h / 2 * r) * sizeof(float));
+    memcpy(up2 + (3 * h / 2) * r, up, (size_t)(3 * h / 2 * r) * sizeof(float));
+    struct shim_lora_delta sw = d;
+    sw.up = up2;
+    sw.swap = true;
+    CHECK_INT(shim_lora_stage(model, &sw, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_lora_commit(model, msg, sizeof(msg)), SHIM_OK);
+    b = transformer_once(model, m);
+    CHECK(a && b && memcmp(a, b, n * sizeof(float)) == 0);
+    free(b);
+
+    /* two deltas of one layer add up: twice scale 0.5 is scale 1 up to rounding */
+    struct shim_lora_delta half = d;
+    half.scale = 0.5f;
+    CHECK_INT(shim_lora_stage(model, &half, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_lora_stage(model, &half, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_lora_commit(model, msg, sizeof(msg)), SHIM_OK);
+    b = transformer_once(model, m);
+    CHECK(a && b && max_diff(a, b, n) < 1e-5);
+    free(b);
+
+    /* scale 0: patched (saved, written) but the same floats */
+    struct shim_lora_delta zero = d;
+    zero.scale = 0.0f;
+    CHECK_INT(shim_lora_stage(model, &zero, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_lora_commit(model, msg, sizeof(msg)), SHIM_OK);
+    b = transformer_once(model, m);
+    CHECK(b && base && memcmp(b, base, n * sizeof(float)) == 0);
+    free(b);
+
+    /* discard: staged, then dropped; the model keeps its patch of the moment */
+    CHECK_INT(shim_lora_stage(model, &d, msg, sizeof(msg)), SHIM_OK);
+    shim_lora_discard(model);
+    shim_lora_stats(model, &st);
+    CHECK_INT(st.staged_deltas, 0);
+    CHECK_INT(st.patched_layers, 1);
+    CHECK_INT(shim_lora_commit(model, msg, sizeof(msg)), SHIM_OK);
+    b = transformer_once(model, m);
+    CHECK(b && base && memcmp(b, base, n * sizeof(float)) == 0);
+    free(b);
+    CHECK_INT(shim_lora_restore(model, msg, sizeof(msg)), SHIM_OK);
+
+    /* CLIP and T5 layers: their outputs change, and come back exactly */
+    int64_t ids[77], s2[2] = {1, 77};
+    shim_tensor *t = NULL, *y0 = NULL, *y1 = NULL, *y2 = NULL;
+    for (int i = 0; i < 77; i++)
+        ids[i] = i == 0 ? m->clip_bos : (i < 6 ? i + 10 : m->clip_eos);
+    size_t ny = (size_t)m->vec_dim;
+    float *fy0 = malloc(ny * sizeof(float)), *fy1 = malloc(ny * sizeof(float)),
+          *fy2 = malloc(ny * sizeof(float));
+    struct shim_lora_delta cd = {SHIM_PART_CLIP,
+                                 "text_model.encoder.layers.0.self_attn.q_proj",
+                                 m->clip_dim,
+                                 m->clip_dim,
+                                 0,
+                                 m->clip_dim,
+                                 false,
+                                 r,
+                                 2.0f,
+                                 up,
+                                 down};
+    struct shim_lora_delta td = {SHIM_PART_T5,
+                                 "encoder.block.0.layer.1.DenseReluDense.wi_0",
+                                 m->t5_ff,
+                                 m->t5_dim,
+                                 0,
+                                 m->t5_ff,
+                                 false,
+                                 r,
+                                 1.0f,
+                                 up,
+                                 down};
+    CHECK(fy0 && fy1 && fy2 && 3 * h >= m->t5_ff && h >= m->t5_dim && h >= m->clip_dim);
+    CHECK_INT(shim_tensor_from_host(model, ids, SHIM_I64, s2, 2, SHIM_I64, &t, msg, sizeof(msg)),
+              SHIM_OK);
+    CHECK_INT(shim_run_clip(model, t, &y0, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_lora_stage(model, &cd, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_lora_commit(model, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_run_clip(model, t, &y1, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_lora_restore(model, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_run_clip(model, t, &y2, msg, sizeof(msg)), SHIM_OK);
+    if (fy0 && fy1 && fy2 && y0 && y1 && y2) {
+        CHECK_INT(shim_tensor_to_host(y0, fy0, ny, msg, sizeof(msg)), SHIM_OK);
+        CHECK_INT(shim_tensor_to_host(y1, fy1, ny, msg, sizeof(msg)), SHIM_OK);
+        CHECK_INT(shim_tensor_to_host(y2, fy2, ny, msg, sizeof(msg)), SHIM_OK);
+        CHECK(max_diff(fy0, fy1, ny) > 1e-4);
+        CHECK(memcmp(fy0, fy2, ny * sizeof(float)) == 0);
+    }
+    shim_tensor_free(y0);
+    shim_tensor_free(y1);
+    shim_tensor_free(y2);
+    y0 = y1 = y2 = NULL;
+    shim_tensor_free(t);
+    t = NULL;
+    for (int i = 0; i < 77; i++)
+        ids[i] = i < 6 ? i + 3 : 1; /* T5 ids (the tiny vocabulary's eos is 1) */
+    CHECK_INT(shim_tensor_from_host(model, ids, SHIM_I64, s2, 2, SHIM_I64, &t, msg, sizeof(msg)),
+              SHIM_OK);
+    CHECK_INT(shim_run_t5(model, t, &y0, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_lora_stage(model, &td, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_lora_commit(model, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_run_t5(model, t, &y1, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_lora_restore(model, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_run_t5(model, t, &y2, msg, sizeof(msg)), SHIM_OK);
+    size_t nt = (size_t)shim_tensor_numel(y0);
+    float *ft = malloc(3 * nt * sizeof(float));
+    if (ft && y0 && y1 && y2) {
+        CHECK_INT(shim_tensor_to_host(y0, ft, nt, msg, sizeof(msg)), SHIM_OK);
+        CHECK_INT(shim_tensor_to_host(y1, ft + nt, nt, msg, sizeof(msg)), SHIM_OK);
+        CHECK_INT(shim_tensor_to_host(y2, ft + 2 * nt, nt, msg, sizeof(msg)), SHIM_OK);
+        CHECK(max_diff(ft, ft + nt, nt) > 1e-4);
+        CHECK(memcmp(ft, ft + 2 * nt, nt * sizeof(float)) == 0);
+    }
+    free(ft);
+    shim_tensor_free(t);
+    shim_tensor_free(y0);
+    shim_tensor_free(y1);
+    shim_tensor_free(y2);
+    free(fy0);
+    free(fy1);
+    free(fy2);
+    free(base);
+    free(a);
+    (void)c;
+out:
+    free(up);
+    free(up2);
+    free(down);
+}
+
+/* stream: a patched block is what the next fetch copies (also when it was prefetched before
+ * the patch), the floats are resident's, and restore is exact. */
+static void test_lora_stream(shim_model *resident, const struct fx_manifest *m)
+{
+    struct shim_params p = files(m);
+    shim_model *st = NULL;
+    const int64_t h = m->hidden, r = 4;
+    size_t n = (size_t)16 * (size_t)m->in_channels;
+    float *up = malloc((size_t)(3 * h * r) * sizeof(float));
+    float *down = malloc((size_t)(r * h) * sizeof(float));
+    p.placement = SHIM_PLACE_STREAM;
+    CHECK_INT(shim_model_load(&p, &st, msg, sizeof(msg)), SHIM_OK);
+    if (st == NULL || up == NULL || down == NULL) {
+        CHECK(0);
+        goto out;
+    }
+    fill(up, (size_t)(3 * h * r), 3, 0.5f);
+    fill(down, (size_t)(r * h), 4, 0.5f);
+    float *base = transformer_once(st, m); /* leaves block 0 prefetched */
+    struct shim_lora_delta d = qkv_delta(m, up, down, r);
+    CHECK_INT(shim_lora_stage(resident, &d, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_lora_commit(resident, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_lora_stage(st, &d, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_lora_commit(st, msg, sizeof(msg)), SHIM_OK);
+    float *a = transformer_once(resident, m), *b = transformer_once(st, m);
+    CHECK(a && b && memcmp(a, b, n * sizeof(float)) == 0);
+    CHECK(a && base && max_diff(a, base, n) > 1e-4);
+    free(b);
+    CHECK_INT(shim_lora_restore(st, msg, sizeof(msg)), SHIM_OK);
+    CHECK_INT(shim_lora_restore(resident, msg, sizeof(msg)), SHIM_OK);
+    b = transformer_once(st, m);
+    CHECK(b && base && memcmp(b, base, n * sizeof(float)) == 0);
+    free(a);
+    free(b);
+    free(base);
+out:
+    shim_model_free(st);
+    free(up);
+    free(down);
+}
+
 /* A second thread takes the model over (as fluxcgi's worker does): shim_use_device, then
  * a module call and a synchronisation. */
 struct other_thread {
@@ -377,6 +705,9 @@ int main(int argc, char **argv)
         test_modules(model, m);
         test_use_device(model, m);
         test_stream(model, m);
+        test_lora_stage_errors(model, m);
+        test_lora_patch(model, m);
+        test_lora_stream(model, m);
     }
     shim_model_free(model);
     manifest_free(m);
