@@ -159,6 +159,13 @@ int api_get_loras(json_object *v, const char *name, struct api_gen *g, const cha
  */
 int api_prompt_loras(struct api_gen *g, char *msg, size_t msg_len);
 /*
+ * fx_request_validate of g's request with ctx's limits, its LoRAs left out: they have no
+ * files before api_check_loras resolves them, and api_gen_add_lora bounds them already.
+ * Same returns.
+ */
+int api_validate(const struct api_ctx *ctx, const struct api_gen *g, const char **field, char *msg,
+                 size_t msg_len);
+/*
  * Checks g's LoRAs against ctx's lora_dir and the model's map (lora_dir_check: the file's
  * header; no GPU work, fine on a handler thread).  Returns 0 (always when there are none), or
  * FX_ELORA_OFF (no lora_dir, or a model without lora_map.json), FX_ELORA_UNKNOWN,

@@ -628,6 +628,15 @@ int api_prompt_loras(struct api_gen *g, char *msg, size_t msg_len)
     return 0;
 }
 
+int api_validate(const struct api_ctx *ctx, const struct api_gen *g, const char **field, char *msg,
+                 size_t msg_len)
+{
+    struct fx_request r = g->req;
+    r.loras = NULL;
+    r.n_loras = 0;
+    return fx_request_validate(&r, &ctx->limits, field, msg, msg_len);
+}
+
 int api_check_loras(const struct api_ctx *ctx, const struct api_gen *g, char *msg, size_t msg_len)
 {
     if (g->req.n_loras == 0)
@@ -729,7 +738,7 @@ int api_parse_native(const struct api_ctx *ctx, const char *body, size_t len, st
         rc = field_error(&pe, "prompt", FX_EINVAL, "prompt: required");
         goto out;
     }
-    rc = fx_request_validate(&g->req, &ctx->limits, field, msg, msg_len);
+    rc = api_validate(ctx, g, field, msg, msg_len);
     if (rc == 0 && (rc = api_check_loras(ctx, g, msg, msg_len)) != 0)
         *field = "loras";
 out:

@@ -192,7 +192,7 @@ static int parse(const struct api_ctx *ctx, const struct api_request *rq, struct
         goto out;
     }
     g->n = a->batch_size * a->n_iter;
-    rc = fx_request_validate(&g->req, &ctx->limits, param, msg, msg_len);
+    rc = api_validate(ctx, g, param, msg, msg_len);
     /* the message names the field as this API calls it */
     const char *ours = rc ? *param : NULL;
     if (ours && strcmp(ours, "num_inference_steps") == 0)

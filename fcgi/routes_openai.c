@@ -174,7 +174,7 @@ static int parse(const struct api_ctx *ctx, const struct api_request *rq, struct
         rc = fx_fail(msg, msg_len, FX_EINVAL, "prompt: required");
         goto out;
     }
-    rc = fx_request_validate(&g->req, &ctx->limits, param, msg, msg_len);
+    rc = api_validate(ctx, g, param, msg, msg_len);
     if (rc && *param && (strcmp(*param, "width") == 0 || strcmp(*param, "height") == 0))
         *param = "size";
     if (rc && *param && strcmp(*param, "output_quality") == 0)

@@ -415,8 +415,9 @@ static void run_job(struct worker *w, struct store_job *job)
         rc = fx_pipeline_generate(w->pipe, &req, &hooks, &res, msg, sizeof(msg));
         /* a LoRA file that went bad after the request was checked (truncated, NaN, another
          * file under the name) fails this job alone: the device is not at fault */
-        if (req.n_loras > 0 &&
-            (rc == FX_EFORMAT || rc == FX_ENOENT || rc == FX_ETOOBIG || rc == FX_ENOTSUP))
+        if (req.n_loras > 0 && rc == FX_ENOENT)
+            rc = FX_ELORA_UNKNOWN;
+        else if (req.n_loras > 0 && (rc == FX_EFORMAT || rc == FX_ETOOBIG || rc == FX_ENOTSUP))
             rc = FX_ELORA_BAD;
     }
     struct outcome o = {OUT_COMPLETED, &res, NULL, NULL, false};
@@ -443,8 +444,15 @@ static void run_job(struct worker *w, struct store_job *job)
         /* logged and counted only once the outcome is committed */
         if (o.kind == OUT_COMPLETED) {
             metrics_observe_job(w->metrics, 0, mono() - t0);
-            log_printf("info", "job %s: completed in %.3fs (%zu bytes)", job->id, mono() - t0,
-                       res.png_len);
+            char lora[64] = "";
+            /* what the LoRA set cost: a patch (and restore), or nothing when it was applied */
+            if (req.n_loras > 0)
+                snprintf(lora, sizeof(lora), ", LoRAs %s",
+                         res.lora_skipped ? "already applied" : "applied");
+            if (req.n_loras > 0 && !res.lora_skipped)
+                snprintf(lora + strlen(lora), sizeof(lora) - strlen(lora), " in %.3fs", res.t_lora);
+            log_printf("info", "job %s: completed in %.3fs (%zu bytes%s)", job->id, mono() - t0,
+                       res.png_len, lora);
         } else if (o.kind == OUT_CANCELLED || (o.kind == OUT_REQUEUE && o.cancelled)) {
             metrics_observe_job(w->metrics, 2, 0);
             log_printf("info", "job %s: %s", job->id,

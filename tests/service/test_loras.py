@@ -3,8 +3,8 @@
 a generation with a LoRA (native, OpenAI, A1111's <lora:NAME:SCALE>) draws another image than
 without, the same one as fluxgen --lora; names that are paths, unknown names and files that do
 not fit the model are refused before anything is queued; the job row keeps the LoRAs; a file
-removed after the request was queued fails that job alone (not a device failure); without
-lora_dir, LoRAs are refused.  One stack serves every test but the last.
+removed or broken after the request was queued fails that job alone (not a device failure);
+without lora_dir, LoRAs are refused.  One stack serves every test but the last.
 
 The LoRA files are the tiny model's, written by `fluxexport lora-random` in the three layouts.
 """
@@ -52,8 +52,10 @@ class Loras(unittest.TestCase):
         os.makedirs(cls.dir)
         for f in cls.made:
             shutil.copy(os.path.join(made, f), cls.dir)
-        # the first layout's file under a name of its own, for the test that removes it
-        shutil.copy(os.path.join(made, cls.made[0]), os.path.join(cls.dir, "doomed.safetensors"))
+        # the first layout's file under names of their own, for the test that removes one
+        # and breaks the other
+        for n in ("doomed", "broken"):
+            shutil.copy(os.path.join(made, cls.made[0]), os.path.join(cls.dir, n + ".safetensors"))
         with open(os.path.join(cls.dir, "garbage.safetensors"), "wb") as f:
             f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":1}   not a LoRA")
         with open(os.path.join(cls.dir, ".hidden.safetensors"), "wb") as f:
@@ -90,8 +92,11 @@ class Loras(unittest.TestCase):
         self.assertFalse(j["truncated"])
         by = {e["name"]: e for e in j["loras"]}
         names = [n[:-len(".safetensors")] for n in self.made]
+        # test_file_removed_after_queueing may have run first
+        doomed = ["broken", "doomed"] if os.path.exists(
+            os.path.join(self.dir, "doomed.safetensors")) else ["broken"]
         # sorted; hidden files and other suffixes left out
-        self.assertEqual(sorted(by), sorted(names + ["doomed", "escape", "garbage"]))
+        self.assertEqual(sorted(by), sorted(names + doomed + ["escape", "garbage"]))
         self.assertEqual([e["name"] for e in j["loras"]], sorted(by))
         self.assertEqual(j["count"], len(by))
         layouts = set()
@@ -116,7 +121,8 @@ class Loras(unittest.TestCase):
         self.assertNotIn(self.dir.encode(), self.s.request("GET", "/loras")[2])
         st, _, a = self.s.json("GET", "/sdapi/v1/loras")
         self.assertEqual(st, 200)
-        self.assertEqual(sorted(e["name"] for e in a), sorted(names + ["doomed"]))
+        self.assertEqual(sorted(e["name"] for e in a),
+                         sorted(names + [n for n in doomed if by[n]["ok"]]))
         self.assertTrue(all(set(e) == {"name", "alias", "metadata"} for e in a), a)
 
     def test_refused_before_queueing(self):
@@ -165,6 +171,13 @@ class Loras(unittest.TestCase):
             other, _ = self.image("/generate", dict(FAST, prompt="a lora",
                                                     loras=[{"name": f, "scale": "1"}]))
             self.assertEqual(other, one, f)
+        # the OpenAI route, with loras as an extra body field
+        st, _, o = self.s.json("POST", "/v1/images/generations",
+                               {"prompt": "a lora", "size": "64x64", "num_inference_steps": 2,
+                                "seed": 11, "guidance_scale": 3.5,
+                                "loras": [{"name": self.name, "scale": 1}]})
+        self.assertEqual(st, 200, o)
+        self.assertEqual(pixels(base64.b64decode(o["data"][0]["b64_json"])), one)
         # A1111's prompt syntax: the tag is taken out of the prompt
         st, _, a = self.s.json("POST", "/sdapi/v1/txt2img",
                                {"prompt": "a lora <lora:%s:1>" % self.name, "steps": 2,
@@ -175,11 +188,12 @@ class Loras(unittest.TestCase):
         self.assertEqual(a["parameters"]["prompt"], "a lora <lora:%s:1>" % self.name)
         # the same image as fluxgen --lora FILE:SCALE
         out = os.path.join(self.tmp, "fluxgen.png")
-        subprocess.run([FLUXGEN, "--model", MODEL, "--prompt", "a lora", "--width", "64",
-                        "--height", "64", "--steps", "2", "--seed", "11", "--guidance", "3.5",
-                        "--device", "cpu", "--lora",
-                        os.path.join(self.dir, self.made[0]) + ":1.0", "--output", out],
-                       check=True, stdout=subprocess.DEVNULL)
+        res = subprocess.run([FLUXGEN, "--model", MODEL, "--prompt", "a lora", "--width", "64",
+                              "--height", "64", "--steps", "2", "--seed", "11", "--guidance",
+                              "3.5", "--device", "cpu", "--lora",
+                              os.path.join(self.dir, self.made[0]) + ":1.0", "--output", out],
+                             capture_output=True)
+        self.assertEqual(res.returncode, 0, res.stderr)
         with open(out, "rb") as f:
             self.assertEqual(pixels(f.read()), one)
 
@@ -188,18 +202,23 @@ class Loras(unittest.TestCase):
         st, _, long_job = self.s.json("POST", "/generate/queue", LONG)
         self.assertEqual(st, 202, long_job)
         self.s.wait_state(long_job["request_id"], ["running"])
-        st, _, q = self.s.json("POST", "/generate/queue",
-                               dict(FAST, prompt="gone", loras=[{"name": "doomed"}]))
-        self.assertEqual(st, 202, q)
+        queued = {}
+        for name in ("doomed", "broken"):
+            st, _, q = self.s.json("POST", "/generate/queue",
+                                   dict(FAST, prompt=name, loras=[{"name": name}]))
+            self.assertEqual(st, 202, q)
+            queued[name] = q["request_id"]
         os.unlink(os.path.join(self.dir, "doomed.safetensors"))
+        with open(os.path.join(self.dir, "broken.safetensors"), "r+b") as f:
+            f.truncate(os.path.getsize(f.name) // 2)
         st, _, j = self.s.json("GET", "/queue/status/" + long_job["request_id"])
-        self.assertEqual(j["status"], "running", "the long job ended before the file was removed")
+        self.assertEqual(j["status"], "running", "the long job ended before the files changed")
         self.s.request("DELETE", "/queue/" + long_job["request_id"])
-        j = self.s.wait_state(q["request_id"], ["failed", "completed"])
-        self.assertEqual(j["status"], "failed", j)
-        self.assertEqual(j["error"]["code"], "unknown_lora", j)
-        st, _, _ = self.s.json("GET", "/result/" + q["request_id"])
-        self.assertEqual(st, 422)
+        for name, code in (("doomed", "unknown_lora"), ("broken", "bad_lora")):
+            j = self.s.wait_state(queued[name], ["failed", "completed"])
+            self.assertEqual((j["status"], j["error"]["code"]), ("failed", code), j)
+            st, _, r = self.s.json("GET", "/result/" + queued[name])
+            self.assertEqual((st, r["error"]["code"]), (422, code), r)
         # nothing else is affected: with device_failures_fatal = 1 a device failure would
         # have failed the worker
         st, _, p = self.s.json("GET", "/ping")
