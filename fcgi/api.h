@@ -213,8 +213,9 @@ int api_http_status(int code);
  * bytes that are not UTF-8, nesting deeper than 16, trailing bytes: 400), FX_EUTF8 (a prompt with
  * overlong forms or surrogates, which json-c lets through: 400), FX_EINVAL (a wrong type, a
  * fraction for an integer, a missing or empty prompt: 422), FX_ERANGE (a value outside the
- * limits: 422), FX_ENOMEM; *field names the field (NULL for the body as a whole) and msg
- * says why.
+ * limits: 422), FX_ELORA_OFF / FX_ELORA_UNKNOWN / FX_ELORA_BAD (loras that the service has
+ * no folder for, that it lacks, or that do not fit the model: 422), FX_ENOMEM; *field names
+ * the field (NULL for the body as a whole) and msg says why.
  */
 int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
                        struct fx_request *out, char **prompt, const char **field, char *msg,
