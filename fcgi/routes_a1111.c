@@ -279,17 +279,35 @@ out:
     api_gen_release(&g);
 }
 
-/* A job's params as A1111's infotext. */
+/* A job's params as A1111's infotext.  Its LoRAs go back into the prompt as A1111 keeps
+ * them there, <lora:NAME:SCALE>, so that a front-end's "reuse parameters" asks for them
+ * again. */
 static char *infotext(const struct api_ctx *ctx, const struct store_job *j)
 {
     struct fx_request r;
-    char *prompt = NULL, *s = NULL;
-    if (job_params_decode(j->params, &r, &prompt) == 0) {
-        struct imgw_gen gen = {prompt,          r.steps,    r.width,
-                               r.height,        r.guidance, r.seed,
-                               ctx->model_name, NULL,       "fluxcgi " FX_VERSION};
-        s = imgw_a1111_text(&gen);
+    struct job_loras jl;
+    char *prompt = NULL, *s = NULL, *full = NULL;
+    if (job_params_decode_ex(j->params, &r, &prompt, &jl) == 0) {
+        size_t len = strlen(prompt), cap = len + 1 + jl.n * (LORA_NAME_MAX + 40);
+        full = malloc(cap);
+        if (full) {
+            memcpy(full, prompt, len + 1);
+            for (size_t i = 0; i < jl.n; i++)
+                len += (size_t)snprintf(full + len, cap - len, " <lora:%s:%g>", jl.name[i],
+                                        jl.lora[i].scale);
+            struct imgw_gen gen = {full,
+                                   r.steps,
+                                   r.width,
+                                   r.height,
+                                   r.guidance,
+                                   r.seed,
+                                   ctx->model_name,
+                                   NULL,
+                                   "fluxcgi " FX_VERSION};
+            s = imgw_a1111_text(&gen);
+        }
     }
+    free(full);
     free(prompt);
     return s;
 }

@@ -186,6 +186,10 @@ class Loras(unittest.TestCase):
         self.assertEqual(st, 200, a)
         self.assertEqual(pixels(base64.b64decode(a["images"][0])), one)
         self.assertEqual(a["parameters"]["prompt"], "a lora <lora:%s:1>" % self.name)
+        # the infotext keeps the tag in the prompt, as A1111's does
+        info = json.loads(a["info"])
+        self.assertTrue(info["infotexts"][0].startswith("a lora <lora:%s:1>\n" % self.name),
+                        info["infotexts"][0])
         # the same image as fluxgen --lora FILE:SCALE
         out = os.path.join(self.tmp, "fluxgen.png")
         res = subprocess.run([FLUXGEN, "--model", MODEL, "--prompt", "a lora", "--width", "64",
