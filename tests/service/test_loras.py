@@ -20,7 +20,7 @@ import unittest
 
 from PIL import Image
 
-from tests.service.stack import MODEL, ROOT, Stack
+from tests.service.stack import FLUXCGI, MODEL, ROOT, Stack
 
 PYTHON = os.environ.get("PYTHON", "/usr/bin/python3")
 FLUXGEN = os.environ.get("FLUXGEN", os.path.join(ROOT, "build", "fluxgen"))
@@ -250,6 +250,29 @@ class LorasOff(unittest.TestCase):
                 self.assertEqual(db.execute("SELECT count(*) FROM jobs").fetchone()[0], 1)
         finally:
             s.stop()
+
+
+class LorasCheck(unittest.TestCase):
+    def test_check_and_start(self):
+        """fluxcgi --check says whether LoRAs are on; a lora_dir that is not a folder stops
+        the program before it serves (status 2, naming the key)."""
+        s = Stack("loras-check", None, {"lora_dir": os.path.join(ROOT, "build", "no-such-dir")})
+        self.addCleanup(s.stop)
+        res = subprocess.run([FLUXCGI, "--config", s.config, "--check"], capture_output=True,
+                             text=True, timeout=60)
+        self.assertEqual(res.returncode, 2, res)
+        self.assertIn("lora_dir", res.stderr)
+        res = subprocess.run([FLUXCGI, "--config", s.config], capture_output=True, text=True,
+                             timeout=60)
+        self.assertEqual(res.returncode, 2, res)
+        # a relative lora_dir is the config's folder's
+        s = Stack("loras-check", None, {"lora_dir": "loras"})
+        self.addCleanup(s.stop)
+        os.makedirs(os.path.join(s.prefix, "loras"))
+        res = subprocess.run([FLUXCGI, "--config", s.config, "--check"], capture_output=True,
+                             text=True, timeout=60)
+        self.assertEqual(res.returncode, 0, res)
+        self.assertIn("loras: on, files in %s/loras" % s.prefix, res.stdout)
 
 
 def pixels(png):
