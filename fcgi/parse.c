@@ -637,7 +637,8 @@ int api_validate(const struct api_ctx *ctx, const struct api_gen *g, const char 
     return fx_request_validate(&r, &ctx->limits, field, msg, msg_len);
 }
 
-int api_check_loras(const struct api_ctx *ctx, const struct api_gen *g, char *msg, size_t msg_len)
+static int check_loras(const struct api_ctx *ctx, const struct api_gen *g, char *msg,
+                       size_t msg_len)
 {
     if (g->req.n_loras == 0)
         return 0;
@@ -655,6 +656,19 @@ int api_check_loras(const struct api_ctx *ctx, const struct api_gen *g, char *ms
             return fx_fail(msg, msg_len, rc, "loras[%zu]: %s", i, why);
     }
     return 0;
+}
+
+int api_check_loras(const struct api_ctx *ctx, const struct api_gen *g, char *msg, size_t msg_len)
+{
+    int rc = check_loras(ctx, g, msg, msg_len);
+    /* counted here: a refusal of any route */
+    if (rc == FX_ELORA_UNKNOWN || rc == FX_ELORA_BAD || rc == FX_ELORA_OFF)
+        metrics_lora(ctx->metrics,
+                     rc == FX_ELORA_UNKNOWN ? METRICS_LORA_UNKNOWN
+                     : rc == FX_ELORA_BAD   ? METRICS_LORA_BAD
+                                            : METRICS_LORA_OFF,
+                     0);
+    return rc;
 }
 
 int api_parse_native(const struct api_ctx *ctx, const char *body, size_t len, struct api_gen *g,

@@ -423,6 +423,9 @@ static void run_job(struct worker *w, struct store_job *job)
     struct outcome o = {OUT_COMPLETED, &res, NULL, NULL, false};
     if (rc == 0) {
         w->device_streak = 0;
+        if (req.n_loras > 0)
+            metrics_lora(w->metrics, res.lora_skipped ? METRICS_LORA_KEPT : METRICS_LORA_APPLIED,
+                         res.t_lora);
     } else if (rc == FX_ECANCELED && atomic_load(&w->stopping)) {
         o.kind = OUT_REQUEUE;
     } else if (rc == FX_ECANCELED) {

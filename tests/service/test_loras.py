@@ -125,6 +125,29 @@ class Loras(unittest.TestCase):
                          sorted(names + [n for n in doomed if by[n]["ok"]]))
         self.assertTrue(all(set(e) == {"name", "alias", "metadata"} for e in a), a)
 
+    def metric(self, series):
+        st, _, b = self.s.request("GET", "/metrics")
+        self.assertEqual(st, 200)
+        for line in b.decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[1])
+        raise AssertionError("no %s in /metrics" % series)
+
+    def test_metrics(self):
+        sets = 'fluxcgi_lora_sets_total{how="%s"}'
+        unknown = 'fluxcgi_lora_refused_total{code="unknown_lora"}'
+        before = [self.metric(sets % "applied") + self.metric(sets % "kept"),
+                  self.metric(unknown)]
+        st, _, _ = self.s.json("POST", "/generate/queue",
+                               dict(FAST, prompt="x", loras=[{"name": "nope"}]))
+        self.assertEqual(st, 422)
+        self.image("/generate", dict(FAST, prompt="counted", loras=[{"name": self.name}]))
+        after = [self.metric(sets % "applied") + self.metric(sets % "kept"),
+                 self.metric(unknown)]
+        self.assertEqual([a - b for a, b in zip(after, before)], [1, 1])
+        if self.metric(sets % "applied") > 0:
+            self.assertGreater(self.metric("fluxcgi_lora_apply_seconds_total"), 0)
+
     def test_refused_before_queueing(self):
         before = len(self.jobs())
         cases = [
