@@ -65,7 +65,7 @@ static void test_good(void)
     CHECK_INT(c.max_size, 512);
     CHECK_INT(c.warmup_steps, 0);
     CHECK_INT(c.cpu_threads, 2);
-    CHECK_STR(c.placement, "resident"); /* the default */
+    CHECK_STR(c.placement, "resident");     /* the default */
     CHECK_STR(c.lora_dir, "/etc/fx/loras"); /* relative to the config's folder */
     for (int i = 0; i < 4; i++) {
         static const char *const names[] = {"resident", "encoders-offload", "stream", "auto"};
