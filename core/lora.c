@@ -170,10 +170,12 @@ static int affixes(json_object *a, bool may_be_empty, size_t min_len, char **dst
     return 0;
 }
 
+/* A layer's diffusers names; none when the field is absent (a layer diffusers has no name for). */
 static int parse_subs(struct layer *L, size_t li, json_object *a, char *msg, size_t msg_len)
 {
-    if (a == NULL || !json_object_is_type(a, json_type_array) ||
-        json_object_array_length(a) > MAP_MAX_DIFFUSERS)
+    if (a == NULL)
+        return 0;
+    if (!json_object_is_type(a, json_type_array) || json_object_array_length(a) > MAP_MAX_DIFFUSERS)
         return fx_fail(msg, msg_len, FX_EFORMAT,
                        "lora_map.json: layers[%zu].diffusers is not an array of at most %d "
                        "entries",

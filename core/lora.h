@@ -62,7 +62,11 @@ struct fx_lora_map;
  * Reads model_dir/lora_map.json.  Returns 0 and sets *out (free with fx_lora_map_free), or
  * FX_ENOTSUP (the model dir has none: it was exported before LoRA support; msg says to
  * re-export), FX_EFORMAT (a bad map: msg names the field), FX_EIO, FX_ENOMEM.  The map is
- * read-only after loading and may be shared between threads.
+ * read-only after loading and may be shared between threads.  Every field the format defines
+ * is checked (types, ranges, names of [A-Za-z0-9_.], diffusers rows inside the layer and not
+ * overlapping, an even row count where swapped, no two layers with the same key name in any
+ * layout); fields it does not define are ignored, and a layer without "diffusers" has no
+ * diffusers names.
  */
 int fx_lora_map_load(const char *model_dir, struct fx_lora_map **out, char *msg, size_t msg_len);
 void fx_lora_map_free(struct fx_lora_map *m);
@@ -78,9 +82,12 @@ struct fx_lora_info {
 
 /*
  * Checks a LoRA file against the map from its header alone (keys, dtypes, shapes, offsets,
- * ranks; the data is not read): cheap enough for a request thread.  Returns 0 and fills
- * *info (may be NULL), or FX_ENOENT, FX_EIO, FX_EFORMAT (msg names the key and the reason),
- * FX_ETOOBIG, FX_ENOMEM.
+ * ranks; of the data only each alpha's one value is read): cheap enough for a request
+ * thread.  Returns 0 and fills *info (may be NULL), or FX_ENOENT, FX_EIO, FX_EFORMAT (msg
+ * names the key and the reason; unknown keys: the first three and how many more), FX_ETOOBIG
+ * (a rank over FX_LORA_RANK_MAX is FX_EFORMAT; more than FX_LORA_PARAMS_MAX elements, or a
+ * header over FX_ST_HEADER_MAX, FX_ETOOBIG), FX_ENOMEM.  Messages name the file by its base
+ * name, never its directory (they may reach HTTP clients).  Thread-safe.
  */
 int fx_lora_check(const struct fx_lora_map *map, const char *path, struct fx_lora_info *info,
                   char *msg, size_t msg_len);
@@ -91,7 +98,8 @@ struct fx_lora_entry {
     const char *layer;  /* the exported module's layer path: "double_blocks.0.img_attn.qkv" */
     int64_t out, in;    /* the layer's weight shape */
     int64_t row0, rows; /* the rows of the weight this entry changes */
-    bool swap;          /* the delta's two halves along the rows trade places */
+    bool swap;          /* the delta's two halves along the rows trade places: weight row row0 + r
+                         * takes delta row (r + rows / 2) % rows (diffusers' norm_out.linear) */
     int64_t rank;
     float factor;      /* alpha / rank (1 when the file has no alpha) */
     const float *down; /* rank x in, row-major, float32 */
@@ -103,7 +111,11 @@ struct fx_lora_file;
 /*
  * Reads and fully validates a LoRA file (fx_lora_check, then every value finite), its down
  * and up matrices converted to float32.  Returns 0 and sets *out (free with
- * fx_lora_file_free), or the errors of fx_lora_check.  Nothing outside *out is changed.
+ * fx_lora_file_free), or the errors of fx_lora_check (a NaN or infinity: FX_EFORMAT naming
+ * the key and the index).  Nothing outside *out is changed.  Entries come in the map's
+ * order of layers, a layer's diffusers rows from the top; they own their strings (the map
+ * may be freed first).  The file is read twice: the matrices, then all bytes for the
+ * sha256.  Thread-safe.
  */
 int fx_lora_read(const struct fx_lora_map *map, const char *path, struct fx_lora_file **out,
                  char *msg, size_t msg_len);

@@ -363,7 +363,9 @@ int fx_st_open(const char *path, struct fx_st_file **out, char *msg, size_t msg_
         return FX_ENOMEM;
     const char *base = strrchr(path, '/');
     snprintf(f->name, sizeof(f->name), "%s", base ? base + 1 : path);
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO in place of the file must not hang the caller (it is refused below
+     * as not a regular file); it changes nothing for a regular file's reads */
+    f->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (f->fd < 0) {
         int e = errno;
         fx_st_close(f);
@@ -561,6 +563,35 @@ static float convert(enum fx_st_dtype t, const uint8_t *p)
     }
 }
 
+/* k items of type t at src into dst: the matrix types in loops of their own (a full-size
+ * LoRA holds hundreds of millions of values), the rest through convert. */
+static void convert_run(enum fx_st_dtype t, const uint8_t *src, float *dst, size_t k)
+{
+    uint32_t b;
+    switch (t) {
+    case FX_ST_F32:
+        for (size_t j = 0; j < k; j++, src += 4) {
+            b = (uint32_t)src[0] | (uint32_t)src[1] << 8 | (uint32_t)src[2] << 16 |
+                (uint32_t)src[3] << 24;
+            memcpy(&dst[j], &b, 4);
+        }
+        break;
+    case FX_ST_BF16:
+        for (size_t j = 0; j < k; j++, src += 2) {
+            b = (uint32_t)src[0] << 16 | (uint32_t)src[1] << 24;
+            memcpy(&dst[j], &b, 4);
+        }
+        break;
+    case FX_ST_F16:
+        for (size_t j = 0; j < k; j++, src += 2)
+            dst[j] = half_to_float((uint16_t)(src[0] | src[1] << 8));
+        break;
+    default:
+        for (size_t j = 0; j < k; j++, src += fx_st_dtype_size(t))
+            dst[j] = convert(t, src);
+    }
+}
+
 int fx_st_read_f32(const struct fx_st_file *f, size_t i, float *dst, size_t n, char *msg,
                    size_t msg_len)
 {
@@ -581,8 +612,8 @@ int fx_st_read_f32(const struct fx_st_file *f, size_t i, float *dst, size_t n, c
         size_t k = n - done < per ? n - done : per;
         rc = pread_full(f, buf, k * isz, f->data_off + t->begin + (uint64_t)done * isz, msg,
                         msg_len);
-        for (size_t j = 0; j < k && rc == 0; j++)
-            dst[done + j] = convert(t->dtype, buf + j * isz);
+        if (rc == 0)
+            convert_run(t->dtype, buf, dst + done, k);
         done += k;
     }
     free(buf);

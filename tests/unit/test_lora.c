@@ -584,6 +584,9 @@ static void test_st_errors(void)
     CHECK_INT(fx_st_open(path_of("nonexistent.safetensors"), &(struct fx_st_file *){NULL}, NULL, 0),
               FX_ENOENT);
     CHECK_INT(fx_st_open(dir, &(struct fx_st_file *){NULL}, NULL, 0), FX_EIO);
+    /* a FIFO without a writer: refused at once, not waited on */
+    CHECK_INT(mkfifo(path_of("fifo.safetensors"), 0600), 0);
+    st_bad("fifo.safetensors", FX_EIO, "not a regular file");
 
     static const float z[16];
     static const struct {
@@ -881,6 +884,8 @@ static void test_map(void)
                  "layers[0].diffusers[2]: row0/rows");
     map_bad_edit("\"row0\": 2, \"rows\": 2", "\"row0\": 1, \"rows\": 2",
                  "layers[0].diffusers[1] overlaps the rows of diffusers[0]");
+    map_bad_edit("\"diffusers\": [{\"name\": \"x_embedder\", \"row0\": 0, \"rows\": 3}]",
+                 "\"diffusers\": {}", "layers[2].diffusers is not an array");
     map_bad_edit("\"rows\": 4, \"swap\": true", "\"rows\": 4, \"swap\": 1",
                  "layers[1].diffusers[0].swap");
     map_bad_edit("\"rows\": 3}", "\"rows\": 3, \"swap\": true}", "swap needs an even row count");
@@ -898,8 +903,46 @@ static void test_map_kohya_collision(void)
         " \"layers\": [{\"part\": \"transformer\", \"layer\": \"a.b_c\", \"out\": 1, \"in\": 1, "
         "\"format\": \"fp32\", \"diffusers\": []},"
         " {\"part\": \"transformer\", \"layer\": \"a_b.c\", \"out\": 1, \"in\": 1, "
-        "\"format\": \"fp32\", \"diffusers\": []}]}";
+        "\"format\": \"fp32\"}]}"; /* no diffusers names: none */
     map_bad(text, "layers 'a.b_c' and 'a_b.c' share the kohya key name 'a_b_c'");
+}
+
+/* Sizes over the bounds, in sparse files (only their headers are read). */
+static void test_too_big(void)
+{
+    static const char text[] =
+        "{\"format\": \"fluxcgi-lora-map\", \"version\": 1,"
+        " \"suffixes\": {\"down\": [\".d\"], \"up\": [\".u\"], \"alpha\": []},"
+        " \"parts\": {\"transformer\": {\"bfl\": [\"\"], \"diffusers\": [], \"kohya\": []}},"
+        " \"layers\": [{\"part\": \"transformer\", \"layer\": \"big\", \"out\": 1048576, "
+        "\"in\": 1048576, \"format\": \"fp32\", \"diffusers\": []}]}";
+    struct fx_lora_map *m = NULL;
+    char msg[512] = "";
+    CHECK_INT(load_map_text(text, &m, msg, sizeof(msg)), 0);
+    if (m == NULL)
+        return;
+    /* rank 1100: 1100 x 2^21 elements, over FX_LORA_PARAMS_MAX; 4.6 GB of F16 (sparse) */
+    const int64_t rank = 1100, dim = 1048576, bytes = rank * dim * 2;
+    char header[512];
+    snprintf(header, sizeof(header),
+             "{\"big.d\":{\"dtype\":\"F16\",\"shape\":[%lld,%lld],\"data_offsets\":[0,%lld]},"
+             "\"big.u\":{\"dtype\":\"F16\",\"shape\":[%lld,%lld],\"data_offsets\":[%lld,%lld]}}",
+             (long long)rank, (long long)dim, (long long)bytes, (long long)dim, (long long)rank,
+             (long long)bytes, (long long)(2 * bytes));
+    write_raw("huge.safetensors", header, NULL, 0);
+    const char *p = path_of("huge.safetensors");
+    CHECK_INT(truncate(p, (off_t)(8 + strlen(header)) + (off_t)(2 * bytes)), 0);
+    CHECK_INT(fx_lora_check(m, p, NULL, msg, sizeof(msg)), FX_ETOOBIG);
+    CHECK(strstr(msg, "more than 2147483648 LoRA parameters") != NULL);
+    fx_lora_map_free(m);
+
+    /* a header length over FX_ST_HEADER_MAX in a file that long */
+    uint8_t len8[8] = {0x01, 0x00, 0x40, 0x06, 0, 0, 0, 0}; /* 100 MiB + 1 */
+    write_bytes("hdrbig.safetensors", len8, 8);
+    p = path_of("hdrbig.safetensors");
+    CHECK_INT(truncate(p, (off_t)FX_ST_HEADER_MAX + 64), 0);
+    st_bad("hdrbig.safetensors", FX_ETOOBIG, "over the 104857600-byte limit");
+    CHECK_INT(truncate(p, 0), 0);
 }
 
 static void cleanup(void)
@@ -937,6 +980,7 @@ int main(int argc, char **argv)
     test_lora_errors();
     test_map();
     test_map_kohya_collision();
+    test_too_big();
     fx_lora_map_free(map);
     cleanup();
     return unit_done();
