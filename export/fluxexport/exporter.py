@@ -11,11 +11,11 @@ lora_map.json (lora.py: the layers a LoRA may adapt, their formats and key names
 --dtype is the compute dtype; --weights the storage of the linear layers inside the
 transformer's and T5's blocks (quant.py: int8, fp8 or int4, dequantised inside the scripted
 modules; default: plain weights in the compute dtype). The manifest records the format and
-the parameter bytes of each module, which the C memory plan (core/plan.h) reads. --fuse-lora (repeatable) adds
-LoRAs to the weights before quantisation and export; the manifest's fused_loras records each
-(file name, sha256, scale). The
-model dir is assembled in a temporary sibling folder and renamed into place at the end, so a
-failure leaves nothing half-written. Exit status: 0 ok, 1 bad checkpoint or input, 2 bad
+the parameter bytes of each module, which the C memory plan (core/plan.h) reads.
+--fuse-lora (repeatable) adds LoRAs to the weights before quantisation and export; the
+manifest's fused_loras records each (file name, sha256, scale). The model dir is assembled in
+a temporary sibling folder and renamed into place at the end, so a failure leaves nothing
+half-written. Exit status: 0 ok, 1 bad checkpoint or input, 2 bad
 arguments, 3 other failure (I/O, torch).
 """
 

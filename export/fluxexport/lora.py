@@ -540,6 +540,8 @@ def write_random(model_dir, prefix, rank, alpha=None, seed=0, layers="all", text
     if not chosen:
         raise LoraError(f"'{model_dir}': no layers chosen by --layers {layers}")
     factors = random_factors(chosen, rank, alpha, seed, scale_up, dtype)
+    if os.path.dirname(prefix):
+        os.makedirs(os.path.dirname(prefix), exist_ok=True)
     meta = {"format": "fluxcgi-lora-random", "rank": rank, "alpha": alpha, "seed": seed,
             "layers": layers, "text_encoders": int(text_encoders), "scale_up": scale_up}
     paths = {}

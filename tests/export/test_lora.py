@@ -111,7 +111,8 @@ class Map(unittest.TestCase):
         for n in ("img_in", "txt_in", "time_in.in_layer", "vector_in.out_layer",
                   "guidance_in.in_layer", "final_layer.linear", "final_layer.adaLN_modulation.1",
                   "double_blocks.1.txt_mlp.2", "single_blocks.1.modulation.lin",
-                  "text_model.encoder.layers.1.mlp.fc2", "encoder.block.1.layer.1.DenseReluDense.wi_0"):
+                  "text_model.encoder.layers.1.mlp.fc2",
+                  "encoder.block.1.layer.1.DenseReluDense.wi_0"):
             self.assertIn(n, names)
         self.assertTrue(all(e["format"] == "fp32" for e in self.map["layers"]))
 
@@ -277,7 +278,8 @@ class Layouts(unittest.TestCase):
         # computed here from the bfl file's tensors, independently of lora.py's merge
         t = read_tensors(f"{self.prefix}.bfl.safetensors")
         got = self.merged([(self.files["bfl"], 0.8)])
-        for part, layer, pre in (("transformer", "double_blocks.0.img_attn.qkv", "diffusion_model."),
+        for part, layer, pre in (("transformer", "double_blocks.0.img_attn.qkv",
+                                  "diffusion_model."),
                                  ("transformer", "final_layer.adaLN_modulation.1",
                                   "diffusion_model."),
                                  ("clip", "text_model.encoder.layers.0.self_attn.k_proj",
@@ -378,19 +380,25 @@ class Layouts(unittest.TestCase):
         self.assertGreater(px["bfl"]["pixels"].float().std().item(), 10.0)  # and still one
 
     def test_quantised_layers_are_patched_in_their_format(self):
-        model = model_dir("int8")
-        mods = load_modules(model)
-        qkv = lora.submodule(mods["transformer"], "double_blocks.0.img_attn.qkv")
-        w0 = quant.dequantise_weight(qkv.qweight.clone(), qkv.scale.clone(), "int8")
-        f = lora.read(f"{self.prefix}.kohya.safetensors", lora.LoraMap.from_model_dir(model))
-        lora.merge_into(mods, [(f, 1.0)])
-        self.assertEqual(qkv.qweight.dtype, torch.int8)
-        w1 = quant.dequantise_weight(qkv.qweight, qkv.scale, "int8")
-        (e,) = [e for e in f.entries if e.layer == "double_blocks.0.img_attn.qkv"]
-        want = w0 + e.delta(1.0)
-        step = qkv.scale.float().max().item()     # one code of the coarsest row
-        self.assertLess((w1 - want).abs().max().item(), 1.01 * step)
-        self.assertGreater((w1 - w0).abs().max().item(), 2 * step)
+        for fmt in ("int8", "int4"):
+            with self.subTest(fmt=fmt):
+                model = model_dir(fmt)
+                mods = load_modules(model)
+                qkv = lora.submodule(mods["transformer"], "double_blocks.0.img_attn.qkv")
+                codes = (lambda: qkv.packed) if fmt == "int4" else (lambda: qkv.qweight)
+                dtype = codes().dtype
+                w0 = quant.dequantise_weight(codes().clone(), qkv.scale.clone(), fmt)
+                f = lora.read(f"{self.prefix}.kohya.safetensors",
+                              lora.LoraMap.from_model_dir(model))
+                lora.merge_into(mods, [(f, 1.0)])
+                self.assertEqual(codes().dtype, dtype)
+                self.assertEqual(lora.stored_format(qkv), fmt)
+                w1 = quant.dequantise_weight(codes(), qkv.scale, fmt)
+                (e,) = [e for e in f.entries if e.layer == "double_blocks.0.img_attn.qkv"]
+                want = w0 + e.delta(1.0)
+                half_step = 0.5 * qkv.scale.float().max().item()   # rounding to the new codes
+                self.assertLess((w1 - want).abs().max().item(), 1.01 * half_step)
+                self.assertGreater((w1 - w0).abs().max().item(), 4 * half_step)
 
 
 class BadFiles(unittest.TestCase):
@@ -489,9 +497,8 @@ class BadFiles(unittest.TestCase):
     def test_alpha_must_be_one_number(self):
         self.refused(self.edited(**{f"{self.Q}.alpha": torch.tensor([1.0, 2.0])}),
                      rf"'{self.Q}\.alpha' must hold one number")
-        f = lora.read(self.write(self.edited(**{f"{self.Q}.alpha": torch.tensor([2],
-                                                                                 dtype=torch.int64)})),
-                      self.lmap)
+        two = torch.tensor([2], dtype=torch.int64)
+        f = lora.read(self.write(self.edited(**{f"{self.Q}.alpha": two})), self.lmap)
         (e,) = [e for e in f.entries if e.base == self.Q]
         self.assertEqual(e.factor, 0.5)
 
@@ -600,6 +607,22 @@ class Fuse(unittest.TestCase):
 
 
 class ReferenceCli(unittest.TestCase):
+    def test_lora_random_arguments(self):
+        with tempfile.TemporaryDirectory(prefix="fluxtest-lora-") as tmp:
+            for bad in (("--rank", "0"), ("--rank", "2", "--alpha", "nan"),
+                        ("--rank", "2", "--layers", "mlp")):
+                res = helpers.run_cli("lora-random", "--model-dir", model_dir(), "-o",
+                                      f"{tmp}/x", *bad)
+                self.assertEqual(res.returncode, 2, bad)
+            res = helpers.run_cli("lora-random", "--model-dir", model_dir(), "-o",
+                                  f"{tmp}/sub/x", "--rank", "2")
+            self.assertEqual(res.returncode, 0, res.stderr)
+            self.assertEqual(res.stdout.split(), [f"{tmp}/sub/x.{lay}.safetensors"
+                                                  for lay in LAYOUTS])
+            f = lora.read(f"{tmp}/sub/x.bfl.safetensors",
+                          lora.LoraMap.from_model_dir(model_dir()))
+            self.assertEqual({(e.rank, e.alpha) for e in f.entries}, {(2, 1.0)})  # alpha rank/2
+
     def test_reference_with_lora(self):
         with tempfile.TemporaryDirectory(prefix="fluxtest-lora-") as tmp:
             model = model_dir()
