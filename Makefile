@@ -334,7 +334,7 @@ bench-pipeline: $(FLUXGEN) tiny-model
 
 # Not a test: LoRA patch and restore times of a rank-32 LoRA on full-width blocks (as many
 # as fit in memory, extrapolated to the full model), and the requantised formats' error
-# against an exact merge; docs/formats.md.  LORA_BLOCKS=D,S overrides the block counts.
+# against an exact merge.  LORA_BLOCKS=D,S overrides the block counts (2,2).
 LORA_BLOCKS ?=
 bench-lora: $(LORA_RUN) tiny-model
 	$(Q)nice $(PYTHON) tests/bench/bench_lora.py --lora-run $(LORA_RUN) --tiny $(TINY_DIR) \

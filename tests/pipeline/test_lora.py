@@ -29,7 +29,6 @@ import struct
 import subprocess
 import tempfile
 import unittest
-import zlib
 
 import numpy as np
 import torch
@@ -76,7 +75,7 @@ def png_chunks(data):
 
 def image_data(data):
     """The PNG's IDAT bytes (the compressed pixels; the metadata left out)."""
-    return b"".join(p for t, p in png_chunks(data) if t == "IDAT")
+    return Bytes(b"".join(p for t, p in png_chunks(data) if t == "IDAT"))
 
 
 def pixels(path):
@@ -88,9 +87,16 @@ def rel_rms(a, b):
     return float(np.sqrt(np.mean((a - b) ** 2)) / np.sqrt(np.mean(b ** 2)))
 
 
+class Bytes(bytes):
+    """File bytes whose repr is their length and sha256 (an assertion shows that, not MBs)."""
+
+    def __repr__(self):
+        return f"<{len(self)} bytes, sha256 {hashlib.sha256(self).hexdigest()[:16]}>"
+
+
 def read_bytes(path):
     with open(path, "rb") as f:
-        return f.read()
+        return Bytes(f.read())
 
 
 def tensors_of(path):
