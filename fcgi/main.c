@@ -52,7 +52,8 @@ struct service {
     struct fx_config cfg;
     struct fx_manifest *man;
     struct fx_lora_map *lora_map; /* lora_dir set and the model has a lora_map.json */
-    char lora_map_error[512];
+    char lora_map_error[512];     /* why not (for the log and --check) */
+    char lora_map_public[256];    /* the same for clients: no server path */
     struct fx_metrics metrics;
     struct api_ctx api;
     struct worker *worker;
@@ -233,6 +234,13 @@ static int load_loras(struct service *svc, char *msg, size_t len)
         svc->lora_map = NULL;
         if (svc->lora_map_error[0] == '\0')
             snprintf(svc->lora_map_error, sizeof(svc->lora_map_error), "%s", fx_strerror(rc));
+        /* the reader's message names the model dir; a client hears of the model's name */
+        snprintf(svc->lora_map_public, sizeof(svc->lora_map_public),
+                 rc == FX_ENOTSUP ? "model '%s' was exported without lora_map.json, so no LoRA "
+                                    "can be applied; the operator has to re-export it"
+                                  : "model '%s' has a lora_map.json this service cannot read, so "
+                                    "no LoRA can be applied (its log says why)",
+                 svc->man->name);
     }
     return 0;
 }
@@ -408,7 +416,7 @@ int main(int argc, char **argv)
     svc.api.readiness = worker_readiness(svc.worker);
     svc.api.metrics = &svc.metrics;
     svc.api.lora_map = svc.lora_map;
-    svc.api.lora_map_error = svc.cfg.lora_dir[0] ? svc.lora_map_error : NULL;
+    svc.api.lora_map_error = svc.cfg.lora_dir[0] ? svc.lora_map_public : NULL;
     if (svc.cfg.lora_dir[0] && svc.lora_map == NULL)
         log_printf("warn", "LoRAs are off: %s", svc.lora_map_error);
     /* webhooks go out from their own thread, never from a request's */

@@ -605,9 +605,7 @@ int api_prompt_loras(struct api_gen *g, char *msg, size_t msg_len)
             scale = strtod(num, &stop);
             if (*stop != '\0')
                 return fx_fail(msg, msg_len, FX_EINVAL,
-                               "prompt: '%s' in a <lora:...> tag is not "
-                               "a number",
-                               num);
+                               "prompt: '%s' in a <lora:...> tag is not a number", num);
         }
         int rc = api_gen_add_lora(g, name, (size_t)((colon ? colon : end) - name), scale, "prompt",
                                   msg, msg_len);

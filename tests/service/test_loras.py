@@ -298,6 +298,36 @@ class LorasCheck(unittest.TestCase):
         self.assertIn("loras: on, files in %s/loras" % s.prefix, res.stdout)
 
 
+class LorasOldModel(unittest.TestCase):
+    def test_model_without_lora_map(self):
+        """A model dir exported before LoRA support serves, without LoRAs: requests with some
+        get 422 loras_not_configured naming the model (not its folder)."""
+        s = Stack("loras-old-model", "nginx", {"warmup_steps": "0"})
+        model = os.path.join(s.prefix, "old-model")
+        os.makedirs(model)
+        for f in os.listdir(MODEL):
+            if f != "lora_map.json":
+                os.symlink(os.path.join(MODEL, f), os.path.join(model, f))
+        os.makedirs(os.path.join(s.prefix, "loras"))
+        with open(os.path.join(s.prefix, "loras", "x.safetensors"), "wb") as f:
+            f.write(b"x")
+        with open(s.config) as f:
+            text = f.read()
+        with open(s.config, "w") as f:
+            f.write(text.replace("model = %s" % MODEL, "model = %s" % model, 1) +
+                    "lora_dir = loras\n")
+        s.start()
+        self.addCleanup(s.stop)
+        st, _, j = s.json("POST", "/generate/queue", dict(FAST, prompt="x", loras=[{"name": "x"}]))
+        self.assertEqual((st, j["error"]["code"]), (422, "loras_not_configured"), j)
+        self.assertIn("lora_map.json", j["error"]["message"])
+        self.assertNotIn(s.prefix, j["error"]["message"])
+        st, _, j = s.json("GET", "/loras")
+        self.assertEqual((st, j["enabled"], j["error"]["code"]), (200, True, "loras_not_configured"))
+        self.assertEqual([(e["name"], e["ok"]) for e in j["loras"]], [("x", False)])
+        self.assertIn("LoRAs are off", s.log_text())
+
+
 def pixels(png):
     return Image.open(io.BytesIO(png)).convert("RGB").tobytes()
 
