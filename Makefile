@@ -393,6 +393,7 @@ SVC_C      := sql/store.c fcgi/config.c fcgi/jobid.c fcgi/log.c fcgi/metrics.c f
               fcgi/routes_queue.c fcgi/routes_ops.c fcgi/routes_events.c fcgi/fcgi_proto.c \
               fcgi/server.c fcgi/routes_openai.c fcgi/routes_a1111.c fcgi/routes_docs.c \
               fcgi/auth.c fcgi/access.c fcgi/keys.c fcgi/webhook.c
+SVC_C      += fcgi/lora_dir.c fcgi/routes_loras.c
 SVC_GEN    := $(BUILD)/gen/sql/schema_sql.c $(BUILD)/gen/fcgi/openapi_json.c
 SVC_OBJ    := $(SVC_C:%.c=$(BUILD)/obj/%.o) $(SVC_GEN:%.c=$(BUILD)/obj/%.o)
 SAN_SVC_OBJ := $(SVC_C:%.c=$(BUILD)/san/%.o) $(SVC_GEN:%.c=$(BUILD)/san/%.o)

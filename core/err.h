@@ -49,7 +49,10 @@ extern "C" {
     X(FX_ENOSPC, -25, "no space left on device", "insufficient_storage")                           \
     X(FX_EAUTH, -26, "not authenticated", "unauthorized")                                          \
     X(FX_EFORBIDDEN, -27, "not allowed", "forbidden")                                              \
-    X(FX_EQUOTA, -28, "quota exceeded", "quota_exceeded")
+    X(FX_EQUOTA, -28, "quota exceeded", "quota_exceeded")                                          \
+    X(FX_ELORA_UNKNOWN, -29, "no such lora", "unknown_lora")                                       \
+    X(FX_ELORA_BAD, -30, "lora does not fit the model", "bad_lora")                                \
+    X(FX_ELORA_OFF, -31, "loras not configured", "loras_not_configured")
 
 enum fx_err {
 #define FX_ERR_ENUM_(name, value, msg, code) name = (value),

@@ -43,6 +43,9 @@ int api_http_status(int code)
         return 413;
     case FX_EINVAL:
     case FX_ERANGE:
+    case FX_ELORA_UNKNOWN:
+    case FX_ELORA_BAD:
+    case FX_ELORA_OFF:
         return 422;
     case FX_EFULL:
     case FX_EQUOTA:
@@ -98,7 +101,9 @@ enum route {
     R_A1111_PROGRESS,
     R_A1111_INTERRUPT,
     R_A1111_OPTIONS,
-    R_A1111_LIST
+    R_A1111_LIST,
+    R_A1111_LORAS,
+    R_LORAS
 };
 
 /* The routing table: a path (a prefix when it ends in '/', followed by an id) and the
@@ -121,6 +126,7 @@ static const struct api_route_def {
     {"/result/", true, R_RESULT, "GET, HEAD"},
     {"/metrics", false, R_METRICS, "GET, HEAD"},
     {"/openapi.json", false, R_OPENAPI, "GET, HEAD"},
+    {"/loras", false, R_LORAS, "GET, HEAD"},
     {"/v1/images/generations", false, R_OPENAI_IMAGES, "POST"},
     {"/v1/models", false, R_OPENAI_MODELS, "GET, HEAD"},
     {"/sdapi/v1/txt2img", false, R_A1111_TXT2IMG, "POST"},
@@ -133,7 +139,7 @@ static const struct api_route_def {
     {"/sdapi/v1/upscalers", false, R_A1111_LIST, "GET, HEAD"},
     {"/sdapi/v1/latent-upscale-modes", false, R_A1111_LIST, "GET, HEAD"},
     {"/sdapi/v1/sd-vae", false, R_A1111_LIST, "GET, HEAD"},
-    {"/sdapi/v1/loras", false, R_A1111_LIST, "GET, HEAD"},
+    {"/sdapi/v1/loras", false, R_A1111_LORAS, "GET, HEAD"},
     {"/sdapi/v1/prompt-styles", false, R_A1111_LIST, "GET, HEAD"},
 };
 
@@ -197,7 +203,8 @@ bool api_needs_store(const struct api_ctx *ctx, const char *method, const char *
     if (r == R_PING || r == R_OPENAPI)
         return false;
     /* the fixed lists are answered from memory too, but with auth on the key is checked
-     * against the store first */
+     * against the store first; the LoRA lists (R_LORAS, R_A1111_LORAS) read lora_dir and
+     * the files' headers, which is no work for the event thread: a handler thread */
     if (r == R_OPENAI_MODELS || r == R_A1111_OPTIONS || r == R_A1111_LIST)
         return ctx && ctx->cfg && ctx->cfg->auth;
     return true;
@@ -244,7 +251,7 @@ static void dispatch(const struct api_ctx *ctx, struct store *st, const struct a
         /* the OpenAI and A1111 clients read errors in their own shapes */
         if (r == R_OPENAI_IMAGES || r == R_OPENAI_MODELS)
             api_restyle_error(rs, "openai", NULL);
-        else if (r >= R_A1111_TXT2IMG && r <= R_A1111_LIST)
+        else if (r >= R_A1111_TXT2IMG && r <= R_A1111_LORAS)
             api_restyle_error(rs, "a1111", NULL);
         return;
     }
@@ -305,6 +312,12 @@ static void dispatch(const struct api_ctx *ctx, struct store *st, const struct a
         route_a1111_info(ctx, as, what, rs);
         break;
     }
+    case R_A1111_LORAS:
+        route_loras(ctx, true, rs);
+        break;
+    case R_LORAS:
+        route_loras(ctx, false, rs);
+        break;
     case R_NONE:
         break;
     }

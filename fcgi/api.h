@@ -30,6 +30,8 @@
  *   POST   /sdapi/v1/txt2img     the A1111 / Forge API and the routes front-ends read to
  *                                connect: progress, interrupt, options, sd-models, ...
  *                                (routes_a1111.c)
+ *   GET    /loras                the LoRA files of lora_dir, each checked against the model
+ *                                (routes_loras.c; also /sdapi/v1/loras in A1111's shape)
  *   GET    /openapi.json         the OpenAPI document of all of these (routes_docs.c)
  * The sync-style routes (POST /generate, the OpenAI and A1111 ones) park their request on a
  * job; the job (and its group) in the store say how api_generate_poll answers it.
@@ -53,6 +55,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../core/lora.h"
 #include "../core/pipeline.h"
 #include "../sql/store.h"
 #include "config.h"
@@ -68,6 +71,10 @@ struct api_ctx {
     struct worker *worker;       /* NULL: no worker (unit tests); waits just sleep */
     const atomic_int *readiness; /* an enum worker_readiness */
     struct fx_metrics *metrics;  /* may be NULL */
+    /* LoRAs (cfg->lora_dir set): the model's lora map (core/lora.h), loaded once at start;
+     * NULL when the model has none, lora_map_error then says why (NULL: LoRAs are off) */
+    const struct fx_lora_map *lora_map;
+    const char *lora_map_error;
 };
 
 /*
@@ -200,13 +207,15 @@ int api_http_status(int code);
  * and output_quality, defaults from ctx (null is a field's default), then
  * fx_request_validate with ctx->limits.  Integers may be written 4.0 or "4", numbers "3.5"
  * (what the seed's FastAPI service accepted); unknown fields are ignored (api_parse_native,
- * api_int.h, lists them; n is dropped here).  On success returns 0 and fills *out, whose
- * prompt points into *prompt (malloc'd, caller frees).  Errors: FX_EFORMAT (not JSON, bytes
- * that are not UTF-8, nesting deeper than 16, trailing bytes: 400), FX_EUTF8 (a prompt with
+ * api_int.h, lists them; n is dropped here; loras are read and checked, but out->loras is
+ * NULL: their names live in api_parse_native's struct api_gen).  On success returns 0 and fills
+ * *out, whose prompt points into *prompt (malloc'd, caller frees).  Errors: FX_EFORMAT (not JSON,
+ * bytes that are not UTF-8, nesting deeper than 16, trailing bytes: 400), FX_EUTF8 (a prompt with
  * overlong forms or surrogates, which json-c lets through: 400), FX_EINVAL (a wrong type, a
  * fraction for an integer, a missing or empty prompt: 422), FX_ERANGE (a value outside the
- * limits: 422), FX_ENOMEM; *field names the field (NULL for the body as a whole) and msg
- * says why.
+ * limits: 422), FX_ELORA_OFF / FX_ELORA_UNKNOWN / FX_ELORA_BAD (loras that the service has
+ * no folder for, that it lacks, or that do not fit the model: 422), FX_ENOMEM; *field names
+ * the field (NULL for the body as a whole) and msg says why.
  */
 int api_parse_generate(const struct api_ctx *ctx, const char *body, size_t len,
                        struct fx_request *out, char **prompt, const char **field, char *msg,

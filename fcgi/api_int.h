@@ -3,8 +3,9 @@
  *
  * fcgi/api.c routes a request to one handler; the handlers live one file per family of
  * routes: routes_generate.c (POST /generate, /generate/queue), routes_queue.c (status,
- * result, cancel, groups), routes_ops.c (/ping, /metrics), routes_events.c, routes_openai.c
- * (the OpenAI Images API), routes_a1111.c (the A1111 / Forge API), routes_docs.c
+ * result, cancel, groups), routes_ops.c (/ping, /metrics), routes_loras.c (/loras),
+ * routes_events.c, routes_openai.c (the OpenAI Images API), routes_a1111.c (the A1111 / Forge API),
+ * routes_docs.c
  * (/openapi.json); access.c decides who may ask (API keys, CORS, per-key limits).  reply.c
  * builds answers (JSON, errors, the status view of a job, images) and parse.c reads generation
  * requests.
@@ -18,6 +19,7 @@
 
 #include "api.h"
 #include "jobid.h"
+#include "lora_dir.h"
 
 static const char CT_JSON[] = "application/json";
 static const char CT_PNG[] = "image/png";
@@ -33,6 +35,10 @@ struct api_caller {
     int64_t daily_budget;
     char webhook[1024]; /* the key's default webhook; "" none */
 };
+
+/* ISO 8601 UTC with milliseconds ("2026-01-02T03:04:05.678Z") of epoch ms; NULL (JSON
+ * null) for ms <= 0. */
+json_object *api_iso_time(int64_t ms);
 
 /* Wall-clock time (Unix epoch milliseconds) for the timestamps stored in job rows. */
 int64_t api_now_ms(void);
@@ -83,11 +89,14 @@ void api_ignored_add(struct api_ignored *ig, const char *key);
 
 /* A parsed generation request of any API. */
 struct api_gen {
-    struct fx_request req; /* req.prompt points at prompt */
+    struct fx_request req; /* req.prompt points at prompt, req.loras at loras */
     char *prompt;          /* malloc'd */
     int n;                 /* images, 1..API_MAX_IMAGES */
     struct api_ignored ignored;
     struct api_job_extra extra; /* the webhook (native bodies only) */
+    /* the LoRAs asked for: names checked (lora_dir.h), path NULL until the worker runs it */
+    struct fx_lora loras[FX_LORA_MAX];
+    char lora_names[FX_LORA_MAX][LORA_NAME_MAX + 1];
 };
 /* req = ctx->defaults without prompt or seed, n = 1, nothing ignored. */
 void api_gen_init(const struct api_ctx *ctx, struct api_gen *g);
@@ -127,6 +136,42 @@ int api_get_enum(json_object *v, const char *name, const char *const *allowed, i
 /* "png", "jpeg" (or "jpg"), "webp" -> an enum imgw_format */
 int api_get_format(json_object *v, const char *name, int *format, const char **field, char *msg,
                    size_t msg_len);
+
+/*
+ * Adds one LoRA to g: name (len bytes, as the request gave it: lora_dir.h's syntax, with or
+ * without ".safetensors"), scale (finite, |scale| <= FX_LORA_SCALE_MAX), at most FX_LORA_MAX
+ * in all, no name twice.  where names it in messages ("loras[1]", "prompt").  Returns 0, or
+ * FX_EINVAL / FX_ERANGE with msg starting with where.
+ */
+int api_gen_add_lora(struct api_gen *g, const char *name, size_t len, double scale,
+                     const char *where, char *msg, size_t msg_len);
+/*
+ * The loras field: null (none) or an array of {"name": "...", "scale": 0.8} (scale: a number
+ * as api_get_number reads it, null or absent 1.0; another key is an error), each added with
+ * api_gen_add_lora.  Errors as api_get_int's, *field set to name.
+ */
+int api_get_loras(json_object *v, const char *name, struct api_gen *g, const char **field,
+                  char *msg, size_t msg_len);
+/*
+ * A1111's prompt syntax: every <lora:NAME> and <lora:NAME:SCALE> in g->prompt is taken out of
+ * the prompt (with one blank next to it) and added with api_gen_add_lora; <lyco:...> too.
+ * Returns 0 (g->req.prompt_len updated), or FX_EINVAL / FX_ERANGE with msg ("prompt: ...").
+ */
+int api_prompt_loras(struct api_gen *g, char *msg, size_t msg_len);
+/*
+ * fx_request_validate of g's request with ctx's limits, its LoRAs left out: they have no
+ * files before api_check_loras resolves them, and api_gen_add_lora bounds them already.
+ * Same returns.
+ */
+int api_validate(const struct api_ctx *ctx, const struct api_gen *g, const char **field, char *msg,
+                 size_t msg_len);
+/*
+ * Checks g's LoRAs against ctx's lora_dir and the model's map (lora_dir_check: the file's
+ * header; no GPU work, fine on a handler thread).  Returns 0 (always when there are none), or
+ * FX_ELORA_OFF (no lora_dir, or a model without lora_map.json), FX_ELORA_UNKNOWN,
+ * FX_ELORA_BAD, FX_EINVAL, FX_ENOMEM with msg starting with "loras".
+ */
+int api_check_loras(const struct api_ctx *ctx, const struct api_gen *g, char *msg, size_t msg_len);
 
 /* The index of key in a NULL-terminated table of field names, -1 when absent. */
 int api_field_index(const char *const *table, const char *key);
@@ -257,5 +302,7 @@ void route_a1111_interrupt(const struct api_ctx *ctx, struct store *st,
 void route_a1111_info(const struct api_ctx *ctx, const char *method, const char *what,
                       struct api_response *rs);
 void route_openapi(const struct api_ctx *ctx, struct api_response *rs);
+/* GET /loras (native) and GET /sdapi/v1/loras (A1111's shape: a1111 true); routes_loras.c */
+void route_loras(const struct api_ctx *ctx, bool a1111, struct api_response *rs);
 
 #endif

@@ -340,6 +340,7 @@ static const struct key keys[] = {
     {"webhook_attempts", K_INT, OFF(webhook_attempts), 1, 100},
     {"webhook_timeout", K_DURATION, OFF(webhook_timeout_ms), 100, 600L * 1000},
     {"webhook_secret", K_SECRET, OFF(webhook_secret), 0, 0},
+    {"lora_dir", K_PATH_OPT, OFF(lora_dir), 0, 0},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 

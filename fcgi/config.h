@@ -5,7 +5,7 @@
  * is `#` are ignored; a `#` preceded by a blank ends the value (an inline comment).  Values
  * are taken verbatim after trimming (no quotes, no escapes).  Every key may appear once;
  * unknown keys, duplicates and bad values are errors that name the file, the line and the
- * key.  Relative paths (socket, db, model, log) are relative to the file's folder.
+ * key.  Relative paths (socket, db, model, log, lora_dir) are relative to the file's folder.
  *
  *   durations: an integer with an optional unit ms, s, m or h (no unit: seconds)
  *   sizes:     an integer with an optional unit k, M or G (1024-based; no unit: bytes)
@@ -84,6 +84,10 @@ struct fx_config {
     int64_t webhook_timeout_ms; /* one delivery attempt at most, default 10 s */
     char webhook_secret[129];   /* signs the webhooks of jobs made without a key; empty:
                                    those are sent unsigned */
+    /* LoRA adapters (fcgi/lora_dir.h, docs/operations.md "LoRA adapters"): the directory
+     * whose NAME.safetensors files requests may name; empty (default): requests with loras
+     * are refused (422 loras_not_configured) */
+    char lora_dir[CONFIG_PATH_MAX];
 };
 
 enum { CONFIG_METRICS_OPEN = 0, CONFIG_METRICS_ADMIN = 1 };

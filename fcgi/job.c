@@ -2,6 +2,7 @@
 #include "job.h"
 
 #include <json-c/json.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +31,23 @@ char *job_params_encode(const struct fx_request *r)
     if (r->quality != 0 &&
         json_object_object_add(o, "output_quality", json_object_new_int(r->quality)))
         goto out;
+    if (r->n_loras > 0) {
+        json_object *a = json_object_new_array();
+        if (a == NULL || json_object_object_add(o, "loras", a)) {
+            json_object_put(a);
+            goto out;
+        }
+        for (size_t i = 0; i < r->n_loras; i++) {
+            json_object *e = json_object_new_object();
+            if (e == NULL || json_object_array_add(a, e)) {
+                json_object_put(e);
+                goto out;
+            }
+            if (json_object_object_add(e, "name", json_object_new_string(r->loras[i].name)) ||
+                json_object_object_add(e, "scale", json_object_new_double(r->loras[i].scale)))
+                goto out;
+        }
+    }
     s = strdup(
         json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
 out:
@@ -44,7 +62,42 @@ static int get(json_object *o, const char *key, json_type type, json_object **v)
     return 0;
 }
 
+/* "loras": at most FX_LORA_MAX entries of a valid name and a finite scale in bounds, no name
+ * twice. */
+static int get_loras(json_object *a, struct job_loras *jl)
+{
+    size_t n;
+    if (!json_object_is_type(a, json_type_array) || (n = json_object_array_length(a)) > FX_LORA_MAX)
+        return FX_EFORMAT;
+    jl->n = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_object *e = json_object_array_get_idx(a, i), *nv, *sv;
+        double s;
+        if (!json_object_is_type(e, json_type_object) || get(e, "name", json_type_string, &nv) ||
+            !json_object_object_get_ex(e, "scale", &sv) ||
+            !(json_object_is_type(sv, json_type_double) || json_object_is_type(sv, json_type_int)))
+            return FX_EFORMAT;
+        s = json_object_get_double(sv);
+        if (!lora_name_canon(json_object_get_string(nv), (size_t)json_object_get_string_len(nv),
+                             jl->name[i]) ||
+            !isfinite(s) || fabs(s) > FX_LORA_SCALE_MAX)
+            return FX_EFORMAT;
+        for (size_t k = 0; k < i; k++)
+            if (strcmp(jl->name[k], jl->name[i]) == 0)
+                return FX_EFORMAT;
+        jl->lora[i] = (struct fx_lora){jl->name[i], NULL, s};
+        jl->n = i + 1;
+    }
+    return 0;
+}
+
 int job_params_decode(const char *json, struct fx_request *r, char **prompt)
+{
+    return job_params_decode_ex(json, r, prompt, NULL);
+}
+
+int job_params_decode_ex(const char *json, struct fx_request *r, char **prompt,
+                         struct job_loras *jl)
 {
     json_object *o = json_tokener_parse(json), *v;
     int rc = FX_EFORMAT;
@@ -90,6 +143,18 @@ int job_params_decode(const char *json, struct fx_request *r, char **prompt)
         if (!json_object_is_type(v, json_type_int))
             goto out;
         r->quality = json_object_get_int(v);
+    }
+    if (json_object_object_get_ex(o, "loras", &v)) {
+        struct job_loras scratch;
+        struct job_loras *into = jl ? jl : &scratch;
+        if (get_loras(v, into))
+            goto out;
+        if (jl) {
+            r->loras = jl->lora;
+            r->n_loras = jl->n;
+        }
+    } else if (jl) {
+        jl->n = 0;
     }
     rc = 0;
 out:

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "../core/err.h"
+#include "../core/lora.h"
 #include "../core/manifest.h"
 #include "../core/plan.h"
 #include "../core/version.h"
@@ -50,6 +51,9 @@
 struct service {
     struct fx_config cfg;
     struct fx_manifest *man;
+    struct fx_lora_map *lora_map; /* lora_dir set and the model has a lora_map.json */
+    char lora_map_error[512];     /* why not (for the log and --check) */
+    char lora_map_public[256];    /* the same for clients: no server path */
     struct fx_metrics metrics;
     struct api_ctx api;
     struct worker *worker;
@@ -202,6 +206,45 @@ static int check_dir_of(const char *what, const char *path, char *msg, size_t le
     return 0;
 }
 
+/*
+ * lora_dir is set: it must be a folder (else the config is wrong: non-zero, msg says why), and
+ * the model's lora map is loaded once for every request thread.  A model without one (exported
+ * before LoRA support) still serves, without LoRAs: lora_map_error says why, requests with
+ * loras get 422 loras_not_configured with that message.
+ */
+static int load_loras(struct service *svc, char *msg, size_t len)
+{
+    struct stat sb;
+    int rc;
+    if (stat(svc->cfg.lora_dir, &sb) != 0) {
+        snprintf(msg, len, "key 'lora_dir': '%s': %s", svc->cfg.lora_dir, strerror(errno));
+        return FX_EINVAL;
+    }
+    if (!S_ISDIR(sb.st_mode)) {
+        snprintf(msg, len, "key 'lora_dir': '%s' is not a folder", svc->cfg.lora_dir);
+        return FX_EINVAL;
+    }
+    rc = fx_lora_map_load(svc->cfg.model, &svc->lora_map, svc->lora_map_error,
+                          sizeof(svc->lora_map_error));
+    if (rc == FX_ENOMEM) {
+        snprintf(msg, len, "out of memory loading the lora map");
+        return rc;
+    }
+    if (rc) {
+        svc->lora_map = NULL;
+        if (svc->lora_map_error[0] == '\0')
+            snprintf(svc->lora_map_error, sizeof(svc->lora_map_error), "%s", fx_strerror(rc));
+        /* the reader's message names the model dir; a client hears of the model's name */
+        snprintf(svc->lora_map_public, sizeof(svc->lora_map_public),
+                 rc == FX_ENOTSUP ? "model '%s' was exported without lora_map.json, so no LoRA "
+                                    "can be applied; the operator has to re-export it"
+                                  : "model '%s' has a lora_map.json this service cannot read, so "
+                                    "no LoRA can be applied (its log says why)",
+                 svc->man->name);
+    }
+    return 0;
+}
+
 /* Raises the open-file limit toward what max_conns needs; lowers max_conns if it cannot. */
 static void fit_open_files(struct fx_config *cfg)
 {
@@ -287,6 +330,11 @@ int main(int argc, char **argv)
         manifest_free(svc.man);
         return rc == FX_EDEVICE ? 1 : 2; /* a model too large for the device: cannot start */
     }
+    if (svc.cfg.lora_dir[0] && load_loras(&svc, msg, sizeof(msg)) != 0) {
+        fprintf(stderr, "fluxcgi: %s: %s\n", config, msg);
+        manifest_free(svc.man);
+        return 2;
+    }
     if (check) {
         const char *paths[3][2] = {{"db", svc.cfg.db},
                                    {"socket", strchr(svc.cfg.socket, '/') ? svc.cfg.socket : ""},
@@ -323,6 +371,10 @@ int main(int argc, char **argv)
             printf("fluxcgi: auth is on: every request but /ping needs an API key (fluxcgi keys "
                    "add NAME --admin --config %s)\n",
                    config);
+        if (svc.cfg.lora_dir[0])
+            printf("loras: %s%s\n", svc.lora_map ? "on, files in " : "off: ",
+                   svc.lora_map ? svc.cfg.lora_dir : svc.lora_map_error);
+        fx_lora_map_free(svc.lora_map);
         manifest_free(svc.man);
         return 0;
     }
@@ -363,6 +415,10 @@ int main(int argc, char **argv)
     svc.api.worker = svc.worker;
     svc.api.readiness = worker_readiness(svc.worker);
     svc.api.metrics = &svc.metrics;
+    svc.api.lora_map = svc.lora_map;
+    svc.api.lora_map_error = svc.cfg.lora_dir[0] ? svc.lora_map_public : NULL;
+    if (svc.cfg.lora_dir[0] && svc.lora_map == NULL)
+        log_printf("warn", "LoRAs are off: %s", svc.lora_map_error);
     /* webhooks go out from their own thread, never from a request's */
     curl_global_init(CURL_GLOBAL_DEFAULT);
     if ((rc = webhook_start(&svc.api, &svc.webhook, msg, sizeof(msg)))) {
@@ -432,6 +488,7 @@ out:
     worker_free(svc.worker);
     log_printf("info", "stopped");
     metrics_release(&svc.metrics);
+    fx_lora_map_free(svc.lora_map);
     manifest_free(svc.man);
     log_close();
     return status;

@@ -86,6 +86,15 @@ void metrics_webhook(struct fx_metrics *m, enum metrics_webhook what)
         atomic_fetch_add(&m->webhooks[what], 1);
 }
 
+void metrics_lora(struct fx_metrics *m, enum metrics_lora what, double seconds)
+{
+    if (m == NULL || (unsigned)what >= sizeof(m->loras) / sizeof(m->loras[0]))
+        return;
+    atomic_fetch_add(&m->loras[what], 1);
+    if (what == METRICS_LORA_APPLIED && seconds > 0)
+        atomic_fetch_add(&m->lora_apply_us, (uint64_t)(seconds * 1e6));
+}
+
 static void hist(FILE *f, const char *name, const char *help, const struct metrics_hist *h)
 {
     uint64_t cum = 0;
@@ -176,6 +185,27 @@ char *metrics_render(struct fx_metrics *m, const struct metrics_extra *x, size_t
         for (int i = 0; i < 4; i++)
             fprintf(f, "fluxcgi_webhook_attempts_total{outcome=\"%s\"} %llu\n", what[i],
                     (unsigned long long)atomic_load(&m->webhooks[i]));
+        fprintf(f,
+                "# HELP fluxcgi_lora_sets_total Jobs with LoRAs this process ran: their set "
+                "patched in (applied) or already in place (kept).\n"
+                "# TYPE fluxcgi_lora_sets_total counter\n"
+                "fluxcgi_lora_sets_total{how=\"applied\"} %llu\n"
+                "fluxcgi_lora_sets_total{how=\"kept\"} %llu\n"
+                "# HELP fluxcgi_lora_apply_seconds_total Time spent applying jobs' LoRA sets "
+                "(reading the files, restoring the previous set, patching).\n"
+                "# TYPE fluxcgi_lora_apply_seconds_total counter\n"
+                "fluxcgi_lora_apply_seconds_total %.6f\n"
+                "# HELP fluxcgi_lora_refused_total Generation requests refused for a LoRA, by "
+                "code.\n# TYPE fluxcgi_lora_refused_total counter\n"
+                "fluxcgi_lora_refused_total{code=\"unknown_lora\"} %llu\n"
+                "fluxcgi_lora_refused_total{code=\"bad_lora\"} %llu\n"
+                "fluxcgi_lora_refused_total{code=\"loras_not_configured\"} %llu\n",
+                (unsigned long long)atomic_load(&m->loras[METRICS_LORA_APPLIED]),
+                (unsigned long long)atomic_load(&m->loras[METRICS_LORA_KEPT]),
+                (double)atomic_load(&m->lora_apply_us) / 1e6,
+                (unsigned long long)atomic_load(&m->loras[METRICS_LORA_UNKNOWN]),
+                (unsigned long long)atomic_load(&m->loras[METRICS_LORA_BAD]),
+                (unsigned long long)atomic_load(&m->loras[METRICS_LORA_OFF]));
     }
     hist(f, "fluxcgi_step_seconds", "Time of one denoising step.", &m->step);
     hist(f, "fluxcgi_job_seconds", "Run time of a completed job (claim to stored PNG).", &m->job);

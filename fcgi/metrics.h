@@ -38,6 +38,9 @@ struct fx_metrics {
     /* access control (fcgi/access.c, fcgi/webhook.c), updated without the lock */
     _Atomic uint64_t auth_failures[6]; /* by enum metrics_auth_failure */
     _Atomic uint64_t webhooks[4];      /* by enum metrics_webhook */
+    /* LoRAs (fcgi/parse.c, fcgi/worker.c), updated without the lock */
+    _Atomic uint64_t loras[5];      /* by enum metrics_lora */
+    _Atomic uint64_t lora_apply_us; /* time spent making jobs' LoRA sets the applied one */
 };
 
 /* Why a request's key was refused. */
@@ -57,6 +60,19 @@ enum metrics_webhook {
     METRICS_WEBHOOK_FAILED,  /* failed for the last time */
     METRICS_WEBHOOK_DROPPED  /* not sent: superseded, or its host is no longer allowed */
 };
+
+/* What became of a LoRA set: a job's (applied: patched in; kept: already in place), or a
+ * request's refused for one of its LoRAs (by the error code). */
+enum metrics_lora {
+    METRICS_LORA_APPLIED,
+    METRICS_LORA_KEPT,
+    METRICS_LORA_UNKNOWN, /* unknown_lora */
+    METRICS_LORA_BAD,     /* bad_lora */
+    METRICS_LORA_OFF      /* loras_not_configured */
+};
+
+/* Counts a LoRA set (m may be NULL); seconds: what applying it took (applied only). */
+void metrics_lora(struct fx_metrics *m, enum metrics_lora what, double seconds);
 
 /* Counts a refused key (m may be NULL). */
 void metrics_auth_failure(struct fx_metrics *m, enum metrics_auth_failure why);

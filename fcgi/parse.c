@@ -416,11 +416,13 @@ enum native_field {
     NF_QUALITY,
     NF_WEBHOOK,
     NF_WEBHOOK_PROGRESS,
+    NF_LORAS,
     NF_COUNT
 };
 const char *const api_native_fields[NF_COUNT + 1] = {
     "prompt", "guidance_scale", "num_inference_steps", "width",   "height",           "seed",
-    "n",      "output_format",  "output_quality",      "webhook", "webhook_progress", NULL};
+    "n",      "output_format",  "output_quality",      "webhook", "webhook_progress", "loras",
+    NULL};
 
 /* The webhook field (an http(s) URL whose host webhook_hosts allows) into extra. */
 static int get_webhook(const struct api_ctx *ctx, struct perr *pe, json_object *v,
@@ -467,7 +469,204 @@ void api_gen_init(const struct api_ctx *ctx, struct api_gen *g)
     g->req.prompt = NULL;
     g->req.prompt_len = 0;
     g->req.has_seed = false;
+    g->req.loras = g->loras;
+    g->req.n_loras = 0;
     g->n = 1;
+}
+
+/* ---- LoRAs ------------------------------------------------------------------------------- */
+
+int api_gen_add_lora(struct api_gen *g, const char *name, size_t len, double scale,
+                     const char *where, char *msg, size_t msg_len)
+{
+    char canon[LORA_NAME_MAX + 1];
+    size_t n = g->req.n_loras;
+    if (!lora_name_canon(name, len, canon))
+        return fx_fail(msg, msg_len, FX_EINVAL,
+                       "%s: '%.*s%s' is not a LoRA name (1 to %d of [A-Za-z0-9._-], starting "
+                       "with a letter or digit, optionally ending in .safetensors; no paths)",
+                       where, (int)(len > 60 ? 60 : len), name, len > 60 ? "..." : "",
+                       LORA_NAME_MAX);
+    if (!isfinite(scale) || fabs(scale) > FX_LORA_SCALE_MAX)
+        return fx_fail(msg, msg_len, FX_ERANGE, "%s: scale must be from %g to %g, got %g", where,
+                       -FX_LORA_SCALE_MAX, FX_LORA_SCALE_MAX, scale);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(g->lora_names[i], canon) == 0)
+            return fx_fail(msg, msg_len, FX_EINVAL, "%s: LoRA '%s' is asked for twice", where,
+                           canon);
+    if (n >= FX_LORA_MAX)
+        return fx_fail(msg, msg_len, FX_ERANGE, "%s: at most %d LoRAs per request", where,
+                       FX_LORA_MAX);
+    memcpy(g->lora_names[n], canon, strlen(canon) + 1);
+    g->loras[n] = (struct fx_lora){g->lora_names[n], NULL, scale};
+    g->req.loras = g->loras;
+    g->req.n_loras = n + 1;
+    return 0;
+}
+
+int api_get_loras(json_object *v, const char *name, struct api_gen *g, const char **field,
+                  char *msg, size_t msg_len)
+{
+    struct perr pe = {field, msg, msg_len};
+    size_t n;
+    if (v == NULL || json_object_is_type(v, json_type_null))
+        return 0;
+    if (!json_object_is_type(v, json_type_array))
+        return field_error(&pe, name, FX_EINVAL,
+                           "%s: must be an array of {\"name\", \"scale\"}, got %s", name,
+                           json_type_to_name(json_object_get_type(v)));
+    n = json_object_array_length(v);
+    if (n > FX_LORA_MAX)
+        return field_error(&pe, name, FX_ERANGE, "%s: at most %d LoRAs per request, got %zu", name,
+                           FX_LORA_MAX, n);
+    for (size_t i = 0; i < n; i++) {
+        json_object *e = json_object_array_get_idx(v, i), *nv = NULL, *sv = NULL;
+        char where[48], sname[64];
+        double scale = 1.0;
+        const char *sfield;
+        int rc;
+        snprintf(where, sizeof(where), "%s[%zu]", name, i);
+        if (!json_object_is_type(e, json_type_object))
+            return field_error(&pe, name, FX_EINVAL,
+                               "%s: must be an object {\"name\", \"scale\"}, got %s", where,
+                               json_type_to_name(json_object_get_type(e)));
+        json_object_object_foreach(e, k, kv)
+        {
+            if (strcmp(k, "name") == 0)
+                nv = kv;
+            else if (strcmp(k, "scale") == 0)
+                sv = kv;
+            else
+                return field_error(&pe, name, FX_EINVAL,
+                                   "%s: unknown key '%.40s' (an entry has name and scale)", where,
+                                   k);
+        }
+        if (nv == NULL || !json_object_is_type(nv, json_type_string))
+            return field_error(&pe, name, FX_EINVAL, "%s: name must be a string%s", where,
+                               nv == NULL ? " and is required" : "");
+        if (sv && !json_object_is_type(sv, json_type_null)) {
+            snprintf(sname, sizeof(sname), "%s.scale", where);
+            if ((rc = api_get_number(sv, sname, &scale, &sfield, msg, msg_len)) != 0) {
+                *field = name;
+                return rc;
+            }
+        }
+        rc = api_gen_add_lora(g, json_object_get_string(nv), (size_t)json_object_get_string_len(nv),
+                              scale, where, msg, msg_len);
+        if (rc) {
+            *field = name;
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* The end of a <lora:...> tag that starts at s ("<lora:" or "<lyco:"), or NULL. */
+static const char *lora_tag_end(const char *s)
+{
+    if (strncmp(s, "<lora:", 6) != 0 && strncmp(s, "<lyco:", 6) != 0)
+        return NULL;
+    for (const char *p = s + 6; *p; p++) {
+        if (*p == '>')
+            return p;
+        if (*p == '<')
+            return NULL;
+    }
+    return NULL;
+}
+
+int api_prompt_loras(struct api_gen *g, char *msg, size_t msg_len)
+{
+    char *p = g->prompt, *w;
+    const char *end;
+    if (p == NULL)
+        return 0;
+    w = p;
+    for (char *s = p; *s;) {
+        if (*s != '<' || (end = lora_tag_end(s)) == NULL) {
+            *w++ = *s++;
+            continue;
+        }
+        /* <lora:NAME> or <lora:NAME:SCALE>; A1111's separate text encoder / unet strengths
+         * (<lora:NAME:TE:UNET>) have no counterpart here */
+        const char *name = s + 6, *colon = memchr(name, ':', (size_t)(end - name));
+        double scale = 1.0;
+        if (colon) {
+            char num[32], *stop;
+            size_t k = (size_t)(end - colon - 1);
+            if (k == 0 || k >= sizeof(num) || memchr(colon + 1, ':', k) ||
+                strspn(colon + 1, "0123456789+-.eE") < k)
+                return fx_fail(msg, msg_len, FX_EINVAL,
+                               "prompt: '%.*s' is not <lora:NAME> or <lora:NAME:SCALE> with a "
+                               "number as SCALE",
+                               (int)(end - s + 1 > 80 ? 80 : end - s + 1), s);
+            memcpy(num, colon + 1, k);
+            num[k] = '\0';
+            scale = strtod(num, &stop);
+            if (*stop != '\0')
+                return fx_fail(msg, msg_len, FX_EINVAL,
+                               "prompt: '%s' in a <lora:...> tag is not a number", num);
+        }
+        int rc = api_gen_add_lora(g, name, (size_t)((colon ? colon : end) - name), scale, "prompt",
+                                  msg, msg_len);
+        if (rc)
+            return rc;
+        /* the tag goes, and one blank with it so that "a <lora:x:1> cat" reads "a cat" */
+        s = (char *)end + 1;
+        if (w > p && (w[-1] == ' ' || w[-1] == ',') && *s == ' ')
+            s++;
+        else if (w == p)
+            s += strspn(s, " ");
+    }
+    *w = '\0';
+    while (w > p && w[-1] == ' ')
+        *--w = '\0';
+    g->req.prompt = g->prompt;
+    g->req.prompt_len = (size_t)(w - p);
+    return 0;
+}
+
+int api_validate(const struct api_ctx *ctx, const struct api_gen *g, const char **field, char *msg,
+                 size_t msg_len)
+{
+    struct fx_request r = g->req;
+    r.loras = NULL;
+    r.n_loras = 0;
+    return fx_request_validate(&r, &ctx->limits, field, msg, msg_len);
+}
+
+static int check_loras(const struct api_ctx *ctx, const struct api_gen *g, char *msg,
+                       size_t msg_len)
+{
+    if (g->req.n_loras == 0)
+        return 0;
+    if (ctx->cfg == NULL || ctx->cfg->lora_dir[0] == '\0')
+        return fx_fail(msg, msg_len, FX_ELORA_OFF,
+                       "loras: this service has no LoRA directory (config key lora_dir)");
+    if (ctx->lora_map == NULL)
+        return fx_fail(msg, msg_len, FX_ELORA_OFF, "loras: %s",
+                       ctx->lora_map_error ? ctx->lora_map_error : "the model has no LoRA map");
+    for (size_t i = 0; i < g->req.n_loras; i++) {
+        char why[400];
+        int rc = lora_dir_check(ctx->cfg->lora_dir, ctx->lora_map, g->lora_names[i], NULL, NULL,
+                                why, sizeof(why));
+        if (rc)
+            return fx_fail(msg, msg_len, rc, "loras[%zu]: %s", i, why);
+    }
+    return 0;
+}
+
+int api_check_loras(const struct api_ctx *ctx, const struct api_gen *g, char *msg, size_t msg_len)
+{
+    int rc = check_loras(ctx, g, msg, msg_len);
+    /* counted here: a refusal of any route */
+    if (rc == FX_ELORA_UNKNOWN || rc == FX_ELORA_BAD || rc == FX_ELORA_OFF)
+        metrics_lora(ctx->metrics,
+                     rc == FX_ELORA_UNKNOWN ? METRICS_LORA_UNKNOWN
+                     : rc == FX_ELORA_BAD   ? METRICS_LORA_BAD
+                                            : METRICS_LORA_OFF,
+                     0);
+    return rc;
 }
 
 int api_parse_native(const struct api_ctx *ctx, const char *body, size_t len, struct api_gen *g,
@@ -536,6 +735,9 @@ int api_parse_native(const struct api_ctx *ctx, const char *body, size_t len, st
             else
                 g->extra.webhook_progress = json_object_get_boolean(v);
             break;
+        case NF_LORAS:
+            rc = api_get_loras(v, key, g, field, msg, msg_len);
+            break;
         case NF_COUNT:
             break;
         }
@@ -548,7 +750,9 @@ int api_parse_native(const struct api_ctx *ctx, const char *body, size_t len, st
         rc = field_error(&pe, "prompt", FX_EINVAL, "prompt: required");
         goto out;
     }
-    rc = fx_request_validate(&g->req, &ctx->limits, field, msg, msg_len);
+    rc = api_validate(ctx, g, field, msg, msg_len);
+    if (rc == 0 && (rc = api_check_loras(ctx, g, msg, msg_len)) != 0)
+        *field = "loras";
 out:
     json_object_put(o);
     if (rc)
@@ -573,6 +777,9 @@ int api_parse_generate_ex(const struct api_ctx *ctx, const char *body, size_t le
     *out = g.req;
     if (rc)
         out->prompt = NULL;
+    /* the names live in g, which ends here */
+    out->loras = NULL;
+    out->n_loras = 0;
     if (extra)
         *extra = rc ? (struct api_job_extra){{0}, false} : g.extra;
     return rc;

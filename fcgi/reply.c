@@ -89,7 +89,7 @@ void api_send_store_error(struct api_response *rs, int rc, struct store *st)
 
 /* ---- job views ---------------------------------------------------------------------------- */
 
-static json_object *iso_time(int64_t ms)
+json_object *api_iso_time(int64_t ms)
 {
     char buf[40];
     struct tm tm;
@@ -135,23 +135,34 @@ json_object *api_job_status(const struct api_ctx *ctx, const struct store_job *j
     json_object_object_add(o, "eta_s", api_eta(j));
     json_object_object_add(o, "seed", json_object_new_int64((int64_t)j->seed));
     json_object_object_add(o, "attempts", json_object_new_int(j->attempts));
-    json_object_object_add(o, "created_at", iso_time(j->created_ms));
-    json_object_object_add(o, "started_at", iso_time(j->started_ms));
-    json_object_object_add(o, "finished_at", iso_time(j->finished_ms));
+    json_object_object_add(o, "created_at", api_iso_time(j->created_ms));
+    json_object_object_add(o, "started_at", api_iso_time(j->started_ms));
+    json_object_object_add(o, "finished_at", api_iso_time(j->finished_ms));
     if (s == STORE_COMPLETED) {
-        json_object_object_add(o, "expires_at", iso_time(j->finished_ms + ctx->cfg->retention_ms));
+        json_object_object_add(o, "expires_at",
+                               api_iso_time(j->finished_ms + ctx->cfg->retention_ms));
         snprintf(url, sizeof(url), "/result/%s", j->id);
         json_object_object_add(o, "result_url", json_object_new_string(url));
     }
     if (s == STORE_EXPIRED)
         json_object_object_add(
             o, "expired_at",
-            iso_time(j->expired_ms ? j->expired_ms : j->finished_ms + ctx->cfg->retention_ms));
+            api_iso_time(j->expired_ms ? j->expired_ms : j->finished_ms + ctx->cfg->retention_ms));
     if (j->state == STORE_RUNNING && j->cancel)
         json_object_object_add(o, "cancel_requested", json_object_new_boolean(1));
     if (j->group_id[0]) {
         json_object_object_add(o, "group_id", json_object_new_string(j->group_id));
         json_object_object_add(o, "group_index", json_object_new_int(j->group_index));
+    }
+    {
+        /* the LoRAs the job runs with, from its params (only when it has some) */
+        json_object *p = j->params && strstr(j->params, "\"loras\"") ? json_tokener_parse(j->params)
+                                                                     : NULL,
+                    *l;
+        if (p && json_object_object_get_ex(p, "loras", &l) &&
+            json_object_is_type(l, json_type_array))
+            json_object_object_add(o, "loras", json_object_get(l));
+        json_object_put(p);
     }
     if (j->error_code[0])
         json_object_object_add(o, "error",

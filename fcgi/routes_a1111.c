@@ -19,7 +19,9 @@
  * A1F_EFFECT they change the image; the others are what front-ends send for Stable
  * Diffusion and are accepted without effect (FLUX.1-dev has no negative prompt, one
  * sampler, no hires fix).  distilled_cfg_scale (Forge's name for FLUX's guidance) wins over
- * cfg_scale; without either the service's default guidance applies.
+ * cfg_scale; without either the service's default guidance applies.  LoRAs come as A1111
+ * writes them, <lora:NAME:SCALE> in the prompt (taken out of the text that is drawn), and
+ * from the native `loras` field (an extension), together.
  */
 enum a1111_field {
     A1F_PROMPT,
@@ -32,6 +34,7 @@ enum a1111_field {
     A1F_BATCH,
     A1F_ITER,
     A1F_SEND,
+    A1F_LORAS,
     A1F_EFFECT, /* the rest: accepted, no effect */
     A1F_NEGATIVE = A1F_EFFECT,
     A1F_SAMPLER,
@@ -61,6 +64,7 @@ const char *const api_a1111_fields[A1F_COUNT + 1] = {"prompt",
                                                      "batch_size",
                                                      "n_iter",
                                                      "send_images",
+                                                     "loras",
                                                      "negative_prompt",
                                                      "sampler_name",
                                                      "sampler_index",
@@ -86,6 +90,7 @@ struct a1111_req {
     bool has_distilled, has_cfg;
     double distilled;
     char *negative;
+    char *prompt_sent; /* the prompt with its <lora:...> tags; NULL: it had none */
 };
 
 static int parse(const struct api_ctx *ctx, const struct api_request *rq, struct api_gen *g,
@@ -141,6 +146,9 @@ static int parse(const struct api_ctx *ctx, const struct api_request *rq, struct
         case A1F_SEND:
             a->send_images = json_object_get_boolean(v);
             break;
+        case A1F_LORAS:
+            rc = api_get_loras(v, key, g, param, msg, msg_len);
+            break;
         case A1F_NEGATIVE:
             /* kept for the info JSON that front-ends show; FLUX.1-dev does not use it */
             if (!json_object_is_type(v, json_type_string))
@@ -161,6 +169,18 @@ static int parse(const struct api_ctx *ctx, const struct api_request *rq, struct
         rc = fx_fail(msg, msg_len, FX_EINVAL, "prompt: required");
         goto out;
     }
+    /* "parameters" echoes the prompt as sent, tags included, as A1111 does */
+    if (strstr(g->prompt, "<lora:") || strstr(g->prompt, "<lyco:")) {
+        a->prompt_sent = strdup(g->prompt);
+        if (a->prompt_sent == NULL) {
+            rc = FX_ENOMEM;
+            goto out;
+        }
+        if ((rc = api_prompt_loras(g, msg, msg_len)) != 0) {
+            *param = "prompt";
+            goto out;
+        }
+    }
     if (a->has_distilled)
         g->req.guidance = a->distilled;
     else if (a->has_cfg)
@@ -172,7 +192,7 @@ static int parse(const struct api_ctx *ctx, const struct api_request *rq, struct
         goto out;
     }
     g->n = a->batch_size * a->n_iter;
-    rc = fx_request_validate(&g->req, &ctx->limits, param, msg, msg_len);
+    rc = api_validate(ctx, g, param, msg, msg_len);
     /* the message names the field as this API calls it */
     const char *ours = rc ? *param : NULL;
     if (ours && strcmp(ours, "num_inference_steps") == 0)
@@ -184,6 +204,8 @@ static int parse(const struct api_ctx *ctx, const struct api_request *rq, struct
         snprintf(tmp, sizeof(tmp), "%s%s", *param, msg + strlen(ours));
         snprintf(msg, msg_len, "%s", tmp);
     }
+    if (rc == 0 && (rc = api_check_loras(ctx, g, msg, msg_len)) != 0)
+        *param = "loras";
 out:
     json_object_put(o);
     if (rc)
@@ -195,7 +217,8 @@ out:
 static json_object *parameters(const struct api_gen *g, const struct a1111_req *a)
 {
     json_object *p = json_object_new_object();
-    json_object_object_add(p, "prompt", json_object_new_string(g->prompt));
+    json_object_object_add(p, "prompt",
+                           json_object_new_string(a->prompt_sent ? a->prompt_sent : g->prompt));
     json_object_object_add(p, "negative_prompt",
                            json_object_new_string(a->negative ? a->negative : ""));
     json_object_object_add(p, "width", json_object_new_int(g->req.width));
@@ -217,7 +240,7 @@ void route_a1111_txt2img(const struct api_ctx *ctx, struct store *st, const stru
 {
     struct api_gen g;
     struct api_queued q;
-    struct a1111_req a = {1, 1, true, 1.0, false, false, 0, NULL};
+    struct a1111_req a = {1, 1, true, 1.0, false, false, 0, NULL, NULL};
     char msg[512] = "", *reply = NULL;
     const char *param = NULL;
     int rc;
@@ -252,20 +275,39 @@ out:
         api_add_header(rs, "X-Ignored-Fields", "%s", g.ignored.list);
     free(reply);
     free(a.negative);
+    free(a.prompt_sent);
     api_gen_release(&g);
 }
 
-/* A job's params as A1111's infotext. */
+/* A job's params as A1111's infotext.  Its LoRAs go back into the prompt as A1111 keeps
+ * them there, <lora:NAME:SCALE>, so that a front-end's "reuse parameters" asks for them
+ * again. */
 static char *infotext(const struct api_ctx *ctx, const struct store_job *j)
 {
     struct fx_request r;
-    char *prompt = NULL, *s = NULL;
-    if (job_params_decode(j->params, &r, &prompt) == 0) {
-        struct imgw_gen gen = {prompt,          r.steps,    r.width,
-                               r.height,        r.guidance, r.seed,
-                               ctx->model_name, NULL,       "fluxcgi " FX_VERSION};
-        s = imgw_a1111_text(&gen);
+    struct job_loras jl;
+    char *prompt = NULL, *s = NULL, *full = NULL;
+    if (job_params_decode_ex(j->params, &r, &prompt, &jl) == 0) {
+        size_t len = strlen(prompt), cap = len + 1 + jl.n * (LORA_NAME_MAX + 40);
+        full = malloc(cap);
+        if (full) {
+            memcpy(full, prompt, len + 1);
+            for (size_t i = 0; i < jl.n; i++)
+                len += (size_t)snprintf(full + len, cap - len, " <lora:%s:%g>", jl.name[i],
+                                        jl.lora[i].scale);
+            struct imgw_gen gen = {full,
+                                   r.steps,
+                                   r.width,
+                                   r.height,
+                                   r.guidance,
+                                   r.seed,
+                                   ctx->model_name,
+                                   NULL,
+                                   "fluxcgi " FX_VERSION};
+            s = imgw_a1111_text(&gen);
+        }
     }
+    free(full);
     free(prompt);
     return s;
 }
@@ -507,7 +549,8 @@ void route_a1111_info(const struct api_ctx *ctx, const char *method, const char 
         json_object_object_add(e, "default_rho", json_object_new_int(-1));
         json_object_object_add(e, "need_inner_model", json_object_new_boolean(0));
     } else {
-        /* upscalers, latent-upscale-modes, sd-vae, loras, prompt-styles: none here */
+        /* upscalers, latent-upscale-modes, sd-vae, prompt-styles: none here (loras:
+         * routes_loras.c) */
         json_object_put(e);
         e = NULL;
     }

@@ -12,8 +12,9 @@
 #include "job.h"
 
 /* The fields of POST /v1/images/generations; the order is enum openai_field's.  The last
- * three are FLUX's own (extensions); model, quality, style, background, moderation and user
- * are accepted for compatibility and change nothing (one model serves). */
+ * four are FLUX's own (extensions: an OpenAI client sends them as extra body fields); model,
+ * quality, style, background, moderation and user are accepted for compatibility and change nothing
+ * (one model serves). */
 enum openai_field {
     OF_PROMPT,
     OF_MODEL,
@@ -30,6 +31,7 @@ enum openai_field {
     OF_SEED,
     OF_GUIDANCE,
     OF_STEPS,
+    OF_LORAS,
     OF_COUNT
 };
 const char *const api_openai_fields[OF_COUNT + 1] = {"prompt",
@@ -47,6 +49,7 @@ const char *const api_openai_fields[OF_COUNT + 1] = {"prompt",
                                                      "seed",
                                                      "guidance_scale",
                                                      "num_inference_steps",
+                                                     "loras",
                                                      NULL};
 
 static const char *const response_formats[] = {"b64_json", "url", NULL};
@@ -154,6 +157,9 @@ static int parse(const struct api_ctx *ctx, const struct api_request *rq, struct
             rc = api_get_int(v, key, INT_MIN, INT_MAX, &iv, param, msg, msg_len);
             g->req.steps = (int)iv;
             break;
+        case OF_LORAS:
+            rc = api_get_loras(v, key, g, param, msg, msg_len);
+            break;
         case OF_COUNT:
             break;
         }
@@ -168,11 +174,13 @@ static int parse(const struct api_ctx *ctx, const struct api_request *rq, struct
         rc = fx_fail(msg, msg_len, FX_EINVAL, "prompt: required");
         goto out;
     }
-    rc = fx_request_validate(&g->req, &ctx->limits, param, msg, msg_len);
+    rc = api_validate(ctx, g, param, msg, msg_len);
     if (rc && *param && (strcmp(*param, "width") == 0 || strcmp(*param, "height") == 0))
         *param = "size";
     if (rc && *param && strcmp(*param, "output_quality") == 0)
         *param = "output_compression";
+    if (rc == 0 && (rc = api_check_loras(ctx, g, msg, msg_len)) != 0)
+        *param = "loras";
 out:
     json_object_put(o);
     if (rc)

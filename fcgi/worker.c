@@ -15,6 +15,7 @@
 #include "../sql/store.h"
 #include "job.h"
 #include "log.h"
+#include "lora_dir.h"
 
 struct worker {
     const struct fx_config *cfg;
@@ -351,6 +352,31 @@ static void fail_worker(struct worker *w, const char *last)
         w->on_fatal();
 }
 
+/* The files of a job's LoRAs, resolved in lora_dir now (the request was checked when it was
+ * queued, but the directory may have changed since, or the config): paths[i] holds lora i's.
+ * Returns 0, or FX_ELORA_OFF / FX_ELORA_UNKNOWN / FX_ELORA_BAD with msg. */
+static int resolve_loras(struct worker *w, struct job_loras *jl, char (*paths)[LORA_PATH_MAX],
+                         char *msg, size_t msg_len)
+{
+    if (jl->n == 0)
+        return 0;
+    if (w->cfg->lora_dir[0] == '\0')
+        return fx_fail(msg, msg_len, FX_ELORA_OFF,
+                       "loras: this service has no LoRA directory (config key lora_dir)");
+    for (size_t i = 0; i < jl->n; i++) {
+        struct lora_file f;
+        char why[400];
+        int rc = lora_file_open(w->cfg->lora_dir, jl->name[i], &f, why, sizeof(why));
+        if (rc)
+            return fx_fail(msg, msg_len, rc == FX_ELORA_UNKNOWN ? rc : FX_ELORA_BAD,
+                           "loras[%zu]: %s", i, why);
+        lora_file_close(&f);
+        memcpy(paths[i], f.path, sizeof(f.path));
+        jl->lora[i].path = paths[i];
+    }
+    return 0;
+}
+
 /* Runs one claimed job to a terminal state (or back to the queue on a drain). */
 static void run_job(struct worker *w, struct store_job *job)
 {
@@ -358,6 +384,8 @@ static void run_job(struct worker *w, struct store_job *job)
     struct fx_result res = {0};
     struct fx_limits lim;
     struct fx_hooks hooks = {on_progress, w, &w->cancel, NULL};
+    struct job_loras loras;
+    char paths[FX_LORA_MAX][LORA_PATH_MAX];
     char *prompt = NULL, msg[512] = "";
     const char *field;
     double t0 = mono();
@@ -370,21 +398,34 @@ static void run_job(struct worker *w, struct store_job *job)
     w->step_t0 = t0;
     w->last_step = 0;
 
-    rc = job_params_decode(job->params, &req, &prompt);
+    rc = job_params_decode_ex(job->params, &req, &prompt, &loras);
     if (rc) {
         snprintf(msg, sizeof(msg), "stored params are not valid");
     } else {
+        rc = resolve_loras(w, &loras, paths, msg, sizeof(msg));
+    }
+    if (rc == 0) {
         fx_limits_default(&lim, fx_pipeline_manifest(w->pipe));
         rc = fx_request_validate(&req, &lim, &field, msg, sizeof(msg));
     }
     if (rc == 0) {
-        log_printf("info", "job %s: start (attempt %d, %dx%d, %d steps, seed %llu)", job->id,
-                   job->attempts, req.width, req.height, req.steps, (unsigned long long)req.seed);
+        log_printf("info", "job %s: start (attempt %d, %dx%d, %d steps, seed %llu, %zu LoRA%s)",
+                   job->id, job->attempts, req.width, req.height, req.steps,
+                   (unsigned long long)req.seed, req.n_loras, req.n_loras == 1 ? "" : "s");
         rc = fx_pipeline_generate(w->pipe, &req, &hooks, &res, msg, sizeof(msg));
+        /* a LoRA file that went bad after the request was checked (truncated, NaN, another
+         * file under the name) fails this job alone: the device is not at fault */
+        if (req.n_loras > 0 && rc == FX_ENOENT)
+            rc = FX_ELORA_UNKNOWN;
+        else if (req.n_loras > 0 && (rc == FX_EFORMAT || rc == FX_ETOOBIG || rc == FX_ENOTSUP))
+            rc = FX_ELORA_BAD;
     }
     struct outcome o = {OUT_COMPLETED, &res, NULL, NULL, false};
     if (rc == 0) {
         w->device_streak = 0;
+        if (req.n_loras > 0)
+            metrics_lora(w->metrics, res.lora_skipped ? METRICS_LORA_KEPT : METRICS_LORA_APPLIED,
+                         res.t_lora);
     } else if (rc == FX_ECANCELED && atomic_load(&w->stopping)) {
         o.kind = OUT_REQUEUE;
     } else if (rc == FX_ECANCELED) {
@@ -406,8 +447,15 @@ static void run_job(struct worker *w, struct store_job *job)
         /* logged and counted only once the outcome is committed */
         if (o.kind == OUT_COMPLETED) {
             metrics_observe_job(w->metrics, 0, mono() - t0);
-            log_printf("info", "job %s: completed in %.3fs (%zu bytes)", job->id, mono() - t0,
-                       res.png_len);
+            char lora[64] = "";
+            /* what the LoRA set cost: a patch (and restore), or nothing when it was applied */
+            if (req.n_loras > 0)
+                snprintf(lora, sizeof(lora), ", LoRAs %s",
+                         res.lora_skipped ? "already applied" : "applied");
+            if (req.n_loras > 0 && !res.lora_skipped)
+                snprintf(lora + strlen(lora), sizeof(lora) - strlen(lora), " in %.3fs", res.t_lora);
+            log_printf("info", "job %s: completed in %.3fs (%zu bytes%s)", job->id, mono() - t0,
+                       res.png_len, lora);
         } else if (o.kind == OUT_CANCELLED || (o.kind == OUT_REQUEUE && o.cancelled)) {
             metrics_observe_job(w->metrics, 2, 0);
             log_printf("info", "job %s: %s", job->id,

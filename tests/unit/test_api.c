@@ -2,13 +2,16 @@
  * and no worker: routing, ids, request parsing, every status code of the contract. */
 #include <json-c/json.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../../core/err.h"
 #include "../../core/manifest.h"
 #include "../../fcgi/api.h"
 #include "../../fcgi/api_int.h"
+#include "../../fcgi/job.h"
 #include "../../fcgi/jobid.h"
+#include "../../fcgi/lora_dir.h"
 #include "unit.h"
 
 static struct api_ctx ctx;
@@ -122,6 +125,12 @@ static void test_status_map(void)
     CHECK_INT(api_http_status(FX_ETOOBIG), 413);
     CHECK_INT(api_http_status(FX_EINVAL), 422);
     CHECK_INT(api_http_status(FX_ERANGE), 422);
+    CHECK_INT(api_http_status(FX_ELORA_UNKNOWN), 422);
+    CHECK_INT(api_http_status(FX_ELORA_BAD), 422);
+    CHECK_INT(api_http_status(FX_ELORA_OFF), 422);
+    CHECK_STR(fx_errcode(FX_ELORA_UNKNOWN), "unknown_lora");
+    CHECK_STR(fx_errcode(FX_ELORA_BAD), "bad_lora");
+    CHECK_STR(fx_errcode(FX_ELORA_OFF), "loras_not_configured");
     CHECK_INT(api_http_status(FX_EFULL), 429);
     CHECK_INT(api_http_status(FX_ERUNTIME), 500);
     CHECK_INT(api_http_status(FX_ENOTREADY), 503);
@@ -567,6 +576,11 @@ static void test_needs_store(void)
     CHECK(api_needs_store(NULL, "GET", "/metrics"));
     CHECK(api_needs_store(NULL, "POST", "/generate"));
     CHECK(api_needs_store(NULL, "DELETE", "/queue/0123"));
+    /* the LoRA lists read the disk: never on the event thread */
+    CHECK(api_needs_store(NULL, "GET", "/loras"));
+    CHECK(api_needs_store(NULL, "GET", "/sdapi/v1/loras"));
+    CHECK(!api_needs_store(NULL, "POST", "/loras"));
+    CHECK(!api_needs_store(NULL, "GET", "/sdapi/v1/samplers"));
     /* and those indeed answer without a store */
     struct api_request rq = {"GET", "/ping", NULL, 0, false, false, NULL};
     api_handle(&ctx, NULL, &rq, &rs);
@@ -834,12 +848,380 @@ static void test_clients(void)
     CHECK(api_needs_store(NULL, "POST", "/sdapi/v1/txt2img"));
 }
 
+/* ---- LoRAs: the loras field, A1111's prompt tags, lora_dir, the job params, GET /loras ---- */
+
+/* api_parse_native's rc and field for a body. */
+static int parse_native(const char *body, struct api_gen *g, const char **field, char *msg,
+                        size_t msg_len)
+{
+    *field = NULL;
+    msg[0] = '\0';
+    return api_parse_native(&ctx, body, strlen(body), g, field, msg, msg_len);
+}
+
+static void test_lora_fields(void)
+{
+    static const struct parse_case cases[] = {
+        /* read, then refused: no lora_dir here */
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"film\",\"scale\":0.8}]}", FX_ELORA_OFF, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"film.safetensors\"}]}", FX_ELORA_OFF, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"a\",\"scale\":\"-0.5\"},{\"name\":\"b\","
+         "\"scale\":null}]}",
+         FX_ELORA_OFF, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"x\",\"scale\":16}]}", FX_ELORA_OFF, "loras"},
+        /* none */
+        {"{\"prompt\":\"a\",\"loras\":[]}", 0, NULL},
+        {"{\"prompt\":\"a\",\"loras\":null}", 0, NULL},
+        /* names: no paths, no hidden files, the syntax */
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"../x\"}]}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"..\"}]}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"a/b\"}]}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"/etc/passwd\"}]}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\".hidden\"}]}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\".safetensors\"}]}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"\"}]}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"a b\"}]}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"a\\\\b\"}]}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"a\\u0000b\"}]}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"-x\"}]}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":7}]}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"scale\":1}]}", FX_EINVAL, "loras"},
+        /* the shape */
+        {"{\"prompt\":\"a\",\"loras\":\"film\"}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":{\"name\":\"film\"}}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[\"film\"]}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"x\",\"weight\":1}]}", FX_EINVAL, "loras"},
+        /* scales */
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"x\",\"scale\":16.5}]}", FX_ERANGE, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"x\",\"scale\":-17}]}", FX_ERANGE, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"x\",\"scale\":1e400}]}", FX_ERANGE, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"x\",\"scale\":NaN}]}", FX_ERANGE, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"x\",\"scale\":\"NaN\"}]}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"x\",\"scale\":true}]}", FX_EINVAL, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"x\",\"scale\":[1]}]}", FX_EINVAL, "loras"},
+        /* a name twice (with and without the suffix is the same file) */
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"x\"},{\"name\":\"x\",\"scale\":2}]}", FX_EINVAL,
+         "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"x\"},{\"name\":\"x.safetensors\"}]}", FX_EINVAL,
+         "loras"},
+        /* how many */
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"a\"},{\"name\":\"b\"},{\"name\":\"c\"},"
+         "{\"name\":\"d\"},{\"name\":\"e\"},{\"name\":\"f\"},{\"name\":\"g\"},{\"name\":\"h\"},"
+         "{\"name\":\"i\"}]}",
+         FX_ERANGE, "loras"},
+        {"{\"prompt\":\"a\",\"loras\":[{\"name\":\"a\"},{\"name\":\"b\"},{\"name\":\"c\"},"
+         "{\"name\":\"d\"},{\"name\":\"e\"},{\"name\":\"f\"},{\"name\":\"g\"},{\"name\":\"h\"}]}",
+         FX_ELORA_OFF, "loras"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct api_gen g;
+        char msg[512];
+        const char *field;
+        int rc = parse_native(cases[i].body, &g, &field, msg, sizeof(msg));
+        bool ok = rc == cases[i].rc &&
+                  ((field == NULL && cases[i].field == NULL) ||
+                   (field && cases[i].field && strcmp(field, cases[i].field) == 0)) &&
+                  (rc == 0 || strncmp(msg, "loras", 5) == 0);
+        if (ok) {
+            unit_passed++;
+        } else {
+            unit_failed++;
+            fprintf(stderr, "FAIL lora case %zu %.80s: got %s field %s (%s), want %s\n", i,
+                    cases[i].body, fx_errname(rc), field ? field : "(null)", msg,
+                    fx_errname(cases[i].rc));
+        }
+        if (rc == 0)
+            api_gen_release(&g);
+    }
+
+    /* what the parser keeps: names without the suffix, scales, in order */
+    struct api_gen g;
+    char msg[512];
+    api_gen_init(&ctx, &g);
+    CHECK_INT(api_gen_add_lora(&g, "film.safetensors", 16, 0.25, "loras[0]", msg, sizeof(msg)), 0);
+    CHECK_INT(api_gen_add_lora(&g, "Grain_2.v1-b", 12, -1.5, "loras[1]", msg, sizeof(msg)), 0);
+    CHECK_INT(g.req.n_loras, 2);
+    CHECK(g.req.loras == g.loras);
+    CHECK_STR(g.req.loras[0].name, "film");
+    CHECK(g.req.loras[0].scale == 0.25 && g.req.loras[0].path == NULL);
+    CHECK_STR(g.req.loras[1].name, "Grain_2.v1-b");
+    CHECK(g.req.loras[1].scale == -1.5);
+    char longname[200];
+    memset(longname, 'a', sizeof(longname));
+    CHECK_INT(api_gen_add_lora(&g, longname, LORA_NAME_MAX, 1, "x", msg, sizeof(msg)), 0);
+    CHECK_INT(api_gen_add_lora(&g, longname, LORA_NAME_MAX + 1, 1, "x", msg, sizeof(msg)),
+              FX_EINVAL);
+    CHECK_INT(api_gen_add_lora(&g, "a..b", 4, 1, "x", msg, sizeof(msg)), 0); /* one component */
+    CHECK_INT(api_gen_add_lora(&g, "x", 1, FX_LORA_SCALE_MAX, "x", msg, sizeof(msg)), 0);
+    CHECK_INT(api_gen_add_lora(&g, "y", 1, -FX_LORA_SCALE_MAX, "x", msg, sizeof(msg)), 0);
+    api_gen_release(&g);
+}
+
+/* A1111's <lora:NAME:SCALE> in the prompt. */
+static void test_lora_prompt(void)
+{
+    static const struct {
+        const char *prompt;
+        int rc;
+        const char *left; /* the prompt drawn */
+        const char *names;
+        double scale0;
+    } cases[] = {
+        {"a <lora:film:0.5> cat", 0, "a cat", "film", 0.5},
+        {"<lora:film> a dog", 0, "a dog", "film", 1.0},
+        {"a dog, <lora:film:-1.25>", 0, "a dog,", "film", -1.25},
+        {"a dog <lora:a:1><lora:b.safetensors:2>", 0, "a dog", "a,b", 1.0},
+        {"a <b> c <lora:x", 0, "a <b> c <lora:x", "", 0},
+        {"<lyco:x:0.3> cat", 0, "cat", "x", 0.3},
+        {"no tags", 0, "no tags", "", 0},
+        {"a <lora:../x:1>", FX_EINVAL, NULL, NULL, 0},
+        {"a <lora:.hidden:1>", FX_EINVAL, NULL, NULL, 0},
+        {"a <lora:dir/x:1>", FX_EINVAL, NULL, NULL, 0},
+        {"a <lora:x:abc>", FX_EINVAL, NULL, NULL, 0},
+        {"a <lora:x:>", FX_EINVAL, NULL, NULL, 0},
+        {"a <lora:x:0.5:1>", FX_EINVAL, NULL, NULL, 0},
+        {"a <lora::1>", FX_EINVAL, NULL, NULL, 0},
+        {"a <lora:x:99>", FX_ERANGE, NULL, NULL, 0},
+        {"a <lora:x:1> <lora:x:2>", FX_EINVAL, NULL, NULL, 0},
+        {"<lora:a><lora:b><lora:c><lora:d><lora:e><lora:f><lora:g><lora:h><lora:i>", FX_ERANGE,
+         NULL, NULL, 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct api_gen g;
+        char msg[512] = "", names[256] = "";
+        api_gen_init(&ctx, &g);
+        g.prompt = strdup(cases[i].prompt);
+        g.req.prompt = g.prompt;
+        g.req.prompt_len = strlen(g.prompt);
+        int rc = api_prompt_loras(&g, msg, sizeof(msg));
+        for (size_t k = 0; rc == 0 && k < g.req.n_loras; k++)
+            snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s", k ? "," : "",
+                     g.req.loras[k].name);
+        bool ok = rc == cases[i].rc &&
+                  (rc != 0 || (strcmp(g.req.prompt, cases[i].left) == 0 &&
+                               g.req.prompt_len == strlen(cases[i].left) &&
+                               strcmp(names, cases[i].names) == 0 &&
+                               (g.req.n_loras == 0 || g.req.loras[0].scale == cases[i].scale0))) &&
+                  (rc == 0 || strncmp(msg, "prompt", 6) == 0);
+        if (ok) {
+            unit_passed++;
+        } else {
+            unit_failed++;
+            fprintf(stderr, "FAIL lora prompt %zu '%s': got %s '%s' [%s] (%s)\n", i,
+                    cases[i].prompt, fx_errname(rc), g.req.prompt, names, msg);
+        }
+        api_gen_release(&g);
+    }
+    /* a tag and the field naming the same LoRA: twice */
+    struct api_gen g;
+    char msg[256];
+    api_gen_init(&ctx, &g);
+    CHECK_INT(api_gen_add_lora(&g, "film", 4, 1, "loras[0]", msg, sizeof(msg)), 0);
+    g.prompt = strdup("a <lora:film:0.5> cat");
+    g.req.prompt = g.prompt;
+    CHECK_INT(api_prompt_loras(&g, msg, sizeof(msg)), FX_EINVAL);
+    CHECK(strstr(msg, "twice") != NULL);
+    api_gen_release(&g);
+
+    /* through the route: a bad tag is A1111's 422 naming the prompt; a good one is refused
+     * for want of a lora_dir */
+    struct api_response rs = call("POST", "/sdapi/v1/txt2img", "{\"prompt\":\"a <lora:../x:1>\"}");
+    CHECK_INT(rs.status, 422);
+    CHECK(rs.body && memmem(rs.body, rs.body_len, "\"detail\"", 8) != NULL);
+    api_response_release(&rs);
+    rs = call("POST", "/sdapi/v1/txt2img", "{\"prompt\":\"a <lora:film:0.5> cat\"}");
+    CHECK_INT(rs.status, 422);
+    CHECK(rs.body && memmem(rs.body, rs.body_len, "loras_not_configured", 20) != NULL);
+    api_response_release(&rs);
+}
+
+/* Job params keep the LoRAs by name; the decoder takes only what a request could give. */
+static void test_lora_params(void)
+{
+    struct fx_lora ls[2] = {{"film", NULL, 0.8}, {"grain.v2", NULL, -0.1}};
+    struct fx_request r = {0}, back;
+    struct job_loras jl;
+    char *prompt = NULL, *s;
+    r.prompt = "a cat";
+    r.prompt_len = 5;
+    r.width = r.height = 64;
+    r.steps = 2;
+    r.guidance = 3.5;
+    r.seed = 7;
+    r.has_seed = true;
+    s = job_params_encode(&r);
+    CHECK(s && strstr(s, "loras") == NULL); /* none: not written */
+    free(s);
+    r.loras = ls;
+    r.n_loras = 2;
+    s = job_params_encode(&r);
+    CHECK(s && strstr(s, "\"loras\":[{\"name\":\"film\",\"scale\":0.8"));
+    CHECK_INT(job_params_decode_ex(s, &back, &prompt, &jl), 0);
+    CHECK_INT(back.n_loras, 2);
+    CHECK_INT(jl.n, 2);
+    CHECK(back.loras == jl.lora);
+    CHECK_STR(back.loras[1].name, "grain.v2");
+    CHECK(back.loras[0].scale == 0.8 && back.loras[1].scale == -0.1);
+    CHECK(back.loras[0].path == NULL);
+    free(prompt);
+    /* the plain decoder reads the rest and leaves the LoRAs out */
+    CHECK_INT(job_params_decode(s, &back, &prompt), 0);
+    CHECK_INT(back.n_loras, 0);
+    free(prompt);
+    free(s);
+    static const char *const bad[] = {
+        "{\"prompt\":\"a\",\"guidance_scale\":3.5,\"num_inference_steps\":2,\"width\":64,"
+        "\"height\":64,\"seed\":1,\"loras\":[{\"name\":\"../x\",\"scale\":1}]}",
+        "{\"prompt\":\"a\",\"guidance_scale\":3.5,\"num_inference_steps\":2,\"width\":64,"
+        "\"height\":64,\"seed\":1,\"loras\":[{\"name\":\"x\",\"scale\":99}]}",
+        "{\"prompt\":\"a\",\"guidance_scale\":3.5,\"num_inference_steps\":2,\"width\":64,"
+        "\"height\":64,\"seed\":1,\"loras\":[{\"name\":\"x\"}]}",
+        "{\"prompt\":\"a\",\"guidance_scale\":3.5,\"num_inference_steps\":2,\"width\":64,"
+        "\"height\":64,\"seed\":1,\"loras\":[{\"name\":\"x\",\"scale\":1},{\"name\":\"x\","
+        "\"scale\":1}]}",
+        "{\"prompt\":\"a\",\"guidance_scale\":3.5,\"num_inference_steps\":2,\"width\":64,"
+        "\"height\":64,\"seed\":1,\"loras\":{\"name\":\"x\"}}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CHECK_INT(job_params_decode_ex(bad[i], &back, &prompt, &jl), FX_EFORMAT);
+        CHECK(prompt == NULL);
+    }
+}
+
+/* lora_dir: names resolve inside it only, regular files only; its listing. */
+static void test_lora_dir(const char *model)
+{
+    char dir[] = "/tmp/fx-loras-XXXXXX", path[512], msg[512];
+    struct lora_file f;
+    struct lora_entry *e = NULL;
+    size_t n = 0;
+    bool truncated = true;
+    FILE *fp;
+
+    if (mkdtemp(dir) == NULL)
+        return;
+    /* a file, a hidden one, a name a request could not give, another suffix, a symlink
+     * pointing out of the dir, a folder and a FIFO under LoRA names */
+    static const char *const files[] = {"film.safetensors", ".hidden.safetensors",
+                                        "my lora.safetensors", "notes.txt", "zeta.safetensors"};
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+        fp = fopen(path, "w");
+        if (fp) {
+            fputs("not a safetensors file", fp);
+            fclose(fp);
+        }
+    }
+    snprintf(path, sizeof(path), "%s/escape.safetensors", dir);
+    CHECK_INT(symlink("/etc/hostname", path), 0);
+    snprintf(path, sizeof(path), "%s/folder.safetensors", dir);
+    CHECK_INT(mkdir(path, 0700), 0);
+    snprintf(path, sizeof(path), "%s/pipe.safetensors", dir);
+    CHECK_INT(mkfifo(path, 0600), 0);
+
+    CHECK_INT(lora_file_open(dir, "film", &f, msg, sizeof(msg)), 0);
+    CHECK(f.fd >= 0 && f.bytes == 22 && f.modified_ms > 0);
+    CHECK(strstr(f.path, "/film.safetensors") != NULL);
+    lora_file_close(&f);
+    CHECK(f.fd == -1);
+    CHECK_INT(lora_file_open(dir, "nope", &f, msg, sizeof(msg)), FX_ELORA_UNKNOWN);
+    CHECK(strstr(msg, "nope") != NULL && strstr(msg, dir) == NULL); /* no server path */
+    CHECK_INT(lora_file_open(dir, "escape", &f, msg, sizeof(msg)), FX_ELORA_BAD);
+    CHECK(strstr(msg, "symbolic link") != NULL);
+    CHECK_INT(lora_file_open(dir, "folder", &f, msg, sizeof(msg)), FX_ELORA_BAD);
+    CHECK_INT(lora_file_open(dir, "pipe", &f, msg, sizeof(msg)), FX_ELORA_BAD);
+    CHECK_INT(lora_file_open("/nonexistent-fx-dir", "film", &f, msg, sizeof(msg)), FX_EIO);
+
+    /* the listing without a map: every file named, none usable */
+    CHECK_INT(lora_dir_list(dir, NULL, "no map here", &e, &n, &truncated, msg, sizeof(msg)), 0);
+    CHECK(!truncated);
+    CHECK_INT(n, 5); /* escape, film, folder, pipe, zeta: sorted, hidden and odd names left out */
+    if (n == 5) {
+        CHECK_STR(e[0].name, "escape");
+        CHECK_STR(e[1].name, "film");
+        CHECK_STR(e[4].name, "zeta");
+        CHECK_INT(e[0].rc, FX_ELORA_BAD);
+        CHECK_INT(e[1].rc, FX_ELORA_OFF);
+        CHECK_STR(e[1].error, "no map here");
+        CHECK_INT(e[1].bytes, 22);
+    }
+    free(e);
+
+    /* through the routes: lora_dir off, then on (without a map) */
+    struct api_response rs = call("GET", "/loras", NULL);
+    json_object *o = body_json(&rs), *v;
+    CHECK_INT(rs.status, 200);
+    CHECK(o && json_object_object_get_ex(o, "enabled", &v) && !json_object_get_boolean(v));
+    json_object_put(o);
+    api_response_release(&rs);
+    rs = call("GET", "/sdapi/v1/loras", NULL);
+    CHECK_INT(rs.status, 200);
+    CHECK(rs.body_len == 2 && memcmp(rs.body, "[]", 2) == 0);
+    api_response_release(&rs);
+    snprintf(cfg.lora_dir, sizeof(cfg.lora_dir), "%s", dir);
+    ctx.lora_map_error = "model 'unit' was exported without lora_map.json; re-export it";
+    expect_error("POST", "/generate/queue",
+                 "{\"prompt\":\"a\",\"loras\":[{\"name\":\"film\",\"scale\":0.5}]}", 422,
+                 "loras_not_configured");
+    rs = call("GET", "/loras", NULL);
+    o = body_json(&rs);
+    CHECK_INT(rs.status, 200);
+    CHECK(o && json_object_object_get_ex(o, "loras", &v) && json_object_array_length(v) == 5);
+    CHECK_STR(jstr(o, "error", "code"), "loras_not_configured");
+    json_object_put(o);
+    api_response_release(&rs);
+
+    /* with the model's map (once the model dir has one): unknown, bad, symlinks refused
+     * before anything is queued */
+    struct fx_lora_map *map = NULL;
+    if (model && fx_lora_map_load(model, &map, msg, sizeof(msg)) == 0) {
+        long counts[STORE_NSTATES], before;
+        ctx.lora_map = map;
+        CHECK_INT(store_counts(st, counts), 0);
+        before = counts[STORE_QUEUED];
+        expect_error("POST", "/generate/queue",
+                     "{\"prompt\":\"a\",\"loras\":[{\"name\":\"nope\"}]}", 422, "unknown_lora");
+        expect_error("POST", "/generate/queue",
+                     "{\"prompt\":\"a\",\"loras\":[{\"name\":\"film\"}]}", 422, "bad_lora");
+        expect_error("POST", "/generate/queue",
+                     "{\"prompt\":\"a\",\"loras\":[{\"name\":\"escape\"}]}", 422, "bad_lora");
+        expect_error("POST", "/v1/images/generations",
+                     "{\"prompt\":\"a\",\"loras\":[{\"name\":\"nope\"}]}", 422, "unknown_lora");
+        rs = call("POST", "/sdapi/v1/txt2img", "{\"prompt\":\"a <lora:nope:1>\"}");
+        CHECK_INT(rs.status, 422);
+        CHECK(rs.body && memmem(rs.body, rs.body_len, "unknown_lora", 12) != NULL);
+        api_response_release(&rs);
+        CHECK_INT(store_counts(st, counts), 0);
+        CHECK_INT(counts[STORE_QUEUED], before);
+        rs = call("GET", "/loras", NULL);
+        o = body_json(&rs);
+        CHECK(o && jstr(o, "error", NULL) == NULL);
+        CHECK(rs.body && memmem(rs.body, rs.body_len, "bad_lora", 8) != NULL);
+        CHECK(rs.body && memmem(rs.body, rs.body_len, dir, strlen(dir)) == NULL);
+        /* the reader's reason names the file as the client knows it, not an fd */
+        CHECK(rs.body && memmem(rs.body, rs.body_len, "'film.safetensors'", 18) != NULL);
+        CHECK(rs.body && memmem(rs.body, rs.body_len, "/proc/", 6) == NULL);
+        json_object_put(o);
+        api_response_release(&rs);
+        ctx.lora_map = NULL;
+        fx_lora_map_free(map);
+    } else {
+        fprintf(stderr, "  (the model dir has no lora map: the checks against it skipped)\n");
+    }
+    cfg.lora_dir[0] = '\0';
+    ctx.lora_map_error = NULL;
+
+    snprintf(path, sizeof(path), "rm -rf '%s'", dir);
+    if (system(path) != 0)
+        fprintf(stderr, "cannot remove %s\n", dir);
+}
+
 int main(int argc, char **argv)
 {
     char dir[] = "/tmp/fx-api-XXXXXX", path[256], msg[512] = "";
     struct fx_manifest m = {0};
 
-    unit_parse_args(argc, argv);
+    struct unit_args args = unit_parse_args(argc, argv);
     test_ids();
     test_status_map();
     test_store_errors();
@@ -870,6 +1252,10 @@ int main(int argc, char **argv)
     test_events();
     test_openapi();
     test_clients();
+    test_lora_fields();
+    test_lora_prompt();
+    test_lora_params();
+    test_lora_dir(args.model);
 
     /* a configured default outside the bounds is refused */
     struct api_ctx bad;

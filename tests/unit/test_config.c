@@ -38,7 +38,8 @@ static void test_good(void)
                        "default_height = 128\n"
                        "max_size = 512\n"
                        "warmup_steps = 0\n"
-                       "cpu_threads = 2\n";
+                       "cpu_threads = 2\n"
+                       "lora_dir = loras\n";
     int rc = parse(text, &c, msg, sizeof(msg));
     CHECK_INT(rc, 0);
     if (rc)
@@ -64,7 +65,8 @@ static void test_good(void)
     CHECK_INT(c.max_size, 512);
     CHECK_INT(c.warmup_steps, 0);
     CHECK_INT(c.cpu_threads, 2);
-    CHECK_STR(c.placement, "resident"); /* the default */
+    CHECK_STR(c.placement, "resident");     /* the default */
+    CHECK_STR(c.lora_dir, "/etc/fx/loras"); /* relative to the config's folder */
     for (int i = 0; i < 4; i++) {
         static const char *const names[] = {"resident", "encoders-offload", "stream", "auto"};
         char text[128];
@@ -90,6 +92,7 @@ static void test_good(void)
     CHECK_INT(c.audit_retention_ms, 7LL * 24 * 3600 * 1000);
     CHECK_INT(c.lease_ms, 60000);
     CHECK_INT(c.device_failures_fatal, 3);
+    CHECK_STR(c.lora_dir, ""); /* LoRAs off */
     rc = parse("db = a.db\nmodel = /m\naudit_retention = 0\nlease = 90s\n"
                "device_failures_fatal = 1\n",
                &c, msg, sizeof(msg));
