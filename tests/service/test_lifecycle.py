@@ -15,7 +15,7 @@ from tests.service.stack import Stack
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # long enough to be caught running on the tiny CPU model, short enough to finish
 RUNNING = {"prompt": "the running one", "width": 128, "height": 128,
-           "num_inference_steps": 40, "seed": 77}
+           "num_inference_steps": 20, "seed": 77}
 SLOW = {"prompt": "a slow one", "width": 256, "height": 256, "num_inference_steps": 100}
 
 
@@ -222,9 +222,9 @@ class TestLifecycleNginx(Lifecycle, unittest.TestCase):
         self.assertEqual(s.json("GET", "/ping")[0], 200)
 
     def test_readiness(self):
-        # a slow warm-up (256x256, 60 steps) keeps the model "loading" for seconds
-        s = Stack("ready-nginx", "nginx", {"default_width": "256", "default_height": "256",
-                                           "warmup_steps": "60"})
+        # a slow warm-up (128x128, 40 steps) keeps the model "loading" for seconds
+        s = Stack("ready-nginx", "nginx", {"default_width": "128", "default_height": "128",
+                                           "warmup_steps": "40"})
         self.addCleanup(s.stop)
         s.start_web()
         s.start_fluxcgi(wait_ready=False)
