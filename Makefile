@@ -93,8 +93,9 @@ OPT     ?= -O2 -g
 CWARN   := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes -Wvla -Wwrite-strings
 CXXWARN := -Wall -Wextra -Werror
 # Recursive (=): pkg-config runs when a recipe needs it, after `deps` has installed it.
-C_DEPS_CFLAGS = $(shell pkg-config --cflags json-c libutf8proc)
-C_DEPS_LIBS   = $(shell pkg-config --libs json-c libutf8proc libpng libturbojpeg libwebpmux libwebp) \
+C_DEPS_CFLAGS = $(shell pkg-config --cflags json-c libutf8proc libcrypto)
+C_DEPS_LIBS   = $(shell pkg-config --libs json-c libutf8proc libpng libturbojpeg libwebpmux libwebp \
+                libcrypto) \
                 -lm -ldl -pthread
 PLUGIN_T5_LIBS = $(shell pkg-config --libs libutf8proc) -lsentencepiece
 C_CPPFLAGS    = -D_GNU_SOURCE -MMD -MP $(C_DEPS_CFLAGS)

@@ -453,7 +453,10 @@ int manifest_load(const char *dir, struct fx_manifest **out, char *msg, size_t m
     rc = parse(j, dir, m, msg, msg_len);
     if (rc)
         goto out;
-    sha256_hex(text, n, m->sha256);
+    if (sha256_hex(text, n, m->sha256) != 0) {
+        rc = fx_fail(msg, msg_len, FX_EINTERNAL, "'%s': cannot compute its sha256", path);
+        goto out;
+    }
     *out = m;
     m = NULL;
 out:

@@ -634,20 +634,21 @@ int fx_st_sha256(const struct fx_st_file *f, char hex[65], char *msg, size_t msg
     if (buf == NULL)
         return FX_ENOMEM;
     struct sha256 c;
-    sha256_init(&c);
-    int rc = 0;
+    int rc = sha256_init(&c);
     for (uint64_t off = 0; off < f->size && rc == 0;) {
         size_t k = f->size - off < CHUNK ? (size_t)(f->size - off) : CHUNK;
         rc = pread_full(f, buf, k, off, msg, msg_len);
-        sha256_update(&c, buf, k);
+        if (rc == 0)
+            rc = sha256_update(&c, buf, k);
         off += k;
     }
     free(buf);
+    uint8_t d[32];
+    if (rc == 0)
+        rc = sha256_final(&c, d);
+    sha256_free(&c);
     if (rc != 0)
         return rc;
-    uint8_t d[32];
-    sha256_final(&c, d);
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", d[i]);
+    sha256_to_hex(d, hex);
     return 0;
 }
