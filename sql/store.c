@@ -1047,17 +1047,32 @@ out:
     return rc;
 }
 
-int store_purge(struct store *st, int64_t before_ms, long limit, long *n)
+/* Begins a transaction and runs statement `id` bound to (before_ms, limit),
+ * counting the rows it changed into *count. On success the transaction is
+ * left open for the caller to extend and close with tx_end; on failure it is
+ * already closed (returns nonzero). */
+static int purge_begin(struct store *st, int id, int64_t before_ms, long limit, long *count)
 {
     sqlite3_stmt *s;
-    long count = 0;
     int rc = tx_begin(st);
     if (rc)
         return rc;
-    s = stmt(st, ST_PURGE);
+    s = stmt(st, id);
     sqlite3_bind_int64(s, 1, before_ms);
     sqlite3_bind_int64(s, 2, limit);
-    rc = tx_end(st, update_n(st, s, &count));
+    rc = update_n(st, s, count);
+    if (rc)
+        return tx_end(st, rc);
+    return 0;
+}
+
+int store_purge(struct store *st, int64_t before_ms, long limit, long *n)
+{
+    long count = 0;
+    int rc = purge_begin(st, ST_PURGE, before_ms, limit, &count);
+    if (rc)
+        return rc;
+    rc = tx_end(st, 0);
     if (rc == 0 && n)
         *n = count;
     return rc;
@@ -1490,22 +1505,14 @@ int store_delivery_next(struct store *st, int64_t *next_ms)
 int store_access_purge(struct store *st, int64_t before_ms, long limit, long *n)
 {
     sqlite3_stmt *s;
-    long count = 0;
-    int rc = tx_begin(st);
+    long count = 0, gone = 0;
+    int rc = purge_begin(st, ST_DELIVERY_PURGE, before_ms, limit, &count);
     if (rc)
         return rc;
-    s = stmt(st, ST_DELIVERY_PURGE);
-    sqlite3_bind_int64(s, 1, before_ms);
-    sqlite3_bind_int64(s, 2, limit);
-    rc = update_n(st, s, &count);
-    if (rc == 0) {
-        /* usage of days before yesterday is never read again */
-        s = stmt(st, ST_USAGE_PURGE);
-        sqlite3_bind_int64(s, 1, before_ms / STORE_DAY_MS - 1);
-        long gone = 0;
-        rc = update_n(st, s, &gone);
-    }
-    rc = tx_end(st, rc);
+    /* usage of days before yesterday is never read again */
+    s = stmt(st, ST_USAGE_PURGE);
+    sqlite3_bind_int64(s, 1, before_ms / STORE_DAY_MS - 1);
+    rc = tx_end(st, update_n(st, s, &gone));
     if (rc == 0 && n)
         *n = count;
     return rc;
