@@ -467,6 +467,14 @@ static sqlite3_stmt *stmt(struct store *st, int which)
     return s;
 }
 
+/* stmt() with the job or key id bound to parameter 1 (id must outlive the step). */
+static sqlite3_stmt *stmt_id(struct store *st, int which, const char *id)
+{
+    sqlite3_stmt *s = stmt(st, which);
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    return s;
+}
+
 static int exec1(struct store *st, int which)
 {
     sqlite3_stmt *s = stmt(st, which);
@@ -796,15 +804,13 @@ int store_complete(struct store *st, const char *id, const char *worker, const v
     int rc = tx_begin(st);
     if (rc)
         return rc;
-    s = stmt(st, ST_RESULT_PUT);
-    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    s = stmt_id(st, ST_RESULT_PUT, id);
     sqlite3_bind_text(s, 2, worker, -1, SQLITE_STATIC);
     sqlite3_bind_blob64(s, 3, png, png_len, SQLITE_STATIC);
     rc = update1(st, s);
     if (rc)
         goto out;
-    s = stmt(st, ST_COMPLETE);
-    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    s = stmt_id(st, ST_COMPLETE, id);
     sqlite3_bind_text(s, 2, worker, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 3, now_ms);
     sqlite3_bind_int64(s, 4, (sqlite3_int64)png_len);
@@ -824,8 +830,7 @@ int store_finish(struct store *st, const char *id, const char *worker, enum stor
         return FX_EINVAL;
     if ((rc = tx_begin(st)))
         return rc;
-    s = stmt(st, ST_FINISH);
-    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    s = stmt_id(st, ST_FINISH, id);
     sqlite3_bind_text(s, 2, worker, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 3, state_names[state], -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 4, code, -1, SQLITE_STATIC);
@@ -843,16 +848,14 @@ int store_requeue(struct store *st, const char *id, const char *worker, int64_t 
     if ((rc = tx_begin(st)))
         return rc;
     /* a cancel answered 202 is kept: the job ends cancelled instead of running again */
-    s = stmt(st, ST_REQUEUE_CANCEL);
-    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    s = stmt_id(st, ST_REQUEUE_CANCEL, id);
     sqlite3_bind_text(s, 2, worker, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 3, now_ms);
     rc = update1(st, s);
     if (rc == 0) {
         c = true;
     } else if (rc == FX_ENOENT) {
-        s = stmt(st, ST_REQUEUE);
-        sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+        s = stmt_id(st, ST_REQUEUE, id);
         sqlite3_bind_text(s, 2, worker, -1, SQLITE_STATIC);
         rc = update1(st, s);
     }
@@ -884,14 +887,12 @@ int store_cancel(struct store *st, const char *id, int64_t now_ms, enum store_st
     if ((rc = read_state(st, id, &cur)))
         goto out;
     if (cur == STORE_QUEUED) {
-        s = stmt(st, ST_CANCEL_QUEUED);
-        sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+        s = stmt_id(st, ST_CANCEL_QUEUED, id);
         sqlite3_bind_int64(s, 2, now_ms);
         rc = update1(st, s);
         cur = STORE_CANCELLED;
     } else if (cur == STORE_RUNNING) {
-        s = stmt(st, ST_CANCEL_RUNNING);
-        sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+        s = stmt_id(st, ST_CANCEL_RUNNING, id);
         rc = update1(st, s);
     } else {
         *state = cur;
@@ -914,8 +915,7 @@ int store_cancel_queued(struct store *st, const char *id, int64_t now_ms, bool *
     if (rc)
         return rc;
     if ((rc = read_state(st, id, &cur)) == 0 && cur == STORE_QUEUED) {
-        s = stmt(st, ST_CANCEL_GONE);
-        sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+        s = stmt_id(st, ST_CANCEL_GONE, id);
         sqlite3_bind_int64(s, 2, now_ms);
         rc = update1(st, s);
         done = rc == 0;
@@ -923,8 +923,7 @@ int store_cancel_queued(struct store *st, const char *id, int64_t now_ms, bool *
     if (rc == 0) {
         /* the other images of the same waiting request: nobody will read them */
         long others = 0;
-        s = stmt(st, ST_CANCEL_GONE_GROUP);
-        sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+        s = stmt_id(st, ST_CANCEL_GONE_GROUP, id);
         sqlite3_bind_int64(s, 2, now_ms);
         rc = update_n(st, s, &others);
     }
@@ -1047,17 +1046,32 @@ out:
     return rc;
 }
 
-int store_purge(struct store *st, int64_t before_ms, long limit, long *n)
+/* Begins a transaction and runs statement `id` bound to (before_ms, limit),
+ * counting the rows it changed into *count. On success the transaction is
+ * left open for the caller to extend and close with tx_end; on failure it is
+ * already closed (returns nonzero). */
+static int purge_begin(struct store *st, int id, int64_t before_ms, long limit, long *count)
 {
     sqlite3_stmt *s;
-    long count = 0;
     int rc = tx_begin(st);
     if (rc)
         return rc;
-    s = stmt(st, ST_PURGE);
+    s = stmt(st, id);
     sqlite3_bind_int64(s, 1, before_ms);
     sqlite3_bind_int64(s, 2, limit);
-    rc = tx_end(st, update_n(st, s, &count));
+    rc = update_n(st, s, count);
+    if (rc)
+        return tx_end(st, rc);
+    return 0;
+}
+
+int store_purge(struct store *st, int64_t before_ms, long limit, long *n)
+{
+    long count = 0;
+    int rc = purge_begin(st, ST_PURGE, before_ms, limit, &count);
+    if (rc)
+        return rc;
+    rc = tx_end(st, 0);
     if (rc == 0 && n)
         *n = count;
     return rc;
@@ -1343,8 +1357,7 @@ int store_key_touch(struct store *st, const char *id, int64_t now_ms)
     int rc = tx_begin(st);
     if (rc)
         return rc;
-    s = stmt(st, ST_KEY_TOUCH);
-    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    s = stmt_id(st, ST_KEY_TOUCH, id);
     sqlite3_bind_int64(s, 2, now_ms);
     rc = update1(st, s);
     return tx_end(st, rc == FX_ENOENT ? 0 : rc);
@@ -1490,22 +1503,14 @@ int store_delivery_next(struct store *st, int64_t *next_ms)
 int store_access_purge(struct store *st, int64_t before_ms, long limit, long *n)
 {
     sqlite3_stmt *s;
-    long count = 0;
-    int rc = tx_begin(st);
+    long count = 0, gone = 0;
+    int rc = purge_begin(st, ST_DELIVERY_PURGE, before_ms, limit, &count);
     if (rc)
         return rc;
-    s = stmt(st, ST_DELIVERY_PURGE);
-    sqlite3_bind_int64(s, 1, before_ms);
-    sqlite3_bind_int64(s, 2, limit);
-    rc = update_n(st, s, &count);
-    if (rc == 0) {
-        /* usage of days before yesterday is never read again */
-        s = stmt(st, ST_USAGE_PURGE);
-        sqlite3_bind_int64(s, 1, before_ms / STORE_DAY_MS - 1);
-        long gone = 0;
-        rc = update_n(st, s, &gone);
-    }
-    rc = tx_end(st, rc);
+    /* usage of days before yesterday is never read again */
+    s = stmt(st, ST_USAGE_PURGE);
+    sqlite3_bind_int64(s, 1, before_ms / STORE_DAY_MS - 1);
+    rc = tx_end(st, update_n(st, s, &gone));
     if (rc == 0 && n)
         *n = count;
     return rc;
